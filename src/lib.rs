@@ -1,0 +1,1 @@
+//! Porthole: reliable localhost forwards to services in local Kubernetes clusters.

@@ -1,1 +1,32 @@
-//! Porthole: reliable localhost forwards to services in local Kubernetes clusters.
+//! Porthole: reliable localhost forwards to services in local Kubernetes clusters (kind, k3d).
+//!
+//! A map of the crate:
+//! - [`config`]: the TOML config file and its presets, validated with file/line/key errors.
+//! - [`kubeconfig`]: kubeconfig files read the way kubectl reads them; a client for one context.
+//! - [`discovery`]: reflectors over the cluster, published as a [`discovery::ClusterView`].
+//! - [`route`]: a forward resolved to node addresses and a nodePort, or the [`health::Cause`] in the way.
+//! - [`forward`]: one forward at run time: listener, connections, probe, health.
+//! - [`relay`]: the byte pump (`splice(2)` on Linux).
+//! - [`probe`]: active health checks through a route.
+//! - [`health`]: states, causes and the rule between them.
+//! - [`engine`]: runs forwards, pushes [`engine::Snapshot`]s and [`engine::Event`]s, applies configs by diff.
+//! - [`control`]: the local control socket that `porthole status|wait|enable|disable` talk to.
+//! - [`doctor`]: one-shot checks with a fix for each failure.
+//! - [`holder`]: which process holds a local port.
+
+pub mod config;
+pub mod control;
+pub mod discovery;
+pub mod doctor;
+pub mod engine;
+pub mod forward;
+pub mod health;
+pub mod holder;
+pub mod kubeconfig;
+pub mod probe;
+pub mod relay;
+pub mod route;
+
+pub use config::Config;
+pub use engine::{Engine, Event, Snapshot};
+pub use forward::Tuning;

@@ -1,0 +1,502 @@
+//! The config file: what to forward, parsed from TOML, validated with errors that name file, line and key.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+/// Environment variable naming the config file when `--config` is not given.
+pub const CONFIG_ENV: &str = "PORTHOLE_CONFIG";
+
+/// The presets shipped with Porthole: (name, description, TOML).
+pub const PRESETS: &[(&str, &str, &str)] = &[
+    (
+        "openchoreo",
+        "OpenChoreo / WSO2 agent-platform quick-start: console, API, traces, OTLP, gateway (default)",
+        include_str!("../presets/openchoreo.toml"),
+    ),
+    (
+        "openchoreo-data-prepper",
+        "older OpenChoreo quick-starts that sent traces to Data Prepper",
+        include_str!("../presets/openchoreo-data-prepper.toml"),
+    ),
+];
+
+/// The preset used when no config file exists.
+pub const DEFAULT_PRESET: &str = "openchoreo";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}:{line}: `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        key: String,
+        message: String,
+    },
+    #[error("unknown preset `{0}` (see `porthole presets`)")]
+    UnknownPreset(String),
+}
+
+/// Where a config came from: a file, or an embedded preset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    File(PathBuf),
+    Preset(&'static str),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::File(path) => write!(f, "{}", path.display()),
+            Source::Preset(name) => write!(f, "<preset {name}>"),
+        }
+    }
+}
+
+/// A validated config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Config {
+    pub cluster: ClusterSpec,
+    pub forwards: Vec<ForwardSpec>,
+}
+
+/// Which cluster to talk to, and how to reach its nodes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSpec {
+    /// The context Porthole uses; `None` means kubectl's current-context.
+    pub context: Option<String>,
+    /// One kubeconfig file; `None` means `$KUBECONFIG` (a list) or `~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
+    /// Only this node; `None` means every Ready node, tried in order.
+    pub node: Option<String>,
+    #[serde(default)]
+    pub node_address: NodeAddressType,
+}
+
+/// Which of a node's addresses to connect to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeAddressType {
+    #[default]
+    InternalIp,
+    Hostname,
+}
+
+/// One forward: a local port relayed to a service's nodePort.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ForwardSpec {
+    pub name: String,
+    pub namespace: String,
+    pub target: ServiceTarget,
+    /// 0 asks the OS for a free port (scripts and tests); the status shows the one bound.
+    pub local_port: u16,
+    pub service_port: Option<PortRef>,
+    pub bind: IpAddr,
+    pub probe: Probe,
+    pub enabled: bool,
+}
+
+/// How a forward finds its service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceTarget {
+    Name(String),
+    Selector(BTreeMap<String, String>),
+}
+
+impl fmt::Display for ServiceTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServiceTarget::Name(name) => f.write_str(name),
+            ServiceTarget::Selector(labels) => {
+                let parts: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                write!(f, "-l {}", parts.join(","))
+            }
+        }
+    }
+}
+
+/// A service port, by name or by number.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PortRef {
+    Number(u16),
+    Name(String),
+}
+
+impl fmt::Display for PortRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PortRef::Number(n) => write!(f, "{n}"),
+            PortRef::Name(name) => f.write_str(name),
+        }
+    }
+}
+
+/// The active health check run through the route.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Probe {
+    /// A TCP connect through the route.
+    #[default]
+    Tcp,
+    /// An HTTP/1.1 GET of this path; any status below 500 counts as alive.
+    Http(String),
+    /// A TLS handshake (certificate not verified: it proves the server speaks TLS).
+    Tls,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    cluster: ClusterSpec,
+    #[serde(default)]
+    forward: Vec<Spanned<RawForward>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForward {
+    name: Spanned<String>,
+    namespace: String,
+    service: Option<String>,
+    selector: Option<BTreeMap<String, String>>,
+    local_port: Spanned<i64>,
+    service_port: Option<PortRef>,
+    bind: Option<Spanned<String>>,
+    #[serde(default)]
+    probe: Probe,
+    #[serde(default = "enabled_by_default")]
+    enabled: bool,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+impl Config {
+    /// Parses and validates TOML text; `source` names it in errors.
+    pub fn parse(text: &str, source: &Source) -> Result<Config, ConfigError> {
+        let path = PathBuf::from(source.to_string());
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.clone(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let invalid = |span: Range<usize>, key: &str, message: String| ConfigError::Invalid {
+            path: path.clone(),
+            line: line_of(text, span.start),
+            key: key.to_string(),
+            message,
+        };
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut ports: HashMap<(u16, IpAddr), String> = HashMap::new();
+        let mut forwards = Vec::with_capacity(raw.forward.len());
+        for spanned in raw.forward {
+            let span = spanned.span();
+            let raw = spanned.into_inner();
+            let name = raw.name.get_ref().clone();
+            if name.is_empty() {
+                return Err(invalid(raw.name.span(), "name", "must not be empty".into()));
+            }
+            if let Some(first) = names.insert(name.clone(), line_of(text, raw.name.span().start)) {
+                return Err(invalid(
+                    raw.name.span(),
+                    "name",
+                    format!("duplicate forward name `{name}` (first used on line {first})"),
+                ));
+            }
+            let target = match (raw.service, raw.selector) {
+                (Some(service), None) => ServiceTarget::Name(service),
+                (None, Some(selector)) if !selector.is_empty() => ServiceTarget::Selector(selector),
+                (None, Some(_)) => {
+                    return Err(invalid(
+                        span,
+                        "selector",
+                        format!("forward `{name}`: selector must not be empty"),
+                    ));
+                }
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        span,
+                        "service",
+                        format!("forward `{name}` has both `service` and `selector`; keep one"),
+                    ));
+                }
+                (None, None) => {
+                    return Err(invalid(
+                        span,
+                        "service",
+                        format!("forward `{name}` needs `service = \"NAME\"` or `selector = {{ label = \"value\" }}`"),
+                    ));
+                }
+            };
+            let port_span = raw.local_port.span();
+            let local_port = u16::try_from(*raw.local_port.get_ref()).map_err(|_| {
+                invalid(
+                    port_span.clone(),
+                    "local_port",
+                    format!("forward `{name}`: {} is not a port (0-65535)", raw.local_port.get_ref()),
+                )
+            })?;
+            let bind = match &raw.bind {
+                None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                Some(bind) => bind.get_ref().parse().map_err(|_| {
+                    invalid(
+                        bind.span(),
+                        "bind",
+                        format!("forward `{name}`: `{}` is not an IP address", bind.get_ref()),
+                    )
+                })?,
+            };
+            if local_port != 0
+                && let Some(other) = ports.insert((local_port, bind), name.clone())
+            {
+                return Err(invalid(
+                    port_span,
+                    "local_port",
+                    format!("port {local_port} is used by forwards `{other}` and `{name}`"),
+                ));
+            }
+            if let Probe::Http(path) = &raw.probe
+                && !path.starts_with('/')
+            {
+                return Err(invalid(
+                    span,
+                    "probe",
+                    format!("forward `{name}`: http probe path must start with `/`"),
+                ));
+            }
+            forwards.push(ForwardSpec {
+                name,
+                namespace: raw.namespace,
+                target,
+                local_port,
+                service_port: raw.service_port,
+                bind,
+                probe: raw.probe,
+                enabled: raw.enabled,
+            });
+        }
+        Ok(Config {
+            cluster: raw.cluster,
+            forwards,
+        })
+    }
+
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, &Source::File(path.to_path_buf()))
+    }
+
+    /// The embedded preset of that name.
+    pub fn preset(name: &str) -> Result<Config, ConfigError> {
+        let (name, _, text) = PRESETS
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .ok_or_else(|| ConfigError::UnknownPreset(name.to_string()))?;
+        Config::parse(text, &Source::Preset(name))
+    }
+
+    /// Loads from `path`, or the default location; with no file there, the default preset.
+    pub fn discover(explicit: Option<&Path>) -> Result<(Config, Source), ConfigError> {
+        match config_path(explicit) {
+            Some(path) if explicit.is_some() || path.exists() => {
+                let config = Config::load(&path)?;
+                Ok((config, Source::File(path)))
+            }
+            _ => Ok((Config::preset(DEFAULT_PRESET)?, Source::Preset(DEFAULT_PRESET))),
+        }
+    }
+
+    pub fn forward(&self, name: &str) -> Option<&ForwardSpec> {
+        self.forwards.iter().find(|f| f.name == name)
+    }
+}
+
+/// The config file's path: `explicit`, else `$PORTHOLE_CONFIG`, else `<config dir>/porthole/config.toml`.
+pub fn config_path(explicit: Option<&Path>) -> Option<PathBuf> {
+    if let Some(path) = explicit {
+        return Some(path.to_path_buf());
+    }
+    if let Some(path) = std::env::var_os(CONFIG_ENV).filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(path));
+    }
+    directories::ProjectDirs::from("", "", "porthole").map(|dirs| dirs.config_dir().join("config.toml"))
+}
+
+/// The text of a preset, for `porthole init`.
+pub fn preset_text(name: &str) -> Result<&'static str, ConfigError> {
+    PRESETS
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, _, text)| *text)
+        .ok_or_else(|| ConfigError::UnknownPreset(name.to_string()))
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, &Source::File("/etc/porthole.toml".into()))
+    }
+
+    #[test]
+    fn every_preset_parses() {
+        for (name, _, _) in PRESETS {
+            let config = Config::preset(name).unwrap();
+            assert_eq!(config.cluster.context.as_deref(), Some("kind-openchoreo-local"));
+            assert_eq!(config.forwards.len(), 5, "{name}");
+        }
+    }
+
+    #[test]
+    fn default_preset_matches_the_quick_start() {
+        let config = Config::preset(DEFAULT_PRESET).unwrap();
+        let got: Vec<(u16, &str, String)> = config
+            .forwards
+            .iter()
+            .map(|f| (f.local_port, f.namespace.as_str(), f.target.to_string()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (3000, "wso2-amp", "amp-console".to_string()),
+                (8080, "wso2-amp", "amp-api".to_string()),
+                (
+                    9098,
+                    "openchoreo-observability-plane",
+                    "amp-traces-observer".to_string()
+                ),
+                (
+                    21893,
+                    "openchoreo-observability-plane",
+                    "opentelemetry-collector".to_string()
+                ),
+                (8443, "openchoreo-data-plane", "gateway-external".to_string()),
+            ]
+        );
+        assert!(
+            config
+                .forwards
+                .iter()
+                .all(|f| f.bind == IpAddr::V4(Ipv4Addr::LOCALHOST))
+        );
+    }
+
+    #[test]
+    fn full_forward_parses() {
+        let config = parse(
+            r#"
+[cluster]
+context = "kind-x"
+node = "x-worker"
+node_address = "hostname"
+
+[[forward]]
+name = "otlp"
+namespace = "obs"
+selector = { "app.kubernetes.io/component" = "collector" }
+local_port = 21893
+service_port = "otlp"
+bind = "0.0.0.0"
+probe = { http = "/healthz" }
+enabled = false
+"#,
+        )
+        .unwrap();
+        assert_eq!(config.cluster.node_address, NodeAddressType::Hostname);
+        let f = &config.forwards[0];
+        assert_eq!(f.service_port, Some(PortRef::Name("otlp".into())));
+        assert_eq!(f.probe, Probe::Http("/healthz".into()));
+        assert!(!f.enabled);
+        assert_eq!(f.target.to_string(), "-l app.kubernetes.io/component=collector");
+    }
+
+    #[rstest]
+    #[case::unknown_key(
+        "[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 1\nlocalport = 2\n",
+        "line 6",
+        "unknown field `localport`"
+    )]
+    #[case::unknown_cluster_key("[cluster]\ncontxt = \"x\"\n", "line 2", "unknown field `contxt`")]
+    #[case::duplicate_name(
+        "[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 1\n[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 2\n",
+        ":7: `name`",
+        "duplicate forward name `a` (first used on line 2)"
+    )]
+    #[case::duplicate_port(
+        "[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 80\n[[forward]]\nname = \"b\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 80\n",
+        ":10: `local_port`",
+        "port 80 is used by forwards `a` and `b`"
+    )]
+    #[case::port_range(
+        "[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 70000\n",
+        ":5: `local_port`",
+        "70000 is not a port"
+    )]
+    #[case::negative_port(
+        "[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = -1\n",
+        ":5: `local_port`",
+        "-1 is not a port"
+    )]
+    #[case::both_targets(
+        "[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nselector = { app = \"x\" }\nlocal_port = 1\n",
+        ":1: `service`",
+        "has both `service` and `selector`"
+    )]
+    #[case::no_target(
+        "\n[[forward]]\nname = \"a\"\nnamespace = \"n\"\nlocal_port = 1\n",
+        ":2: `service`",
+        "needs `service"
+    )]
+    #[case::bad_bind(
+        "[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 1\nbind = \"localhost\"\n",
+        ":6: `bind`",
+        "`localhost` is not an IP address"
+    )]
+    #[case::bad_probe_path(
+        "[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 1\nprobe = { http = \"healthz\" }\n",
+        "`probe`",
+        "must start with `/`"
+    )]
+    #[case::bad_node_address("[cluster]\nnode_address = \"external\"\n", "line 2", "unknown variant `external`")]
+    fn invalid_configs_name_file_line_and_key(#[case] text: &str, #[case] place: &str, #[case] message: &str) {
+        let err = parse(text).unwrap_err().to_string();
+        assert!(err.starts_with("/etc/porthole.toml"), "{err}");
+        assert!(err.contains(place), "{err} lacks {place}");
+        assert!(err.contains(message), "{err} lacks {message}");
+    }
+
+    #[test]
+    fn same_port_on_different_addresses_is_fine() {
+        let text = "[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 80\n[[forward]]\nname = \"b\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 80\nbind = \"127.0.0.2\"\n";
+        assert_eq!(parse(text).unwrap().forwards.len(), 2);
+    }
+
+    #[test]
+    fn explicit_missing_file_is_an_error_naming_it() {
+        let err = Config::discover(Some(Path::new("/nonexistent/porthole.toml"))).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/porthole.toml"), "{err}");
+    }
+}

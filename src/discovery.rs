@@ -1,0 +1,368 @@
+//! Live view of the cluster: reflectors over namespaces, services, nodes and EndpointSlices,
+//! published as a [`ClusterView`] on every change.
+//!
+//! Level-triggered: consumers recompute what they need from the whole view, never from single
+//! events (delete events can be lost across a relist). When the API becomes unreachable the stores
+//! keep their last contents, so routes stay usable while the status says what is wrong.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::utils::Backoff;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::ClusterSpec;
+use crate::health::{Cause, CauseId};
+use crate::kubeconfig::Loaded;
+use crate::route::World;
+
+/// How Porthole's connection to the API server is doing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", content = "detail", rename_all = "kebab-case")]
+pub enum ClusterStatus {
+    Connecting,
+    Connected,
+    Unreachable(String),
+    Unauthorized(String),
+    /// The kubeconfig does not give a usable context.
+    Unusable(Cause),
+}
+
+impl ClusterStatus {
+    /// The cause to report on forwards, if the cluster is not fine.
+    pub fn cause(&self) -> Option<Cause> {
+        match self {
+            ClusterStatus::Connecting | ClusterStatus::Connected => None,
+            ClusterStatus::Unreachable(detail) => Some(
+                Cause::new(
+                    CauseId::ClusterUnreachable,
+                    format!("the API server does not answer: {detail}"),
+                )
+                .with_fix("is the cluster running? `docker ps` should list its nodes"),
+            ),
+            ClusterStatus::Unauthorized(detail) => Some(
+                Cause::new(
+                    CauseId::Unauthorized,
+                    format!("the API server refused the credentials: {detail}"),
+                )
+                .with_fix("refresh the kubeconfig entry (for kind: `kind export kubeconfig --name NAME`)"),
+            ),
+            ClusterStatus::Unusable(cause) => Some(cause.clone()),
+        }
+    }
+}
+
+/// What the engine knows of the cluster right now.
+#[derive(Debug, Clone)]
+pub struct ClusterView {
+    pub cluster: ClusterSpec,
+    /// The context in use, once the kubeconfig has been read.
+    pub context: Option<String>,
+    pub status: ClusterStatus,
+    /// `None` until every watch has listed once; afterwards, the last known objects.
+    pub world: Option<Arc<World>>,
+}
+
+impl ClusterView {
+    pub fn new(cluster: ClusterSpec) -> ClusterView {
+        ClusterView {
+            cluster,
+            context: None,
+            status: ClusterStatus::Connecting,
+            world: None,
+        }
+    }
+}
+
+/// Reconnect quickly: a local cluster is cheap to ask, and users wait on the answer.
+struct Reconnect {
+    next: Duration,
+}
+
+const RECONNECT_MIN: Duration = Duration::from_millis(250);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Reconnect { next: RECONNECT_MIN }
+    }
+}
+
+impl Iterator for Reconnect {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        let delay = self.next;
+        self.next = (self.next * 2).min(RECONNECT_MAX);
+        Some(delay)
+    }
+}
+
+impl Backoff for Reconnect {
+    fn reset(&mut self) {
+        self.next = RECONNECT_MIN;
+    }
+}
+
+/// What one watch reported.
+enum Signal {
+    /// Connected; `changed` when the store's contents changed (or finished a relist).
+    Ok {
+        kind: usize,
+        changed: bool,
+        synced: bool,
+    },
+    Failed {
+        kind: usize,
+        status: ClusterStatus,
+    },
+}
+
+const KINDS: usize = 4;
+
+/// Runs discovery until cancelled, publishing into `view`.
+pub async fn run(cluster: ClusterSpec, view: watch::Sender<ClusterView>, cancel: CancellationToken) {
+    let mut retry = Reconnect::default();
+    loop {
+        let attempt = async {
+            let loaded = Loaded::for_cluster(&cluster)?;
+            loaded.client(&cluster).await
+        };
+        match attempt.await {
+            Ok((client, context)) => {
+                info!(%context, "watching cluster");
+                view.send_modify(|v| v.context = Some(context));
+                watch_cluster(client, &view, &cancel).await;
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot use the kubeconfig");
+                let cause = e.cause();
+                view.send_if_modified(|v| replace(&mut v.status, ClusterStatus::Unusable(cause)));
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(retry.next().unwrap_or(RECONNECT_MAX)) => {}
+                }
+            }
+        }
+    }
+}
+
+fn replace<T: PartialEq>(slot: &mut T, value: T) -> bool {
+    if *slot == value {
+        return false;
+    }
+    *slot = value;
+    true
+}
+
+fn reflect<K>(api: Api<K>, kind: usize) -> (Store<K>, impl Stream<Item = Signal> + Send)
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + serde::de::DeserializeOwned + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default())
+        .backoff(Reconnect::default())
+        .modify(|o: &mut K| o.managed_fields_mut().clear())
+        .reflect(writer)
+        .map(move |item| match item {
+            Ok(event) => {
+                let (changed, synced) = match event {
+                    watcher::Event::Apply(_) | watcher::Event::Delete(_) => (true, false),
+                    watcher::Event::InitDone => (true, true),
+                    watcher::Event::Init | watcher::Event::InitApply(_) => (false, false),
+                };
+                Signal::Ok { kind, changed, synced }
+            }
+            Err(e) => Signal::Failed {
+                kind,
+                status: classify(&e),
+            },
+        });
+    (reader, stream)
+}
+
+fn classify(e: &watcher::Error) -> ClusterStatus {
+    let client_error = match e {
+        watcher::Error::InitialListFailed(e) | watcher::Error::WatchStartFailed(e) | watcher::Error::WatchFailed(e) => {
+            e
+        }
+        other => return ClusterStatus::Unreachable(other.to_string()),
+    };
+    match client_error {
+        kube::Error::Api(status) if status.code == 401 || status.code == 403 => {
+            ClusterStatus::Unauthorized(format!("{} {}", status.code, status.message))
+        }
+        other => ClusterStatus::Unreachable(short_error(other)),
+    }
+}
+
+/// The innermost message of an error chain: "connection refused", not three layers of wrapping.
+fn short_error(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut inner = e;
+    while let Some(source) = inner.source() {
+        inner = source;
+    }
+    inner.to_string()
+}
+
+async fn watch_cluster(client: Client, view: &watch::Sender<ClusterView>, cancel: &CancellationToken) {
+    let (namespaces, s0) = reflect(Api::<Namespace>::all(client.clone()), 0);
+    let (services, s1) = reflect(Api::<Service>::all(client.clone()), 1);
+    let (nodes, s2) = reflect(Api::<Node>::all(client.clone()), 2);
+    let (slices, s3) = reflect(Api::<EndpointSlice>::all(client), 3);
+    let mut signals = futures::stream::select_all([s0.boxed(), s1.boxed(), s2.boxed(), s3.boxed()]);
+    let mut synced = [false; KINDS];
+    let mut failures: [Option<ClusterStatus>; KINDS] = Default::default();
+    loop {
+        let signal = tokio::select! {
+            _ = cancel.cancelled() => return,
+            signal = signals.next() => match signal {
+                Some(signal) => signal,
+                None => return,
+            },
+        };
+        let changed = match signal {
+            Signal::Ok {
+                kind,
+                changed,
+                synced: done,
+            } => {
+                synced[kind] |= done;
+                failures[kind] = None;
+                changed
+            }
+            Signal::Failed { kind, status } => {
+                debug!(kind, ?status, "watch failed");
+                failures[kind] = Some(status);
+                false
+            }
+        };
+        let status = combined_status(&synced, &failures);
+        let all_synced = synced.iter().all(|s| *s);
+        view.send_if_modified(|v| {
+            let mut modified = false;
+            if v.status != status {
+                match &status {
+                    ClusterStatus::Connected => info!("cluster connected"),
+                    ClusterStatus::Unreachable(e) => {
+                        warn!(error = %e, "cluster unreachable; serving on the last known routes")
+                    }
+                    ClusterStatus::Unauthorized(e) => warn!(error = %e, "cluster refused the credentials"),
+                    _ => {}
+                }
+                v.status = status;
+                modified = true;
+            }
+            if changed && all_synced {
+                v.world = Some(Arc::new(World {
+                    namespaces: namespaces.state(),
+                    services: services.state(),
+                    nodes: nodes.state(),
+                    endpoint_slices: slices.state(),
+                }));
+                modified = true;
+            }
+            modified
+        });
+    }
+}
+
+fn combined_status(synced: &[bool; KINDS], failures: &[Option<ClusterStatus>; KINDS]) -> ClusterStatus {
+    let failed = failures.iter().flatten();
+    if let Some(status) = failed.clone().find(|s| matches!(s, ClusterStatus::Unauthorized(_))) {
+        return status.clone();
+    }
+    if let Some(status) = failed.into_iter().next() {
+        return status.clone();
+    }
+    if synced.iter().all(|s| *s) {
+        ClusterStatus::Connected
+    } else {
+        ClusterStatus::Connecting
+    }
+}
+
+/// Lists everything once (for `doctor`): the same [`World`] the engine builds from its watches.
+pub async fn list_world(client: &Client) -> Result<World, kube::Error> {
+    let lp = kube::api::ListParams::default();
+    let (ns_api, svc_api) = (
+        Api::<Namespace>::all(client.clone()),
+        Api::<Service>::all(client.clone()),
+    );
+    let (node_api, slice_api) = (
+        Api::<Node>::all(client.clone()),
+        Api::<EndpointSlice>::all(client.clone()),
+    );
+    let (namespaces, services, nodes, slices) = tokio::try_join!(
+        ns_api.list(&lp),
+        svc_api.list(&lp),
+        node_api.list(&lp),
+        slice_api.list(&lp)
+    )?;
+    Ok(World {
+        namespaces: arcs(namespaces.items),
+        services: arcs(services.items),
+        nodes: arcs(nodes.items),
+        endpoint_slices: arcs(slices.items),
+    })
+}
+
+fn arcs<K>(items: Vec<K>) -> Vec<Arc<K>> {
+    items.into_iter().map(Arc::new).collect()
+}
+
+/// The cluster status for an error from a one-shot request.
+pub fn status_of(e: &kube::Error) -> ClusterStatus {
+    match e {
+        kube::Error::Api(status) if status.code == 401 || status.code == 403 => {
+            ClusterStatus::Unauthorized(format!("{} {}", status.code, status.message))
+        }
+        other => ClusterStatus::Unreachable(short_error(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_backs_off_to_a_cap_and_resets() {
+        let mut r = Reconnect::default();
+        let delays: Vec<Duration> = (0..7).map(|_| r.next().unwrap()).collect();
+        assert_eq!(delays[0], RECONNECT_MIN);
+        assert_eq!(*delays.last().unwrap(), RECONNECT_MAX);
+        r.reset();
+        assert_eq!(r.next(), Some(RECONNECT_MIN));
+    }
+
+    #[test]
+    fn unauthorized_wins_over_unreachable() {
+        let failures = [
+            Some(ClusterStatus::Unreachable("x".into())),
+            None,
+            Some(ClusterStatus::Unauthorized("401".into())),
+            None,
+        ];
+        assert!(matches!(
+            combined_status(&[true; 4], &failures),
+            ClusterStatus::Unauthorized(_)
+        ));
+        assert_eq!(
+            combined_status(&[true, true, true, false], &Default::default()),
+            ClusterStatus::Connecting
+        );
+        assert_eq!(
+            combined_status(&[true; 4], &Default::default()),
+            ClusterStatus::Connected
+        );
+    }
+}

@@ -1,0 +1,331 @@
+//! Health of a forward: a state with a cause, and the rule that derives it from what is known.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::discovery::ClusterStatus;
+use crate::route::Route;
+
+/// The coarse state of a forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum State {
+    /// Not known yet: the cluster is being read or the first probe has not answered.
+    Starting,
+    /// The whole path answers.
+    Healthy,
+    /// Serving, but something is wrong (the API is unreachable: the last known route is used).
+    Degraded,
+    /// Not serving; the cause says why.
+    Down,
+    /// Turned off by the user.
+    Disabled,
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            State::Starting => "starting",
+            State::Healthy => "healthy",
+            State::Degraded => "degraded",
+            State::Down => "down",
+            State::Disabled => "disabled",
+        })
+    }
+}
+
+/// Why a forward is not healthy. The kebab-case ids are stable: scripts and the tray match on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CauseId {
+    KubeconfigInvalid,
+    ContextMissing,
+    ClusterUnreachable,
+    Unauthorized,
+    NamespaceMissing,
+    ServiceMissing,
+    WrongServiceType,
+    PortNotFound,
+    NoReadyEndpoints,
+    NodeUnreachable,
+    PortInUse,
+    ListenFailed,
+    ProbeFailed,
+}
+
+impl CauseId {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CauseId::KubeconfigInvalid => "kubeconfig-invalid",
+            CauseId::ContextMissing => "context-missing",
+            CauseId::ClusterUnreachable => "cluster-unreachable",
+            CauseId::Unauthorized => "unauthorized",
+            CauseId::NamespaceMissing => "namespace-missing",
+            CauseId::ServiceMissing => "service-missing",
+            CauseId::WrongServiceType => "wrong-service-type",
+            CauseId::PortNotFound => "port-not-found",
+            CauseId::NoReadyEndpoints => "no-ready-endpoints",
+            CauseId::NodeUnreachable => "node-unreachable",
+            CauseId::PortInUse => "port-in-use",
+            CauseId::ListenFailed => "listen-failed",
+            CauseId::ProbeFailed => "probe-failed",
+        }
+    }
+}
+
+impl fmt::Display for CauseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A cause with the sentence a user reads and, where one is known, what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cause {
+    pub id: CauseId,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+impl Cause {
+    pub fn new(id: CauseId, message: impl Into<String>) -> Cause {
+        Cause {
+            id,
+            message: message.into(),
+            fix: None,
+        }
+    }
+
+    pub fn with_fix(mut self, fix: impl Into<String>) -> Cause {
+        self.fix = Some(fix.into());
+        self
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.id, self.message)?;
+        if let Some(fix) = &self.fix {
+            write!(f, " (fix: {fix})")?;
+        }
+        Ok(())
+    }
+}
+
+/// A state and, unless healthy, its cause.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub state: State,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Cause>,
+}
+
+impl Health {
+    pub fn new(state: State, cause: Option<Cause>) -> Health {
+        Health { state, cause }
+    }
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.cause {
+            Some(cause) => write!(f, "{} ({cause})", self.state),
+            None => write!(f, "{}", self.state),
+        }
+    }
+}
+
+/// The local listener, as far as health is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listener {
+    Binding,
+    Bound,
+    Failed(Cause),
+}
+
+/// Consecutive probe outcomes, so that one failed probe does not flap the state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProbeRecord {
+    /// Some probe has answered since the route last changed.
+    pub answered: bool,
+    pub consecutive_failures: u32,
+    pub last_failure: Option<Cause>,
+}
+
+impl ProbeRecord {
+    pub fn record(&mut self, outcome: Result<(), Cause>) {
+        self.answered = true;
+        match outcome {
+            Ok(()) => {
+                self.consecutive_failures = 0;
+                self.last_failure = None;
+            }
+            Err(cause) => {
+                self.consecutive_failures += 1;
+                self.last_failure = Some(cause);
+            }
+        }
+    }
+}
+
+/// Everything a forward's health is derived from.
+#[derive(Debug, Clone)]
+pub struct Inputs {
+    pub enabled: bool,
+    pub listener: Listener,
+    pub cluster: ClusterStatus,
+    /// `None` until the cluster has been read once.
+    pub target: Option<Result<Route, Cause>>,
+    pub probe: ProbeRecord,
+    /// Consecutive probe failures that make a forward `down`.
+    pub failure_threshold: u32,
+}
+
+impl Inputs {
+    /// The rule: the first thing that is wrong, in the order a user would check it.
+    pub fn health(&self) -> Health {
+        if !self.enabled {
+            return Health::new(State::Disabled, None);
+        }
+        if let Listener::Failed(cause) = &self.listener {
+            return Health::new(State::Down, Some(cause.clone()));
+        }
+        let route = match &self.target {
+            Some(Ok(route)) => route,
+            Some(Err(cause)) => return Health::new(State::Down, Some(cause.clone())),
+            None => {
+                return match self.cluster.cause() {
+                    Some(cause) => Health::new(State::Down, Some(cause)),
+                    None => Health::new(State::Starting, None),
+                };
+            }
+        };
+        if route.ready_endpoints == 0 {
+            let cause = Cause::new(
+                CauseId::NoReadyEndpoints,
+                format!("service {} has no ready endpoints", route.service),
+            )
+            .with_fix(format!(
+                "check its pods: kubectl get pods -n {} (a restarting pod comes back by itself)",
+                route.namespace
+            ));
+            return Health::new(State::Down, Some(cause));
+        }
+        if self.probe.consecutive_failures >= self.failure_threshold {
+            return Health::new(State::Down, self.probe.last_failure.clone());
+        }
+        if let Some(cause) = self.cluster.cause() {
+            // NodePorts need no API on the data path: keep serving on the last known route.
+            return Health::new(State::Degraded, Some(cause));
+        }
+        if self.listener == Listener::Binding || !self.probe.answered {
+            return Health::new(State::Starting, None);
+        }
+        Health::new(State::Healthy, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::{Host, NodeTarget};
+
+    fn route(ready: usize) -> Route {
+        Route {
+            namespace: "ns".into(),
+            service: "ns/svc".into(),
+            service_type: "NodePort".into(),
+            port: "http 80/TCP".into(),
+            node_port: 30080,
+            targets: vec![NodeTarget {
+                node: "w".into(),
+                host: Host::Ip("127.0.0.2".parse().unwrap()),
+            }],
+            ready_endpoints: ready,
+        }
+    }
+
+    fn healthy_inputs() -> Inputs {
+        let mut probe = ProbeRecord::default();
+        probe.record(Ok(()));
+        Inputs {
+            enabled: true,
+            listener: Listener::Bound,
+            cluster: ClusterStatus::Connected,
+            target: Some(Ok(route(1))),
+            probe,
+            failure_threshold: 3,
+        }
+    }
+
+    fn probe_failure() -> Cause {
+        Cause::new(CauseId::NodeUnreachable, "connect refused")
+    }
+
+    #[test]
+    fn all_good_is_healthy() {
+        assert_eq!(healthy_inputs().health(), Health::new(State::Healthy, None));
+    }
+
+    #[test]
+    fn one_or_two_failed_probes_do_not_flap() {
+        let mut inputs = healthy_inputs();
+        inputs.probe.record(Err(probe_failure()));
+        inputs.probe.record(Err(probe_failure()));
+        assert_eq!(inputs.health().state, State::Healthy);
+        inputs.probe.record(Err(probe_failure()));
+        let health = inputs.health();
+        assert_eq!(health.state, State::Down);
+        assert_eq!(health.cause.unwrap().id, CauseId::NodeUnreachable);
+        inputs.probe.record(Ok(()));
+        assert_eq!(inputs.health().state, State::Healthy);
+    }
+
+    #[test]
+    fn unreachable_api_degrades_but_keeps_the_route() {
+        let mut inputs = healthy_inputs();
+        inputs.cluster = ClusterStatus::Unreachable("connection refused".into());
+        let health = inputs.health();
+        assert_eq!(health.state, State::Degraded);
+        assert_eq!(health.cause.unwrap().id, CauseId::ClusterUnreachable);
+    }
+
+    #[test]
+    fn unreachable_api_with_no_route_is_down() {
+        let mut inputs = healthy_inputs();
+        inputs.target = None;
+        inputs.cluster = ClusterStatus::Unreachable("connection refused".into());
+        assert_eq!(inputs.health().state, State::Down);
+        inputs.cluster = ClusterStatus::Connecting;
+        assert_eq!(inputs.health().state, State::Starting);
+    }
+
+    #[test]
+    fn order_of_causes() {
+        let mut inputs = healthy_inputs();
+        inputs.target = Some(Ok(route(0)));
+        assert_eq!(inputs.health().cause.unwrap().id, CauseId::NoReadyEndpoints);
+        inputs.target = Some(Err(Cause::new(CauseId::ServiceMissing, "x")));
+        assert_eq!(inputs.health().cause.unwrap().id, CauseId::ServiceMissing);
+        inputs.listener = Listener::Failed(Cause::new(CauseId::PortInUse, "y"));
+        assert_eq!(inputs.health().cause.unwrap().id, CauseId::PortInUse);
+        inputs.enabled = false;
+        assert_eq!(inputs.health(), Health::new(State::Disabled, None));
+    }
+
+    #[test]
+    fn no_probe_answer_yet_is_starting() {
+        let mut inputs = healthy_inputs();
+        inputs.probe = ProbeRecord::default();
+        assert_eq!(inputs.health().state, State::Starting);
+    }
+
+    #[test]
+    fn cause_ids_serialize_kebab_case() {
+        let json = serde_json::to_string(&CauseId::WrongServiceType).unwrap();
+        assert_eq!(json, "\"wrong-service-type\"");
+        assert_eq!(CauseId::NoReadyEndpoints.as_str(), "no-ready-endpoints");
+    }
+}

@@ -1,0 +1,227 @@
+//! Reading kubeconfig files the way kubectl does, and building a client for one context.
+
+use std::path::{Path, PathBuf};
+
+use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError as KubeError};
+
+use crate::config::ClusterSpec;
+use crate::health::{Cause, CauseId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeconfigError {
+    #[error("no kubeconfig file found (looked at {})", list(.0))]
+    NotFound(Vec<PathBuf>),
+    #[error("kubeconfig {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("context `{context}` is not in the kubeconfig ({})", list(.files))]
+    ContextMissing { context: String, files: Vec<PathBuf> },
+    #[error("no context given and the kubeconfig has no current-context ({})", list(.0))]
+    NoContext(Vec<PathBuf>),
+    #[error("context `{context}`: {message}")]
+    Client { context: String, message: String },
+}
+
+impl KubeconfigError {
+    /// The health cause this error stands for.
+    pub fn cause(&self) -> Cause {
+        match self {
+            KubeconfigError::ContextMissing { context, .. } => {
+                let fix = match kind_cluster_name(context) {
+                    Some(name) => format!("`kind export kubeconfig --name {name}` (or create the cluster)"),
+                    None => "correct `cluster.context` in the config (see `kubectl config get-contexts`)".into(),
+                };
+                Cause::new(CauseId::ContextMissing, self.to_string()).with_fix(fix)
+            }
+            KubeconfigError::NotFound(_) | KubeconfigError::NoContext(_) => {
+                Cause::new(CauseId::ContextMissing, self.to_string())
+                    .with_fix("create the cluster, or point `cluster.kubeconfig` / $KUBECONFIG at its kubeconfig")
+            }
+            KubeconfigError::Invalid { .. } | KubeconfigError::Client { .. } => {
+                Cause::new(CauseId::KubeconfigInvalid, self.to_string())
+            }
+        }
+    }
+}
+
+fn list(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `kind-NAME` → `NAME`.
+pub fn kind_cluster_name(context: &str) -> Option<&str> {
+    context.strip_prefix("kind-")
+}
+
+/// The kubeconfig files in effect: `cluster.kubeconfig`, else `$KUBECONFIG` (a list), else `~/.kube/config`.
+pub fn files(cluster: &ClusterSpec) -> Vec<PathBuf> {
+    if let Some(path) = &cluster.kubeconfig {
+        return vec![path.clone()];
+    }
+    if let Some(value) = std::env::var_os("KUBECONFIG") {
+        let paths: Vec<PathBuf> = std::env::split_paths(&value)
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect();
+        if !paths.is_empty() {
+            return paths;
+        }
+    }
+    let home = directories::BaseDirs::new()
+        .map(|d| d.home_dir().to_path_buf())
+        .unwrap_or_default();
+    vec![home.join(".kube").join("config")]
+}
+
+/// The kubeconfig files merged by kubectl's rules: missing files are skipped, the first to set a value wins.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub files: Vec<PathBuf>,
+    pub merged: Kubeconfig,
+}
+
+impl Loaded {
+    pub fn read(files: Vec<PathBuf>) -> Result<Loaded, KubeconfigError> {
+        let mut merged: Option<Kubeconfig> = None;
+        for path in &files {
+            if !path.exists() {
+                continue;
+            }
+            let next = Kubeconfig::read_from(path).map_err(|e| invalid(path, e))?;
+            merged = Some(match merged {
+                None => next,
+                Some(m) => m.merge(next).map_err(|e| invalid(path, e))?,
+            });
+        }
+        let merged = merged.ok_or_else(|| KubeconfigError::NotFound(files.clone()))?;
+        Ok(Loaded { files, merged })
+    }
+
+    pub fn for_cluster(cluster: &ClusterSpec) -> Result<Loaded, KubeconfigError> {
+        Loaded::read(files(cluster))
+    }
+
+    /// kubectl's current-context.
+    pub fn current_context(&self) -> Option<&str> {
+        self.merged.current_context.as_deref().filter(|c| !c.is_empty())
+    }
+
+    pub fn has_context(&self, name: &str) -> bool {
+        self.merged.contexts.iter().any(|c| c.name == name)
+    }
+
+    /// The context Porthole uses: the configured one, else kubectl's current-context.
+    pub fn effective_context(&self, cluster: &ClusterSpec) -> Result<String, KubeconfigError> {
+        let context = match &cluster.context {
+            Some(c) => c.clone(),
+            None => self
+                .current_context()
+                .ok_or_else(|| KubeconfigError::NoContext(self.files.clone()))?
+                .to_string(),
+        };
+        if !self.has_context(&context) {
+            return Err(KubeconfigError::ContextMissing {
+                context,
+                files: self.files.clone(),
+            });
+        }
+        Ok(context)
+    }
+
+    /// A client for the effective context, with bounded connect and read timeouts.
+    pub async fn client(&self, cluster: &ClusterSpec) -> Result<(kube::Client, String), KubeconfigError> {
+        let context = self.effective_context(cluster)?;
+        let options = KubeConfigOptions {
+            context: Some(context.clone()),
+            ..Default::default()
+        };
+        let client_err = |message: String| KubeconfigError::Client {
+            context: context.clone(),
+            message,
+        };
+        let mut config = kube::Config::from_custom_kubeconfig(self.merged.clone(), &options)
+            .await
+            .map_err(|e| client_err(e.to_string()))?;
+        config.connect_timeout = Some(std::time::Duration::from_secs(5));
+        let client = kube::Client::try_from(config).map_err(|e| client_err(e.to_string()))?;
+        Ok((client, context))
+    }
+}
+
+fn invalid(path: &Path, e: KubeError) -> KubeconfigError {
+    let message = match e {
+        // The read error repeats the path; keep only the cause.
+        KubeError::ReadConfig(io, _) => io.to_string(),
+        other => other.to_string(),
+    };
+    KubeconfigError::Invalid {
+        path: path.to_path_buf(),
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, current: Option<&str>, contexts: &[&str]) -> PathBuf {
+        let mut text = String::from("apiVersion: v1\nkind: Config\nclusters:\n");
+        for c in contexts {
+            text += &format!("- name: {c}\n  cluster:\n    server: https://127.0.0.1:6443\n");
+        }
+        text += "contexts:\n";
+        for c in contexts {
+            text += &format!("- name: {c}\n  context:\n    cluster: {c}\n    user: {c}\n");
+        }
+        text += "users:\n";
+        for c in contexts {
+            text += &format!("- name: {c}\n  user:\n    token: secret\n");
+        }
+        if let Some(current) = current {
+            text += &format!("current-context: {current}\n");
+        }
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn list_skips_missing_and_first_current_context_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = write(dir.path(), "a", None, &["kind-a"]);
+        let b = write(dir.path(), "b", Some("rancher-desktop"), &["rancher-desktop"]);
+        let c = write(dir.path(), "c", Some("kind-a"), &[]);
+        let loaded = Loaded::read(vec![dir.path().join("missing"), a, b, c]).unwrap();
+        assert_eq!(loaded.current_context(), Some("rancher-desktop"));
+        assert!(loaded.has_context("kind-a") && loaded.has_context("rancher-desktop"));
+    }
+
+    #[test]
+    fn errors_name_the_file_and_context() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad");
+        std::fs::write(&bad, "clusters: [\n").unwrap();
+        let err = Loaded::read(vec![bad.clone()]).unwrap_err().to_string();
+        assert!(err.contains(&bad.display().to_string()), "{err}");
+
+        let err = Loaded::read(vec![dir.path().join("none")]).unwrap_err();
+        assert!(matches!(err, KubeconfigError::NotFound(_)));
+
+        let a = write(dir.path(), "a", Some("kind-a"), &["kind-a"]);
+        let loaded = Loaded::read(vec![a]).unwrap();
+        let cluster = ClusterSpec {
+            context: Some("kind-openchoreo-local".into()),
+            ..Default::default()
+        };
+        let err = loaded.effective_context(&cluster).unwrap_err();
+        let cause = err.cause();
+        assert_eq!(cause.id, CauseId::ContextMissing);
+        assert!(cause.message.contains("kind-openchoreo-local"));
+        assert_eq!(
+            cause.fix.as_deref(),
+            Some("`kind export kubeconfig --name openchoreo-local` (or create the cluster)")
+        );
+    }
+}

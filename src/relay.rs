@@ -1,0 +1,247 @@
+//! Moving bytes between two connected sockets, both ways, with correct half-close.
+//!
+//! On Linux the bytes never enter user space: `splice(2)` moves them socket → pipe → socket, with
+//! pipes borrowed from a small pool only while data is in flight, so an idle connection costs no
+//! buffer at all. Elsewhere a buffer is allocated on the first readable event, for the same reason.
+
+use std::io;
+use std::net::Shutdown;
+use std::sync::atomic::AtomicU64;
+#[cfg(not(target_os = "linux"))]
+use std::sync::atomic::Ordering;
+
+use tokio::net::TcpStream;
+
+/// Relays until both directions have seen end-of-file, or either fails.
+///
+/// `up` counts bytes from `client` to `upstream`, `down` the reverse. On an error (a reset), both
+/// sockets are closed with a reset too, so neither peer mistakes a failure for a clean end.
+pub async fn relay(client: &TcpStream, upstream: &TcpStream, up: &AtomicU64, down: &AtomicU64) -> io::Result<()> {
+    let result = tokio::try_join!(pump(client, upstream, up), pump(upstream, client, down));
+    if result.is_err() {
+        for s in [client, upstream] {
+            let _ = socket2::SockRef::from(s).set_linger(Some(std::time::Duration::ZERO));
+        }
+    }
+    result.map(|_| ())
+}
+
+/// Ends the write side of `dst` after the source's end-of-file: the half-close travels on.
+fn half_close(dst: &TcpStream) -> io::Result<()> {
+    match socket2::SockRef::from(dst).shutdown(Shutdown::Write) {
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+        other => other,
+    }
+}
+
+#[cfg(target_os = "linux")]
+use splice::pump;
+
+#[cfg(target_os = "linux")]
+mod splice {
+    use std::io;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use tokio::io::Interest;
+    use tokio::net::TcpStream;
+
+    /// Bytes a pipe holds; 1 MiB is the default unprivileged maximum (`/proc/sys/fs/pipe-max-size`).
+    const PIPE_SIZE: usize = 1 << 20;
+    /// Pipes kept for reuse; beyond this, returned pipes are closed.
+    const POOL_MAX: usize = 64;
+
+    struct Pipe {
+        read: OwnedFd,
+        write: OwnedFd,
+        capacity: usize,
+    }
+
+    static POOL: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
+
+    impl Pipe {
+        fn take() -> io::Result<Pipe> {
+            // The lock is never held across a panic point; a poisoned pool is still a valid Vec.
+            if let Some(pipe) = POOL.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+                return Ok(pipe);
+            }
+            let mut fds = [0 as RawFd; 2];
+            // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+            if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
+            let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+            // SAFETY: F_SETPIPE_SZ on a pipe we own; failure leaves the default size, which is fine.
+            let size = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE as libc::c_int) };
+            let capacity = if size > 0 { size as usize } else { 64 * 1024 };
+            Ok(Pipe { read, write, capacity })
+        }
+
+        /// Returns an empty pipe to the pool.
+        fn give_back(self) {
+            let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
+            if pool.len() < POOL_MAX {
+                pool.push(self);
+            }
+        }
+    }
+
+    fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+        // SAFETY: both fds are open for the duration of the call; null offsets are valid for
+        // sockets and pipes.
+        let n = unsafe {
+            libc::splice(
+                from,
+                std::ptr::null_mut(),
+                to,
+                std::ptr::null_mut(),
+                len,
+                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    /// One direction: `src` → pipe → `dst`, until end-of-file on `src`.
+    pub(super) async fn pump(src: &TcpStream, dst: &TcpStream, count: &AtomicU64) -> io::Result<()> {
+        let mut pipe: Option<Pipe> = None;
+        loop {
+            src.readable().await?;
+            let p = match pipe.take() {
+                Some(p) => p,
+                None => Pipe::take()?,
+            };
+            // The pipe is empty here, so EAGAIN can only mean the socket has nothing to read.
+            let filled = src.try_io(Interest::READABLE, || {
+                splice(src.as_raw_fd(), p.write.as_raw_fd(), p.capacity)
+            });
+            let mut pending = match filled {
+                Ok(0) => {
+                    p.give_back();
+                    return super::half_close(dst);
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Idle: an idle connection holds no pipe.
+                    p.give_back();
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            while pending > 0 {
+                dst.writable().await?;
+                // The pipe holds data, so EAGAIN can only mean the socket's send buffer is full.
+                match dst.try_io(Interest::WRITABLE, || {
+                    splice(p.read.as_raw_fd(), dst.as_raw_fd(), pending)
+                }) {
+                    Ok(n) => {
+                        pending -= n;
+                        count.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    // A pipe with data left in it is dropped, not pooled.
+                    Err(e) => return Err(e),
+                }
+            }
+            pipe = Some(p);
+        }
+    }
+}
+
+/// One direction with a user-space buffer, allocated on the first readable event.
+#[cfg(not(target_os = "linux"))]
+async fn pump(src: &TcpStream, dst: &TcpStream, count: &AtomicU64) -> io::Result<()> {
+    const BUFFER: usize = 64 * 1024;
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        src.readable().await?;
+        if buf.is_empty() {
+            buf = vec![0; BUFFER];
+        }
+        let n = match src.try_read(&mut buf) {
+            Ok(0) => return half_close(dst),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        let mut written = 0;
+        while written < n {
+            dst.writable().await?;
+            match dst.try_write(&buf[written..n]) {
+                Ok(m) => written += m,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        count.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (a.unwrap(), b.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn relays_both_ways_and_passes_half_close_on() {
+        let (mut client, client_side) = pair().await;
+        let (upstream_side, mut server) = pair().await;
+        let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+        let relay = relay(&client_side, &upstream_side, &up, &down);
+        let peers = async {
+            client.write_all(b"hello").await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            server.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, b"hello");
+            // The server can still answer after the client's half-close.
+            server.write_all(b"world!").await.unwrap();
+            server.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            client.read_to_end(&mut back).await.unwrap();
+            assert_eq!(back, b"world!");
+        };
+        let (result, ()) = tokio::join!(relay, peers);
+        result.unwrap();
+        assert_eq!((up.load(Ordering::Relaxed), down.load(Ordering::Relaxed)), (5, 6));
+    }
+
+    #[tokio::test]
+    async fn a_reset_on_one_side_resets_the_other() {
+        let (mut client, client_side) = pair().await;
+        let (upstream_side, server) = pair().await;
+        let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+        socket2::SockRef::from(&server)
+            .set_linger(Some(std::time::Duration::ZERO))
+            .unwrap();
+        let relay = async {
+            let r = relay(&client_side, &upstream_side, &up, &down).await;
+            drop((client_side, upstream_side));
+            r
+        };
+        let peer = async move {
+            client.write_all(b"x").await.unwrap();
+            drop(server);
+            let mut buf = [0u8; 8];
+            client.read(&mut buf).await
+        };
+        let (result, read) = tokio::join!(relay, peer);
+        assert!(result.is_err());
+        assert_eq!(read.unwrap_err().kind(), io::ErrorKind::ConnectionReset);
+    }
+}

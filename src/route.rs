@@ -1,0 +1,474 @@
+//! Resolving a forward to a route (node addresses and nodePort) from a snapshot of cluster objects,
+//! and connecting through it.
+//!
+//! Pure functions over [`World`]: the engine feeds it from reflector stores, `doctor` from one-shot lists,
+//! so both name the same causes.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Service, ServicePort};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use serde::Serialize;
+use tokio::net::TcpStream;
+
+use crate::config::{ClusterSpec, ForwardSpec, NodeAddressType, PortRef, ServiceTarget};
+use crate::health::{Cause, CauseId};
+
+/// The label EndpointSlices carry to name their service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+const CONTROL_PLANE_LABEL: &str = "node-role.kubernetes.io/control-plane";
+
+/// The cluster objects a route is computed from.
+#[derive(Debug, Clone, Default)]
+pub struct World {
+    pub namespaces: Vec<Arc<Namespace>>,
+    pub services: Vec<Arc<Service>>,
+    pub nodes: Vec<Arc<Node>>,
+    pub endpoint_slices: Vec<Arc<EndpointSlice>>,
+}
+
+/// Where a node is reached.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Host {
+    Ip(IpAddr),
+    Name(String),
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]"),
+            Host::Ip(ip) => write!(f, "{ip}"),
+            Host::Name(name) => f.write_str(name),
+        }
+    }
+}
+
+impl Serialize for Host {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// One node a route can use.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct NodeTarget {
+    pub node: String,
+    pub host: Host,
+}
+
+/// Where new connections of a forward go: the nodePort on each usable node, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Route {
+    pub namespace: String,
+    /// `namespace/name`.
+    pub service: String,
+    pub service_type: String,
+    /// The service port, as `name port/protocol`.
+    pub port: String,
+    pub node_port: u16,
+    pub targets: Vec<NodeTarget>,
+    pub ready_endpoints: usize,
+}
+
+impl Route {
+    /// `host:nodePort` of the first node, as shown in status lines.
+    pub fn primary(&self) -> String {
+        match self.targets.first() {
+            Some(t) => format!("{}:{}", t.host, self.node_port),
+            None => format!("-:{}", self.node_port),
+        }
+    }
+
+    /// Connects to the route's first node that answers, each attempt bounded by `timeout`.
+    ///
+    /// The error is `node-unreachable`, naming every node tried and why it failed.
+    pub async fn connect(&self, timeout: Duration) -> Result<TcpStream, Cause> {
+        let mut failures = Vec::new();
+        for target in &self.targets {
+            let attempt = match &target.host {
+                Host::Ip(ip) => {
+                    tokio::time::timeout(timeout, TcpStream::connect(SocketAddr::new(*ip, self.node_port))).await
+                }
+                Host::Name(name) => {
+                    tokio::time::timeout(timeout, TcpStream::connect((name.as_str(), self.node_port))).await
+                }
+            };
+            match attempt {
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    return Ok(stream);
+                }
+                Ok(Err(e)) => failures.push(format!("{}:{} ({e})", target.host, self.node_port)),
+                Err(_) => failures.push(format!("{}:{} (no answer in {timeout:?})", target.host, self.node_port)),
+            }
+        }
+        Err(Cause::new(
+            CauseId::NodeUnreachable,
+            format!(
+                "cannot connect to nodePort {} of {}: {}",
+                self.node_port,
+                self.service,
+                failures.join(", ")
+            ),
+        )
+        .with_fix(crate::probe::node_unreachable_fix()))
+    }
+}
+
+/// Resolves one forward against the cluster, or names the first thing in the way.
+pub fn resolve(spec: &ForwardSpec, cluster: &ClusterSpec, world: &World) -> Result<Route, Cause> {
+    let ns = spec.namespace.as_str();
+    if !world.namespaces.iter().any(|n| n.metadata.name.as_deref() == Some(ns)) {
+        return Err(
+            Cause::new(CauseId::NamespaceMissing, format!("namespace {ns} does not exist")).with_fix(format!(
+                "install the release that creates it, or correct `namespace` of forward `{}`",
+                spec.name
+            )),
+        );
+    }
+    let service = find_service(spec, world)?;
+    let name = format!("{ns}/{}", service.metadata.name.as_deref().unwrap_or_default());
+    let svc_spec = service.spec.as_ref();
+    let service_type = svc_spec
+        .and_then(|s| s.type_.clone())
+        .unwrap_or_else(|| "ClusterIP".into());
+    if service_type != "NodePort" && service_type != "LoadBalancer" {
+        return Err(Cause::new(
+            CauseId::WrongServiceType,
+            format!("service {name} is of type {service_type}, which has no nodePort"),
+        )
+        .with_fix("set `type: NodePort` for this service in the Helm values and upgrade the release"));
+    }
+    let ports = svc_spec.and_then(|s| s.ports.as_deref()).unwrap_or_default();
+    let port = find_port(spec.service_port.as_ref(), ports).ok_or_else(|| {
+        let wanted = spec
+            .service_port
+            .as_ref()
+            .map_or("any port".to_string(), |p| format!("port `{p}`"));
+        Cause::new(
+            CauseId::PortNotFound,
+            format!("service {name} has no {wanted}; it has: {}", list_ports(ports)),
+        )
+        .with_fix(format!("set `service_port` of forward `{}` to one of those", spec.name))
+    })?;
+    let node_port = port.node_port.and_then(|p| u16::try_from(p).ok()).ok_or_else(|| {
+        Cause::new(
+            CauseId::WrongServiceType,
+            format!(
+                "port {} of service {name} ({service_type}) has no nodePort",
+                describe_port(port)
+            ),
+        )
+        .with_fix("set `type: NodePort` (or allocateLoadBalancerNodePorts: true) in the Helm values")
+    })?;
+    let targets = node_targets(cluster, world)?;
+    Ok(Route {
+        namespace: ns.to_string(),
+        service: name,
+        service_type,
+        port: describe_port(port),
+        node_port,
+        targets,
+        ready_endpoints: ready_endpoints(ns, service.metadata.name.as_deref().unwrap_or_default(), world),
+    })
+}
+
+fn find_service<'w>(spec: &ForwardSpec, world: &'w World) -> Result<&'w Service, Cause> {
+    let ns = spec.namespace.as_str();
+    let in_ns = world
+        .services
+        .iter()
+        .filter(|s| s.metadata.namespace.as_deref() == Some(ns));
+    let found = match &spec.target {
+        ServiceTarget::Name(name) => in_ns.into_iter().find(|s| s.metadata.name.as_deref() == Some(name)),
+        ServiceTarget::Selector(selector) => in_ns
+            .filter(|s| {
+                let labels = s.metadata.labels.as_ref();
+                selector.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+            })
+            .min_by(|a, b| a.metadata.name.cmp(&b.metadata.name)),
+    };
+    found.map(|s| s.as_ref()).ok_or_else(|| {
+        let what = match &spec.target {
+            ServiceTarget::Name(name) => format!("service {ns}/{name} does not exist"),
+            ServiceTarget::Selector(_) => format!("no service in namespace {ns} matches {}", spec.target),
+        };
+        Cause::new(CauseId::ServiceMissing, what).with_fix(format!(
+            "check `kubectl get svc -n {ns}`; install the release, or correct forward `{}`",
+            spec.name
+        ))
+    })
+}
+
+fn find_port<'s>(wanted: Option<&PortRef>, ports: &'s [ServicePort]) -> Option<&'s ServicePort> {
+    match wanted {
+        None => ports.first(),
+        Some(PortRef::Name(name)) => ports.iter().find(|p| p.name.as_deref() == Some(name)),
+        Some(PortRef::Number(n)) => ports.iter().find(|p| p.port == i32::from(*n)),
+    }
+}
+
+fn describe_port(port: &ServicePort) -> String {
+    let protocol = port.protocol.as_deref().unwrap_or("TCP");
+    match &port.name {
+        Some(name) if !name.is_empty() => format!("{name} {}/{protocol}", port.port),
+        _ => format!("{}/{protocol}", port.port),
+    }
+}
+
+fn list_ports(ports: &[ServicePort]) -> String {
+    if ports.is_empty() {
+        return "no ports".into();
+    }
+    ports.iter().map(describe_port).collect::<Vec<_>>().join(", ")
+}
+
+fn node_targets(cluster: &ClusterSpec, world: &World) -> Result<Vec<NodeTarget>, Cause> {
+    let mut nodes: Vec<&Node> = match &cluster.node {
+        Some(wanted) => {
+            let node = world.nodes.iter().find(|n| n.metadata.name.as_deref() == Some(wanted));
+            let node = node.ok_or_else(|| {
+                Cause::new(CauseId::NodeUnreachable, format!("node {wanted} does not exist"))
+                    .with_fix("correct `cluster.node` (see `kubectl get nodes`), or remove it to use every Ready node")
+            })?;
+            vec![node.as_ref()]
+        }
+        None => world.nodes.iter().map(|n| n.as_ref()).filter(|n| is_ready(n)).collect(),
+    };
+    // Workers first: on kind they carry the application traffic; then by name, for a stable order.
+    nodes.sort_by_key(|n| (is_control_plane(n), n.metadata.name.clone()));
+    let wanted_type = match cluster.node_address {
+        NodeAddressType::InternalIp => "InternalIP",
+        NodeAddressType::Hostname => "Hostname",
+    };
+    let targets: Vec<NodeTarget> = nodes
+        .iter()
+        .filter_map(|node| {
+            let addresses = node.status.as_ref()?.addresses.as_ref()?;
+            let address = addresses.iter().find(|a| a.type_ == wanted_type)?;
+            let host = match address.address.parse::<IpAddr>() {
+                Ok(ip) => Host::Ip(ip),
+                Err(_) => Host::Name(address.address.clone()),
+            };
+            Some(NodeTarget {
+                node: node.metadata.name.clone().unwrap_or_default(),
+                host,
+            })
+        })
+        .collect();
+    if targets.is_empty() {
+        return Err(Cause::new(
+            CauseId::NodeUnreachable,
+            format!("no Ready node has an {wanted_type} address"),
+        )
+        .with_fix("check `kubectl get nodes -o wide`; is the cluster's Docker container running?"));
+    }
+    Ok(targets)
+}
+
+fn is_ready(node: &Node) -> bool {
+    let conditions = node.status.as_ref().and_then(|s| s.conditions.as_ref());
+    conditions.is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn is_control_plane(node: &Node) -> bool {
+    node.metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(CONTROL_PLANE_LABEL))
+}
+
+/// Ready endpoints across the service's EndpointSlices (an unset `ready` condition means ready).
+fn ready_endpoints(ns: &str, service: &str, world: &World) -> usize {
+    let mut ready = BTreeSet::new();
+    for slice in &world.endpoint_slices {
+        let labels = slice.metadata.labels.as_ref();
+        if slice.metadata.namespace.as_deref() != Some(ns)
+            || labels.and_then(|l| l.get(SERVICE_NAME_LABEL)).map(String::as_str) != Some(service)
+        {
+            continue;
+        }
+        for endpoint in &slice.endpoints {
+            let is_ready = endpoint.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            if is_ready && let Some(address) = endpoint.addresses.first() {
+                let target = endpoint.target_ref.as_ref().and_then(|r| r.name.clone());
+                ready.insert((address.clone(), target));
+            }
+        }
+    }
+    ready.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Source};
+    use serde_json::json;
+
+    fn world() -> World {
+        let ns =
+            |name: &str| Arc::new(serde_json::from_value::<Namespace>(json!({"metadata": {"name": name}})).unwrap());
+        let node = |name: &str, ip: &str, ready: &str, cp: bool| {
+            let labels = if cp {
+                json!({CONTROL_PLANE_LABEL: ""})
+            } else {
+                json!({})
+            };
+            Arc::new(
+                serde_json::from_value::<Node>(json!({
+                    "metadata": {"name": name, "labels": labels},
+                    "status": {
+                        "addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}],
+                        "conditions": [{"type": "Ready", "status": ready}]
+                    }
+                }))
+                .unwrap(),
+            )
+        };
+        let svc = |ns: &str, name: &str, ty: &str, ports: serde_json::Value| {
+            Arc::new(
+                serde_json::from_value::<Service>(json!({
+                    "metadata": {"name": name, "namespace": ns, "labels": {"app": name}},
+                    "spec": {"type": ty, "ports": ports}
+                }))
+                .unwrap(),
+            )
+        };
+        let slice = |ns: &str, svc: &str, ready: bool| {
+            Arc::new(
+                serde_json::from_value::<EndpointSlice>(json!({
+                    "metadata": {"name": format!("{svc}-abc"), "namespace": ns, "labels": {SERVICE_NAME_LABEL: svc}},
+                    "addressType": "IPv4",
+                    "endpoints": [{"addresses": ["10.244.1.5"], "conditions": {"ready": ready}}]
+                }))
+                .unwrap(),
+            )
+        };
+        World {
+            namespaces: vec![ns("apps")],
+            nodes: vec![
+                node("kind-control-plane", "127.0.0.3", "True", true),
+                node("kind-worker", "127.0.0.2", "True", false),
+                node("kind-worker2", "127.0.0.4", "False", false),
+            ],
+            services: vec![
+                svc(
+                    "apps",
+                    "web",
+                    "NodePort",
+                    json!([{"name": "http", "port": 80, "nodePort": 30080}, {"name": "metrics", "port": 9090, "nodePort": 30090}]),
+                ),
+                svc(
+                    "apps",
+                    "gw",
+                    "LoadBalancer",
+                    json!([{"name": "https", "port": 443, "nodePort": 31443}]),
+                ),
+                svc("apps", "db", "ClusterIP", json!([{"port": 5432}])),
+            ],
+            endpoint_slices: vec![slice("apps", "web", true), slice("apps", "gw", false)],
+        }
+    }
+
+    fn forward(extra: &str) -> (ForwardSpec, ClusterSpec) {
+        let text = format!("[[forward]]\nname = \"f\"\nnamespace = \"apps\"\nlocal_port = 1\n{extra}\n");
+        let config = Config::parse(&text, &Source::Preset("test")).unwrap();
+        (config.forwards[0].clone(), config.cluster)
+    }
+
+    fn resolve_with(extra: &str) -> Result<Route, Cause> {
+        let (spec, cluster) = forward(extra);
+        resolve(&spec, &cluster, &world())
+    }
+
+    #[test]
+    fn nodeport_service_resolves_to_ready_workers_first() {
+        let route = resolve_with("service = \"web\"").unwrap();
+        assert_eq!(route.node_port, 30080);
+        assert_eq!(route.port, "http 80/TCP");
+        assert_eq!(route.ready_endpoints, 1);
+        let nodes: Vec<&str> = route.targets.iter().map(|t| t.node.as_str()).collect();
+        assert_eq!(nodes, vec!["kind-worker", "kind-control-plane"]);
+        assert_eq!(route.primary(), "127.0.0.2:30080");
+    }
+
+    #[test]
+    fn named_and_numbered_ports() {
+        assert_eq!(
+            resolve_with("service = \"web\"\nservice_port = \"metrics\"")
+                .unwrap()
+                .node_port,
+            30090
+        );
+        assert_eq!(
+            resolve_with("service = \"web\"\nservice_port = 9090")
+                .unwrap()
+                .node_port,
+            30090
+        );
+        let cause = resolve_with("service = \"web\"\nservice_port = \"otlp\"").unwrap_err();
+        assert_eq!(cause.id, CauseId::PortNotFound);
+        assert!(
+            cause.message.contains("http 80/TCP, metrics 9090/TCP"),
+            "{}",
+            cause.message
+        );
+    }
+
+    #[test]
+    fn load_balancer_has_node_ports() {
+        let route = resolve_with("service = \"gw\"").unwrap();
+        assert_eq!((route.node_port, route.ready_endpoints), (31443, 0));
+    }
+
+    #[test]
+    fn selector_finds_service() {
+        assert_eq!(resolve_with("selector = { app = \"gw\" }").unwrap().node_port, 31443);
+        let cause = resolve_with("selector = { app = \"nope\" }").unwrap_err();
+        assert_eq!(cause.id, CauseId::ServiceMissing);
+        assert!(cause.message.contains("-l app=nope"), "{}", cause.message);
+    }
+
+    #[test]
+    fn causes() {
+        let cause = resolve_with("service = \"db\"").unwrap_err();
+        assert_eq!(cause.id, CauseId::WrongServiceType);
+        assert!(cause.message.contains("ClusterIP"));
+        assert!(cause.fix.unwrap().contains("type: NodePort"));
+        assert_eq!(
+            resolve_with("service = \"nope\"").unwrap_err().id,
+            CauseId::ServiceMissing
+        );
+        let (mut spec, cluster) = forward("service = \"web\"");
+        spec.namespace = "gone".into();
+        assert_eq!(
+            resolve(&spec, &cluster, &world()).unwrap_err().id,
+            CauseId::NamespaceMissing
+        );
+    }
+
+    #[test]
+    fn pinned_node_and_hostname_addresses() {
+        let (spec, mut cluster) = forward("service = \"web\"");
+        cluster.node = Some("kind-control-plane".into());
+        cluster.node_address = NodeAddressType::Hostname;
+        let route = resolve(&spec, &cluster, &world()).unwrap();
+        assert_eq!(
+            route.targets,
+            vec![NodeTarget {
+                node: "kind-control-plane".into(),
+                host: Host::Name("kind-control-plane".into())
+            }]
+        );
+        cluster.node = Some("nope".into());
+        assert_eq!(
+            resolve(&spec, &cluster, &world()).unwrap_err().id,
+            CauseId::NodeUnreachable
+        );
+    }
+}

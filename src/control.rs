@@ -1,1 +1,238 @@
+//! The control socket: a Unix socket (mode 0600) speaking JSON lines, served by a running engine
+//! (`porthole up` or the tray app) and used by `porthole status|wait|enable|disable`.
 
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::engine::{Engine, Snapshot};
+
+/// Environment variable naming the control socket when `--control` is not given.
+pub const CONTROL_ENV: &str = "PORTHOLE_CONTROL";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("another Porthole is already running (control socket {0})")]
+    AlreadyRunning(PathBuf),
+    #[error("no Porthole is running (nothing answers on {path}: {source}); start one with `porthole up`")]
+    NotRunning { path: PathBuf, source: io::Error },
+    #[error("control socket {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("control socket: bad message: {0}")]
+    Protocol(String),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// A request, one JSON object per line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Request {
+    /// One snapshot with live counters.
+    Status,
+    /// The snapshot now and after every change, until the client hangs up.
+    Watch,
+    Enable { name: String },
+    Disable { name: String },
+}
+
+/// A reply, one JSON object per line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "kebab-case")]
+pub enum Reply {
+    Snapshot { snapshot: Box<Snapshot> },
+    Done,
+    Error { message: String },
+}
+
+/// The socket path: `explicit`, else `$PORTHOLE_CONTROL`, else `porthole/control.sock` in the
+/// user's runtime dir (`$XDG_RUNTIME_DIR`), else in a per-user directory under the temp dir.
+pub fn socket_path(explicit: Option<&Path>) -> PathBuf {
+    if let Some(path) = explicit {
+        return path.to_path_buf();
+    }
+    if let Some(path) = std::env::var_os(CONTROL_ENV).filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
+    let base = directories::BaseDirs::new().and_then(|d| d.runtime_dir().map(Path::to_path_buf));
+    let dir = match base {
+        Some(runtime) => runtime.join("porthole"),
+        // SAFETY: getuid has no preconditions and cannot fail.
+        None => std::env::temp_dir().join(format!("porthole-{}", unsafe { libc::getuid() })),
+    };
+    dir.join("control.sock")
+}
+
+/// Binds the control socket, replacing a stale one; fails if a live engine answers on it.
+pub async fn bind(path: &Path) -> Result<UnixListener, ControlError> {
+    let io_err = |source| ControlError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io_err)?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(ControlError::AlreadyRunning(path.to_path_buf()));
+        }
+        debug!(path = %path.display(), "removing a stale control socket");
+        std::fs::remove_file(path).map_err(io_err)?;
+    }
+    let listener = UnixListener::bind(path).map_err(io_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+    Ok(listener)
+}
+
+/// Answers requests until `cancel`; removes the socket file afterwards.
+pub async fn serve(engine: Engine, listener: UnixListener, path: PathBuf, cancel: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    warn!(error = %e, "control socket accept failed");
+                    continue;
+                }
+            },
+        };
+        let (engine, cancel) = (engine.clone(), cancel.clone());
+        tokio::spawn(async move {
+            if let Err(e) = session(engine, stream, cancel).await {
+                debug!(error = %e, "control session ended");
+            }
+        });
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+async fn session(engine: Engine, stream: UnixStream, cancel: CancellationToken) -> io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    while let Some(line) = lines.next_line().await? {
+        let request = match serde_json::from_str::<Request>(&line) {
+            Ok(request) => request,
+            Err(e) => {
+                send(&mut write, &Reply::Error { message: format!("bad request: {e}") }).await?;
+                continue;
+            }
+        };
+        match request {
+            Request::Status => {
+                let snapshot = Box::new(engine.status().await);
+                send(&mut write, &Reply::Snapshot { snapshot }).await?;
+            }
+            Request::Watch => return watch(engine, write, cancel).await,
+            Request::Enable { name } => toggle(&engine, &mut write, &name, true).await?,
+            Request::Disable { name } => toggle(&engine, &mut write, &name, false).await?,
+        }
+    }
+    Ok(())
+}
+
+async fn toggle(engine: &Engine, write: &mut OwnedWriteHalf, name: &str, enabled: bool) -> io::Result<()> {
+    let reply = match engine.set_enabled(name, enabled).await {
+        Ok(()) => Reply::Done,
+        Err(e) => Reply::Error { message: e.to_string() },
+    };
+    send(write, &reply).await
+}
+
+async fn watch(engine: Engine, mut write: OwnedWriteHalf, cancel: CancellationToken) -> io::Result<()> {
+    let mut snapshots = engine.snapshot();
+    loop {
+        let snapshot = Box::new(snapshots.borrow_and_update().clone());
+        send(&mut write, &Reply::Snapshot { snapshot }).await?;
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            changed = snapshots.changed() => if changed.is_err() { return Ok(()) },
+        }
+    }
+}
+
+async fn send(write: &mut OwnedWriteHalf, reply: &Reply) -> io::Result<()> {
+    let mut line = serde_json::to_vec(reply).map_err(io::Error::other)?;
+    line.push(b'\n');
+    write.write_all(&line).await
+}
+
+/// A connection to a running engine.
+pub struct Client {
+    path: PathBuf,
+    lines: tokio::io::Lines<BufReader<OwnedReadHalf>>,
+    write: OwnedWriteHalf,
+}
+
+impl Client {
+    pub async fn connect(path: &Path) -> Result<Client, ControlError> {
+        let stream = UnixStream::connect(path).await.map_err(|source| ControlError::NotRunning {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let (read, write) = stream.into_split();
+        Ok(Client {
+            path: path.to_path_buf(),
+            lines: BufReader::new(read).lines(),
+            write,
+        })
+    }
+
+    async fn request(&mut self, request: &Request) -> Result<(), ControlError> {
+        let mut line = serde_json::to_vec(request).map_err(|e| ControlError::Protocol(e.to_string()))?;
+        line.push(b'\n');
+        self.write.write_all(&line).await.map_err(|source| ControlError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    async fn reply(&mut self) -> Result<Reply, ControlError> {
+        let line = self.lines.next_line().await.map_err(|source| ControlError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        let line = line.ok_or_else(|| ControlError::Protocol("the engine closed the connection".into()))?;
+        serde_json::from_str(&line).map_err(|e| ControlError::Protocol(e.to_string()))
+    }
+
+    async fn snapshot(&mut self) -> Result<Snapshot, ControlError> {
+        match self.reply().await? {
+            Reply::Snapshot { snapshot } => Ok(*snapshot),
+            Reply::Error { message } => Err(ControlError::Refused(message)),
+            other => Err(ControlError::Protocol(format!("expected a snapshot, got {other:?}"))),
+        }
+    }
+
+    pub async fn status(&mut self) -> Result<Snapshot, ControlError> {
+        self.request(&Request::Status).await?;
+        self.snapshot().await
+    }
+
+    /// Starts a watch; then call [`Client::next_snapshot`] repeatedly.
+    pub async fn watch(&mut self) -> Result<(), ControlError> {
+        self.request(&Request::Watch).await
+    }
+
+    pub async fn next_snapshot(&mut self) -> Result<Snapshot, ControlError> {
+        self.snapshot().await
+    }
+
+    pub async fn set_enabled(&mut self, name: &str, enabled: bool) -> Result<(), ControlError> {
+        let name = name.to_string();
+        let request = if enabled { Request::Enable { name } } else { Request::Disable { name } };
+        self.request(&request).await?;
+        match self.reply().await? {
+            Reply::Done => Ok(()),
+            Reply::Error { message } => Err(ControlError::Refused(message)),
+            other => Err(ControlError::Protocol(format!("unexpected reply {other:?}"))),
+        }
+    }
+}

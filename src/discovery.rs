@@ -144,9 +144,10 @@ pub async fn run(cluster: ClusterSpec, view: watch::Sender<ClusterView>, cancel:
                 return;
             }
             Err(e) => {
-                warn!(error = %e, "cannot use the kubeconfig");
-                let cause = e.cause();
-                view.send_if_modified(|v| replace(&mut v.status, ClusterStatus::Unusable(cause)));
+                let status = ClusterStatus::Unusable(e.cause());
+                if view.send_if_modified(|v| replace(&mut v.status, status)) {
+                    warn!(error = %e, "cannot use the kubeconfig; retrying");
+                }
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(retry.next().unwrap_or(RECONNECT_MAX)) => {}

@@ -1,1 +1,204 @@
+//! `porthole doctor`: every check from kubeconfig to local port, once, without a running engine,
+//! each failure with its fix.
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::discovery::{list_world, status_of};
+use crate::health::{Cause, CauseId};
+use crate::holder;
+use crate::kubeconfig::{Loaded, kind_cluster_name};
+use crate::route::resolve;
+
+/// One check and its outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// What was checked, e.g. `kubeconfig` or `console: service`.
+    pub check: String,
+    pub ok: bool,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<CauseId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+impl Check {
+    fn pass(check: impl Into<String>, detail: impl Into<String>) -> Check {
+        Check {
+            check: check.into(),
+            ok: true,
+            detail: detail.into(),
+            cause: None,
+            fix: None,
+        }
+    }
+
+    fn fail(check: impl Into<String>, cause: Cause) -> Check {
+        Check {
+            check: check.into(),
+            ok: false,
+            detail: cause.message,
+            cause: Some(cause.id),
+            fix: cause.fix,
+        }
+    }
+}
+
+/// All checks, in the order a user would go through them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub ok: bool,
+    pub checks: Vec<Check>,
+}
+
+/// Runs every check; `timeout` bounds each network step.
+pub async fn run(config: &Config, timeout: Duration) -> Report {
+    let mut checks = Vec::new();
+    cluster_checks(config, timeout, &mut checks).await;
+    Report {
+        ok: checks.iter().all(|c| c.ok),
+        checks,
+    }
+}
+
+async fn cluster_checks(config: &Config, timeout: Duration, checks: &mut Vec<Check>) {
+    let loaded = match Loaded::for_cluster(&config.cluster) {
+        Ok(loaded) => {
+            let files: Vec<String> = loaded.files.iter().filter(|f| f.exists()).map(|f| f.display().to_string()).collect();
+            checks.push(Check::pass("kubeconfig", files.join(", ")));
+            loaded
+        }
+        Err(e) => {
+            checks.push(Check::fail("kubeconfig", e.cause()));
+            return local_port_checks(config, checks);
+        }
+    };
+    let context = match loaded.effective_context(&config.cluster) {
+        Ok(context) => {
+            checks.push(Check::pass("context", format!("{context} is in the kubeconfig")));
+            context
+        }
+        Err(e) => {
+            checks.push(Check::fail("context", e.cause()));
+            return local_port_checks(config, checks);
+        }
+    };
+    checks.push(kubectl_context_check(&context, loaded.current_context()));
+    let client = match loaded.client(&config.cluster).await {
+        Ok((client, _)) => client,
+        Err(e) => {
+            checks.push(Check::fail("API server", e.cause()));
+            return local_port_checks(config, checks);
+        }
+    };
+    let world = match tokio::time::timeout(timeout, list_world(&client)).await {
+        Ok(Ok(world)) => {
+            checks.push(Check::pass("API server", format!("{context} answers")));
+            world
+        }
+        Ok(Err(e)) => {
+            let cause = status_of(&e).cause().unwrap_or_else(|| Cause::new(CauseId::ClusterUnreachable, e.to_string()));
+            checks.push(Check::fail("API server", cause));
+            return local_port_checks(config, checks);
+        }
+        Err(_) => {
+            let cause = Cause::new(CauseId::ClusterUnreachable, format!("no answer from {context} in {timeout:?}"))
+                .with_fix("is the cluster running? `docker ps` should list its nodes");
+            checks.push(Check::fail("API server", cause));
+            return local_port_checks(config, checks);
+        }
+    };
+    for spec in config.forwards.iter().filter(|f| f.enabled) {
+        let name = &spec.name;
+        match resolve(spec, &config.cluster, &world) {
+            Ok(route) => {
+                checks.push(Check::pass(
+                    format!("{name}: service"),
+                    format!("{} is {}, port {} → nodePort {}", route.service, route.service_type, route.port, route.node_port),
+                ));
+                checks.push(if route.ready_endpoints > 0 {
+                    Check::pass(format!("{name}: endpoints"), format!("{} ready", route.ready_endpoints))
+                } else {
+                    let cause = Cause::new(CauseId::NoReadyEndpoints, format!("service {} has no ready endpoints", route.service))
+                        .with_fix(format!("check its pods: kubectl get pods -n {}", route.namespace));
+                    Check::fail(format!("{name}: endpoints"), cause)
+                });
+                checks.push(match route.connect(timeout).await {
+                    Ok(_) => Check::pass(format!("{name}: node"), format!("{} answers", route.primary())),
+                    Err(cause) => Check::fail(format!("{name}: node"), cause),
+                });
+            }
+            Err(cause) => checks.push(Check::fail(format!("{name}: service"), cause)),
+        }
+        checks.push(local_port_check(spec.name.as_str(), SocketAddr::new(spec.bind, spec.local_port)));
+    }
+}
+
+fn kubectl_context_check(context: &str, current: Option<&str>) -> Check {
+    if current == Some(context) {
+        return Check::pass("kubectl context", format!("current-context is {context}"));
+    }
+    let fix = match kind_cluster_name(context) {
+        Some(name) => format!("`kubectl config use-context {context}` or `kind export kubeconfig --name {name}`"),
+        None => format!("`kubectl config use-context {context}`"),
+    };
+    let message = match current {
+        Some(current) => format!("kubectl's current-context is {current}, Porthole uses {context} (Porthole is unaffected; your kubectl and scripts are)"),
+        None => format!("kubectl has no current-context; Porthole uses {context}"),
+    };
+    Check::fail("kubectl context", Cause::new(CauseId::ContextMismatch, message).with_fix(fix))
+}
+
+fn local_port_checks(config: &Config, checks: &mut Vec<Check>) {
+    for spec in config.forwards.iter().filter(|f| f.enabled) {
+        checks.push(local_port_check(&spec.name, SocketAddr::new(spec.bind, spec.local_port)));
+    }
+}
+
+fn local_port_check(name: &str, addr: SocketAddr) -> Check {
+    let check = format!("{name}: local port");
+    if addr.port() == 0 {
+        return Check::pass(check, "any free port");
+    }
+    match std::net::TcpListener::bind(addr) {
+        Ok(_) => Check::pass(check, format!("{addr} is free")),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => match holder::find(addr.port(), addr.ip()) {
+            Some(h) if h.command.contains("porthole") => Check::pass(check, format!("{addr} is served by Porthole ({h})")),
+            Some(h) => Check::fail(
+                check,
+                Cause::new(CauseId::PortInUse, format!("{addr} is held by {h}"))
+                    .with_fix(format!("stop it (`kill {}`) or choose another `local_port`", h.pid)),
+            ),
+            None => Check::fail(check, Cause::new(CauseId::PortInUse, format!("{addr} is in use by another process"))),
+        },
+        Err(e) => Check::fail(check, Cause::new(CauseId::ListenFailed, format!("cannot listen on {addr}: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubectl_context_mismatch_names_both_and_the_fix() {
+        let check = kubectl_context_check("kind-openchoreo-local", Some("rancher-desktop"));
+        assert!(!check.ok);
+        assert!(check.detail.contains("rancher-desktop") && check.detail.contains("kind-openchoreo-local"));
+        assert!(check.fix.unwrap().contains("kind export kubeconfig --name openchoreo-local"));
+        assert!(kubectl_context_check("kind-x", Some("kind-x")).ok);
+    }
+
+    #[test]
+    fn local_port_check_names_the_holder() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let check = local_port_check("console", held.local_addr().unwrap());
+        assert!(!check.ok);
+        assert_eq!(check.cause, Some(CauseId::PortInUse));
+        #[cfg(target_os = "linux")]
+        assert!(check.detail.contains(&format!("pid {}", std::process::id())), "{}", check.detail);
+    }
+}

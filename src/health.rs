@@ -41,6 +41,8 @@ impl fmt::Display for State {
 pub enum CauseId {
     KubeconfigInvalid,
     ContextMissing,
+    /// kubectl's current-context is another context: reported, never a cause of a forward's state.
+    ContextMismatch,
     ClusterUnreachable,
     Unauthorized,
     NamespaceMissing,
@@ -59,6 +61,7 @@ impl CauseId {
         match self {
             CauseId::KubeconfigInvalid => "kubeconfig-invalid",
             CauseId::ContextMissing => "context-missing",
+            CauseId::ContextMismatch => "context-mismatch",
             CauseId::ClusterUnreachable => "cluster-unreachable",
             CauseId::Unauthorized => "unauthorized",
             CauseId::NamespaceMissing => "namespace-missing",

@@ -15,6 +15,7 @@
 //! - [`holder`]: which process holds a local port.
 
 pub mod config;
+#[cfg(unix)]
 pub mod control;
 pub mod discovery;
 pub mod doctor;

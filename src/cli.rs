@@ -1,0 +1,320 @@
+//! The CLI's commands: each turns arguments into library calls and prints the outcome.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use porthole::config::{self, Config, PRESETS, Source};
+use porthole::control::{self, Client};
+use porthole::engine::{ForwardStatus, Snapshot};
+use porthole::health::State;
+use porthole::{Engine, Tuning, doctor};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Reliable localhost port forwards to services in local Kubernetes clusters (kind, k3d).
+#[derive(Debug, Parser)]
+#[command(name = "porthole", version, about)]
+pub struct Args {
+    /// Config file [default: $PORTHOLE_CONFIG, else <config dir>/porthole/config.toml, else the built-in preset]
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Control socket of the running engine [default: $PORTHOLE_CONTROL, else <runtime dir>/porthole/control.sock]
+    #[arg(long, global = true, value_name = "PATH")]
+    control: Option<PathBuf>,
+    /// Log filter (tracing's EnvFilter syntax) [default: $RUST_LOG, else info for `up`, warn otherwise]
+    #[arg(long, global = true, value_name = "FILTER")]
+    log: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the configured forwards in the foreground until Ctrl-C or SIGTERM (SIGHUP reloads the config)
+    Up,
+    /// Show every forward of the running engine: state, cause, route, connections, bytes
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wait until the named forwards (default: every enabled one) are healthy
+    Wait {
+        /// Give up after this many seconds, listing the causes
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        names: Vec<String>,
+    },
+    /// Turn a forward on in the running engine
+    Enable { name: String },
+    /// Turn a forward off in the running engine
+    Disable { name: String },
+    /// Check kubeconfig, context, API, services, nodes and local ports, without a running engine
+    Doctor {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a preset config file
+    Init {
+        #[arg(long, default_value = config::DEFAULT_PRESET)]
+        preset: String,
+        /// Overwrite an existing file
+        #[arg(long)]
+        force: bool,
+        /// Where to write [default: the config path]
+        file: Option<PathBuf>,
+    },
+    /// List the built-in presets
+    Presets,
+    /// Relay one local address to one fixed target, socat-style (no cluster involved)
+    Relay {
+        /// Address to listen on, e.g. 127.0.0.1:9000 (port 0: any free port, printed on stdout)
+        listen: SocketAddr,
+        /// Address to relay each connection to
+        target: String,
+    },
+}
+
+pub fn init_logging(args: &Args) {
+    let default = if matches!(args.command, Command::Up | Command::Relay { .. }) { "info" } else { "warn" };
+    let filter = args
+        .log
+        .clone()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| format!("{default},kube=warn,hyper=warn,rustls=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let control_path = control::socket_path(args.control.as_deref());
+    match args.command {
+        Command::Up => up(args.config.as_deref(), &control_path).await,
+        Command::Status { json } => status(&control_path, json).await,
+        Command::Wait { timeout, names } => wait(&control_path, Duration::from_secs(timeout), &names).await,
+        Command::Enable { name } => toggle(&control_path, &name, true).await,
+        Command::Disable { name } => toggle(&control_path, &name, false).await,
+        Command::Doctor { json } => run_doctor(args.config.as_deref(), json).await,
+        Command::Init { preset, force, file } => init(&preset, force, file.as_deref().or(args.config.as_deref())),
+        Command::Presets => {
+            for (name, description, _) in PRESETS {
+                println!("{name:<26} {description}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Relay { listen, target } => relay(listen, &target).await,
+    }
+}
+
+async fn up(config_arg: Option<&Path>, control_path: &Path) -> anyhow::Result<ExitCode> {
+    let (config, source) = Config::discover(config_arg)?;
+    let listener = control::bind(control_path).await?;
+    info!(config = %source, forwards = config.forwards.len(), control = %control_path.display(), "starting");
+    let engine = Engine::start(config, Tuning::default());
+    let cancel = CancellationToken::new();
+    let server = tokio::spawn(control::serve(engine.clone(), listener, control_path.to_path_buf(), cancel.clone()));
+    let mut terminate = signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut hangup = signal(tokio::signal::unix::SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+            _ = hangup.recv() => reload(&engine, &source).await,
+        }
+    }
+    cancel.cancel();
+    let _ = server.await;
+    engine.shutdown(Tuning::default().drain_timeout).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn signal(kind: tokio::signal::unix::SignalKind) -> anyhow::Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(kind).context("cannot install a signal handler")
+}
+
+async fn reload(engine: &Engine, source: &Source) {
+    let Source::File(path) = source else {
+        info!("SIGHUP: running the built-in preset, nothing to reload");
+        return;
+    };
+    match Config::load(path) {
+        Ok(config) => {
+            info!(config = %path.display(), "reloading");
+            if let Err(e) = engine.apply(config).await {
+                warn!(error = %e, "reload failed");
+            }
+        }
+        // Keep running the old config: a typo must not take every forward down.
+        Err(e) => warn!("config not reloaded: {e}"),
+    }
+}
+
+async fn status(control_path: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let snapshot = Client::connect(control_path).await?.status().await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&snapshot)?);
+    } else {
+        print!("{}", render(&snapshot));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The status table: a header line about the cluster, then one line per forward.
+fn render(snapshot: &Snapshot) -> String {
+    let mut out = String::new();
+    let context = snapshot.context.as_deref().unwrap_or("(kubectl's current)");
+    let kubectl = snapshot.kubectl_context.as_deref().unwrap_or("(none)");
+    let cluster = match &snapshot.cluster.detail {
+        Some(detail) => format!("{} ({detail})", snapshot.cluster.state),
+        None => snapshot.cluster.state.clone(),
+    };
+    out += &format!("context {context}: {cluster}\n");
+    if snapshot.context_mismatch() {
+        out += &format!("warning: kubectl's current-context is {kubectl}, not {context}\n");
+    }
+    out += &format!("{:<18} {:<22} {:<10} {:<22} {:>9} {:>12}\n", "NAME", "LOCAL", "STATE", "ROUTE", "CONN", "BYTES");
+    for f in &snapshot.forwards {
+        out += &render_forward(f);
+    }
+    out
+}
+
+fn render_forward(f: &ForwardStatus) -> String {
+    let local = f.local.map_or("-".into(), |a| a.to_string());
+    let route = f.route.as_ref().map_or("-".into(), |r| r.target.clone());
+    let conns = format!("{}/{}", f.stats.active, f.stats.total);
+    let bytes = human_bytes(f.stats.bytes_up + f.stats.bytes_down);
+    let mut line = format!("{:<18} {:<22} {:<10} {:<22} {:>9} {:>12}\n", f.name, local, f.health.state.to_string(), route, conns, bytes);
+    if let Some(cause) = &f.health.cause {
+        line += &format!("    {}: {}\n", cause.id, cause.message);
+        if let Some(fix) = &cause.fix {
+            line += &format!("    fix: {fix}\n");
+        }
+    }
+    line
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+async fn wait(control_path: &Path, timeout: Duration, names: &[String]) -> anyhow::Result<ExitCode> {
+    let mut client = Client::connect(control_path).await?;
+    client.watch().await?;
+    let mut last = client.next_snapshot().await?;
+    for name in names {
+        if last.forward(name).is_none() {
+            bail!("no forward named `{name}`");
+        }
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let waiting: Vec<&ForwardStatus> = last
+            .forwards
+            .iter()
+            .filter(|f| if names.is_empty() { f.enabled } else { names.contains(&f.name) })
+            .filter(|f| f.health.state != State::Healthy)
+            .collect();
+        if waiting.is_empty() {
+            return Ok(ExitCode::SUCCESS);
+        }
+        match tokio::time::timeout_at(deadline, client.next_snapshot()).await {
+            Ok(snapshot) => last = snapshot?,
+            Err(_) => {
+                eprintln!("porthole: not healthy after {}s:", timeout.as_secs());
+                for f in waiting {
+                    eprint!("{}", render_forward(f));
+                }
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+}
+
+async fn toggle(control_path: &Path, name: &str, enabled: bool) -> anyhow::Result<ExitCode> {
+    Client::connect(control_path).await?.set_enabled(name, enabled).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_doctor(config_arg: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
+    let (config, source) = Config::discover(config_arg)?;
+    let report = doctor::run(&config, Duration::from_secs(5)).await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("config: {source}");
+        for check in &report.checks {
+            let mark = if check.ok { "ok  " } else { "FAIL" };
+            println!("{mark} {:<26} {}", check.check, check.detail);
+            if let Some(fix) = &check.fix {
+                println!("     {:<26} fix: {fix}", "");
+            }
+        }
+    }
+    Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn init(preset: &str, force: bool, file: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let text = config::preset_text(preset)?;
+    let path = match file {
+        Some(path) => path.to_path_buf(),
+        None => config::config_path(None).context("no config directory on this system: give a FILE")?,
+    };
+    if path.exists() && !force {
+        bail!("{} exists; use --force to overwrite it", path.display());
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    // Write beside the target and rename, so a crash never leaves half a config.
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    println!("wrote the {preset} preset to {}", path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn relay(listen: SocketAddr, target: &str) -> anyhow::Result<ExitCode> {
+    let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let local = listener.local_addr()?;
+    println!("listening on {local}");
+    let target = target.to_string();
+    loop {
+        let (client, _) = tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let target = target.clone();
+        tokio::spawn(async move {
+            let upstream = match TcpStream::connect(&target).await {
+                Ok(upstream) => upstream,
+                Err(e) => return warn!(%target, error = %e, "cannot connect"),
+            };
+            let _ = (client.set_nodelay(true), upstream.set_nodelay(true));
+            let (up, down) = Default::default();
+            let _ = porthole::relay::relay(&client, &upstream, &up, &down).await;
+        });
+    }
+}

@@ -1,1 +1,325 @@
-fn main() {}
+//! Relay benchmark: bulk throughput, small-message latency and connection rate for a direct
+//! connection, Porthole's relay (`porthole relay`, the engine's byte pump) and socat when installed;
+//! then the RSS of Porthole holding many idle connections. All on loopback.
+//!
+//! Run: `cargo bench --bench relay`. Every endpoint is a separate process: this one is the client,
+//! a child of it is the server (`PORTHOLE_BENCH_SERVE=1`), and the relays run as their own programs.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BULK_BYTES: u64 = 1 << 30;
+const BULK_RUNS: usize = 3;
+const PING_COUNT: usize = 20_000;
+const PING_SIZE: usize = 64;
+const CONNECT_SECONDS: f64 = 3.0;
+const CONNECT_THREADS: usize = 4;
+const IDLE_TARGET: usize = 10_000;
+
+fn main() {
+    if std::env::var_os("PORTHOLE_BENCH_SERVE").is_some() {
+        return serve();
+    }
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo test --benches` asks for a list; there is nothing to list.
+    }
+    raise_fd_limit();
+    let mut server = Spawned::server();
+    let target = server.addr;
+    let mut rows = vec![measure("direct", target)];
+    let porthole = Spawned::porthole(target);
+    rows.push(measure("porthole", porthole.addr));
+    match Spawned::socat(target) {
+        Some(socat) => {
+            rows.push(measure("socat", socat.addr));
+            drop(socat);
+        }
+        None => eprintln!("socat is not installed: its row is left out (apt-get install socat)"),
+    }
+    print_table(&rows);
+    drop(porthole);
+    idle_memory(target);
+    server.child.kill().ok();
+}
+
+struct Row {
+    path: &'static str,
+    gib_per_s: f64,
+    p50_us: f64,
+    p99_us: f64,
+    conns_per_s: f64,
+}
+
+fn measure(path: &'static str, addr: SocketAddr) -> Row {
+    eprintln!("measuring {path} via {addr}");
+    let gib_per_s = (0..BULK_RUNS).map(|_| bulk(addr)).fold(0.0, f64::max);
+    let (p50_us, p99_us) = latency(addr);
+    let conns_per_s = connection_rate(addr);
+    Row {
+        path,
+        gib_per_s,
+        p50_us,
+        p99_us,
+        conns_per_s,
+    }
+}
+
+/// One connection, `BULK_BYTES` one way; the server acknowledges the count at end-of-file.
+fn bulk(addr: SocketAddr) -> f64 {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.write_all(b"S").unwrap();
+    let chunk = vec![0x5au8; 256 * 1024];
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while sent < BULK_BYTES {
+        s.write_all(&chunk).unwrap();
+        sent += chunk.len() as u64;
+    }
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut ack = [0u8; 8];
+    s.read_exact(&mut ack).unwrap();
+    let elapsed = start.elapsed().as_secs_f64();
+    assert_eq!(u64::from_le_bytes(ack), sent, "the server saw every byte");
+    sent as f64 / elapsed / (1u64 << 30) as f64
+}
+
+/// Round trips of a small message on one connection: (p50, p99) in microseconds.
+fn latency(addr: SocketAddr) -> (f64, f64) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_nodelay(true).unwrap();
+    s.write_all(b"E").unwrap();
+    let msg = [7u8; PING_SIZE];
+    let mut back = [0u8; PING_SIZE];
+    let mut samples = Vec::with_capacity(PING_COUNT);
+    for i in 0..PING_COUNT + 1000 {
+        let start = Instant::now();
+        s.write_all(&msg).unwrap();
+        s.read_exact(&mut back).unwrap();
+        if i >= 1000 {
+            samples.push(start.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    samples.sort_by(f64::total_cmp);
+    (samples[samples.len() / 2], samples[samples.len() * 99 / 100])
+}
+
+/// New connections per second, each doing one round trip, from a few threads at once.
+fn connection_rate(addr: SocketAddr) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs_f64(CONNECT_SECONDS);
+    let start = Instant::now();
+    let threads: Vec<_> = (0..CONNECT_THREADS)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    let mut s = TcpStream::connect(addr).expect("connect");
+                    s.set_nodelay(true).unwrap();
+                    s.write_all(b"Ex").unwrap();
+                    let mut b = [0u8; 1];
+                    s.read_exact(&mut b).unwrap();
+                    // Reset instead of FIN: no TIME_WAIT pile-up on the client side across paths.
+                    socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let total: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+fn print_table(rows: &[Row]) {
+    let direct = &rows[0];
+    let socat = rows.iter().find(|r| r.path == "socat");
+    println!();
+    println!("| path | throughput | vs direct | vs socat | latency p50 | p99 | added p50 | connections/s | vs socat |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let vs_socat = |a: f64, b: Option<f64>| b.map_or("-".to_string(), |b| format!("{:.2}x", a / b));
+        println!(
+            "| {} | {:.2} GiB/s | {:.2}x | {} | {:.1} µs | {:.1} µs | {:+.1} µs | {:.0} | {} |",
+            r.path,
+            r.gib_per_s,
+            r.gib_per_s / direct.gib_per_s,
+            vs_socat(r.gib_per_s, socat.map(|s| s.gib_per_s)),
+            r.p50_us,
+            r.p99_us,
+            r.p50_us - direct.p50_us,
+            r.conns_per_s,
+            vs_socat(r.conns_per_s, socat.map(|s| s.conns_per_s)),
+        );
+    }
+    println!();
+}
+
+/// RSS of a Porthole relay holding idle connections, each established end to end.
+fn idle_memory(target: SocketAddr) {
+    let porthole = Spawned::porthole(target);
+    let base = rss_kib(porthole.child.id());
+    let limit = fd_limit();
+    // The relay holds two sockets per connection; stay under its descriptor limit.
+    let n = IDLE_TARGET.min((limit.saturating_sub(100) / 2) as usize);
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = TcpStream::connect(porthole.addr).expect("connect");
+        s.write_all(b"Ex").unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).unwrap();
+        conns.push(s);
+    }
+    let held = rss_kib(porthole.child.id());
+    let per_conn = (held - base) as f64 * 1024.0 / n as f64;
+    let projected = base as f64 / 1024.0 + per_conn * IDLE_TARGET as f64 / (1 << 20) as f64;
+    println!("| idle connections | relay RSS | per connection | projected at {IDLE_TARGET} |");
+    println!("|---|---|---|---|");
+    println!(
+        "| {n} (fd limit {limit}) | {:.1} MiB (from {:.1} MiB) | {:.0} B | {:.1} MiB |",
+        held as f64 / 1024.0,
+        base as f64 / 1024.0,
+        per_conn,
+        projected
+    );
+    drop(conns);
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn fd_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct we pass.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    limit.rlim_cur
+}
+
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a struct we own.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+}
+
+/// A child process listening on an address it reported.
+struct Spawned {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Spawned {
+    /// The bench binary itself as the server; it prints `listening on ADDR`.
+    fn server() -> Spawned {
+        let exe = std::env::current_exe().unwrap();
+        let mut cmd = Command::new(exe);
+        cmd.env("PORTHOLE_BENCH_SERVE", "1");
+        Spawned::reporting(cmd)
+    }
+
+    fn porthole(target: SocketAddr) -> Spawned {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_porthole"));
+        cmd.args(["--log", "warn", "relay", "127.0.0.1:0", &target.to_string()]);
+        Spawned::reporting(cmd)
+    }
+
+    fn reporting(mut cmd: Command) -> Spawned {
+        let mut child = cmd.stdout(Stdio::piped()).spawn().expect("spawn");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .expect("listening line")
+            .parse()
+            .unwrap();
+        Spawned { child, addr }
+    }
+
+    fn socat(target: SocketAddr) -> Option<Spawned> {
+        let port = TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+        let child = Command::new("socat")
+            .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr,backlog=1024"))
+            .arg(format!("TCP:{target}"))
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        // socat prints nothing when ready: wait until it accepts (a benchmark, not a test).
+        for _ in 0..200 {
+            if TcpStream::connect(addr).is_ok() {
+                return Some(Spawned { child, addr });
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+/// The server: `S` then bytes → counts them, answers the count at end-of-file; `E` → echoes.
+fn serve() {
+    raise_fd_limit();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("listening on {}", listener.local_addr().unwrap());
+        std::io::stdout().flush().unwrap();
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let _ = s.set_nodelay(true);
+                let mut mode = [0u8; 1];
+                if s.read_exact(&mut mode).await.is_err() {
+                    return;
+                }
+                let mut buf = vec![0u8; if mode[0] == b'S' { 256 * 1024 } else { 4096 }];
+                let mut total = 0u64;
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) if mode[0] == b'S' => total += n as u64,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                if mode[0] == b'S' {
+                    let _ = s.write_all(&total.to_le_bytes()).await;
+                }
+            });
+        }
+    });
+}

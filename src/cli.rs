@@ -79,8 +79,36 @@ enum Command {
     },
 }
 
+/// A relay holds two descriptors per connection: lift the soft limit to the hard one, as Go
+/// programs do at start. macOS caps the soft limit at `OPEN_MAX` (10240) whatever the hard limit.
+pub fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        let wanted = if cfg!(target_os = "macos") {
+            limit.rlim_max.min(10240)
+        } else {
+            limit.rlim_max
+        };
+        if wanted > limit.rlim_cur {
+            limit.rlim_cur = wanted;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 pub fn init_logging(args: &Args) {
-    let default = if matches!(args.command, Command::Up | Command::Relay { .. }) { "info" } else { "warn" };
+    let default = if matches!(args.command, Command::Up | Command::Relay { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
     let filter = args
         .log
         .clone()
@@ -120,7 +148,12 @@ async fn up(config_arg: Option<&Path>, control_path: &Path) -> anyhow::Result<Ex
     info!(config = %source, forwards = config.forwards.len(), control = %control_path.display(), "starting");
     let engine = Engine::start(config, Tuning::default());
     let cancel = CancellationToken::new();
-    let server = tokio::spawn(control::serve(engine.clone(), listener, control_path.to_path_buf(), cancel.clone()));
+    let server = tokio::spawn(control::serve(
+        engine.clone(),
+        listener,
+        control_path.to_path_buf(),
+        cancel.clone(),
+    ));
     let mut terminate = signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut hangup = signal(tokio::signal::unix::SignalKind::hangup())?;
     loop {
@@ -180,7 +213,10 @@ fn render(snapshot: &Snapshot) -> String {
     if snapshot.context_mismatch() {
         out += &format!("warning: kubectl's current-context is {kubectl}, not {context}\n");
     }
-    out += &format!("{:<18} {:<22} {:<10} {:<22} {:>9} {:>12}\n", "NAME", "LOCAL", "STATE", "ROUTE", "CONN", "BYTES");
+    out += &format!(
+        "{:<18} {:<22} {:<10} {:<22} {:>9} {:>12}\n",
+        "NAME", "LOCAL", "STATE", "ROUTE", "CONN", "BYTES"
+    );
     for f in &snapshot.forwards {
         out += &render_forward(f);
     }
@@ -192,7 +228,15 @@ fn render_forward(f: &ForwardStatus) -> String {
     let route = f.route.as_ref().map_or("-".into(), |r| r.target.clone());
     let conns = format!("{}/{}", f.stats.active, f.stats.total);
     let bytes = human_bytes(f.stats.bytes_up + f.stats.bytes_down);
-    let mut line = format!("{:<18} {:<22} {:<10} {:<22} {:>9} {:>12}\n", f.name, local, f.health.state.to_string(), route, conns, bytes);
+    let mut line = format!(
+        "{:<18} {:<22} {:<10} {:<22} {:>9} {:>12}\n",
+        f.name,
+        local,
+        f.health.state.to_string(),
+        route,
+        conns,
+        bytes
+    );
     if let Some(cause) = &f.health.cause {
         line += &format!("    {}: {}\n", cause.id, cause.message);
         if let Some(fix) = &cause.fix {
@@ -210,7 +254,11 @@ fn human_bytes(n: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 async fn wait(control_path: &Path, timeout: Duration, names: &[String]) -> anyhow::Result<ExitCode> {
@@ -227,7 +275,13 @@ async fn wait(control_path: &Path, timeout: Duration, names: &[String]) -> anyho
         let waiting: Vec<&ForwardStatus> = last
             .forwards
             .iter()
-            .filter(|f| if names.is_empty() { f.enabled } else { names.contains(&f.name) })
+            .filter(|f| {
+                if names.is_empty() {
+                    f.enabled
+                } else {
+                    names.contains(&f.name)
+                }
+            })
             .filter(|f| f.health.state != State::Healthy)
             .collect();
         if waiting.is_empty() {
@@ -266,7 +320,11 @@ async fn run_doctor(config_arg: Option<&Path>, json: bool) -> anyhow::Result<Exi
             }
         }
     }
-    Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn init(preset: &str, force: bool, file: Option<&Path>) -> anyhow::Result<ExitCode> {
@@ -290,7 +348,9 @@ fn init(preset: &str, force: bool, file: Option<&Path>) -> anyhow::Result<ExitCo
 }
 
 async fn relay(listen: SocketAddr, target: &str) -> anyhow::Result<ExitCode> {
-    let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener.local_addr()?;
     println!("listening on {local}");
     let target = target.to_string();

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -39,8 +39,12 @@ pub enum Request {
     Status,
     /// The snapshot now and after every change, until the client hangs up.
     Watch,
-    Enable { name: String },
-    Disable { name: String },
+    Enable {
+        name: String,
+    },
+    Disable {
+        name: String,
+    },
 }
 
 /// A reply, one JSON object per line.
@@ -77,7 +81,11 @@ pub async fn bind(path: &Path) -> Result<UnixListener, ControlError> {
         source,
     };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io_err)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io_err)?;
     }
     if path.exists() {
         if UnixStream::connect(path).await.is_ok() {
@@ -121,7 +129,13 @@ async fn session(engine: Engine, stream: UnixStream, cancel: CancellationToken) 
         let request = match serde_json::from_str::<Request>(&line) {
             Ok(request) => request,
             Err(e) => {
-                send(&mut write, &Reply::Error { message: format!("bad request: {e}") }).await?;
+                send(
+                    &mut write,
+                    &Reply::Error {
+                        message: format!("bad request: {e}"),
+                    },
+                )
+                .await?;
                 continue;
             }
         };
@@ -173,10 +187,12 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(path: &Path) -> Result<Client, ControlError> {
-        let stream = UnixStream::connect(path).await.map_err(|source| ControlError::NotRunning {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|source| ControlError::NotRunning {
+                path: path.to_path_buf(),
+                source,
+            })?;
         let (read, write) = stream.into_split();
         Ok(Client {
             path: path.to_path_buf(),
@@ -227,7 +243,11 @@ impl Client {
 
     pub async fn set_enabled(&mut self, name: &str, enabled: bool) -> Result<(), ControlError> {
         let name = name.to_string();
-        let request = if enabled { Request::Enable { name } } else { Request::Disable { name } };
+        let request = if enabled {
+            Request::Enable { name }
+        } else {
+            Request::Disable { name }
+        };
         self.request(&request).await?;
         match self.reply().await? {
             Reply::Done => Ok(()),

@@ -68,7 +68,12 @@ pub async fn run(config: &Config, timeout: Duration) -> Report {
 async fn cluster_checks(config: &Config, timeout: Duration, checks: &mut Vec<Check>) {
     let loaded = match Loaded::for_cluster(&config.cluster) {
         Ok(loaded) => {
-            let files: Vec<String> = loaded.files.iter().filter(|f| f.exists()).map(|f| f.display().to_string()).collect();
+            let files: Vec<String> = loaded
+                .files
+                .iter()
+                .filter(|f| f.exists())
+                .map(|f| f.display().to_string())
+                .collect();
             checks.push(Check::pass("kubeconfig", files.join(", ")));
             loaded
         }
@@ -101,13 +106,18 @@ async fn cluster_checks(config: &Config, timeout: Duration, checks: &mut Vec<Che
             world
         }
         Ok(Err(e)) => {
-            let cause = status_of(&e).cause().unwrap_or_else(|| Cause::new(CauseId::ClusterUnreachable, e.to_string()));
+            let cause = status_of(&e)
+                .cause()
+                .unwrap_or_else(|| Cause::new(CauseId::ClusterUnreachable, e.to_string()));
             checks.push(Check::fail("API server", cause));
             return local_port_checks(config, checks);
         }
         Err(_) => {
-            let cause = Cause::new(CauseId::ClusterUnreachable, format!("no answer from {context} in {timeout:?}"))
-                .with_fix("is the cluster running? `docker ps` should list its nodes");
+            let cause = Cause::new(
+                CauseId::ClusterUnreachable,
+                format!("no answer from {context} in {timeout:?}"),
+            )
+            .with_fix("is the cluster running? `docker ps` should list its nodes");
             checks.push(Check::fail("API server", cause));
             return local_port_checks(config, checks);
         }
@@ -118,13 +128,19 @@ async fn cluster_checks(config: &Config, timeout: Duration, checks: &mut Vec<Che
             Ok(route) => {
                 checks.push(Check::pass(
                     format!("{name}: service"),
-                    format!("{} is {}, port {} → nodePort {}", route.service, route.service_type, route.port, route.node_port),
+                    format!(
+                        "{} is {}, port {} → nodePort {}",
+                        route.service, route.service_type, route.port, route.node_port
+                    ),
                 ));
                 checks.push(if route.ready_endpoints > 0 {
                     Check::pass(format!("{name}: endpoints"), format!("{} ready", route.ready_endpoints))
                 } else {
-                    let cause = Cause::new(CauseId::NoReadyEndpoints, format!("service {} has no ready endpoints", route.service))
-                        .with_fix(format!("check its pods: kubectl get pods -n {}", route.namespace));
+                    let cause = Cause::new(
+                        CauseId::NoReadyEndpoints,
+                        format!("service {} has no ready endpoints", route.service),
+                    )
+                    .with_fix(format!("check its pods: kubectl get pods -n {}", route.namespace));
                     Check::fail(format!("{name}: endpoints"), cause)
                 });
                 checks.push(match route.connect(timeout).await {
@@ -134,7 +150,10 @@ async fn cluster_checks(config: &Config, timeout: Duration, checks: &mut Vec<Che
             }
             Err(cause) => checks.push(Check::fail(format!("{name}: service"), cause)),
         }
-        checks.push(local_port_check(spec.name.as_str(), SocketAddr::new(spec.bind, spec.local_port)));
+        checks.push(local_port_check(
+            spec.name.as_str(),
+            SocketAddr::new(spec.bind, spec.local_port),
+        ));
     }
 }
 
@@ -147,15 +166,23 @@ fn kubectl_context_check(context: &str, current: Option<&str>) -> Check {
         None => format!("`kubectl config use-context {context}`"),
     };
     let message = match current {
-        Some(current) => format!("kubectl's current-context is {current}, Porthole uses {context} (Porthole is unaffected; your kubectl and scripts are)"),
+        Some(current) => format!(
+            "kubectl's current-context is {current}, Porthole uses {context} (Porthole is unaffected; your kubectl and scripts are)"
+        ),
         None => format!("kubectl has no current-context; Porthole uses {context}"),
     };
-    Check::fail("kubectl context", Cause::new(CauseId::ContextMismatch, message).with_fix(fix))
+    Check::fail(
+        "kubectl context",
+        Cause::new(CauseId::ContextMismatch, message).with_fix(fix),
+    )
 }
 
 fn local_port_checks(config: &Config, checks: &mut Vec<Check>) {
     for spec in config.forwards.iter().filter(|f| f.enabled) {
-        checks.push(local_port_check(&spec.name, SocketAddr::new(spec.bind, spec.local_port)));
+        checks.push(local_port_check(
+            &spec.name,
+            SocketAddr::new(spec.bind, spec.local_port),
+        ));
     }
 }
 
@@ -167,15 +194,23 @@ fn local_port_check(name: &str, addr: SocketAddr) -> Check {
     match std::net::TcpListener::bind(addr) {
         Ok(_) => Check::pass(check, format!("{addr} is free")),
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => match holder::find(addr.port(), addr.ip()) {
-            Some(h) if h.command.contains("porthole") => Check::pass(check, format!("{addr} is served by Porthole ({h})")),
+            Some(h) if h.command.contains("porthole") => {
+                Check::pass(check, format!("{addr} is served by Porthole ({h})"))
+            }
             Some(h) => Check::fail(
                 check,
                 Cause::new(CauseId::PortInUse, format!("{addr} is held by {h}"))
                     .with_fix(format!("stop it (`kill {}`) or choose another `local_port`", h.pid)),
             ),
-            None => Check::fail(check, Cause::new(CauseId::PortInUse, format!("{addr} is in use by another process"))),
+            None => Check::fail(
+                check,
+                Cause::new(CauseId::PortInUse, format!("{addr} is in use by another process")),
+            ),
         },
-        Err(e) => Check::fail(check, Cause::new(CauseId::ListenFailed, format!("cannot listen on {addr}: {e}"))),
+        Err(e) => Check::fail(
+            check,
+            Cause::new(CauseId::ListenFailed, format!("cannot listen on {addr}: {e}")),
+        ),
     }
 }
 
@@ -188,7 +223,12 @@ mod tests {
         let check = kubectl_context_check("kind-openchoreo-local", Some("rancher-desktop"));
         assert!(!check.ok);
         assert!(check.detail.contains("rancher-desktop") && check.detail.contains("kind-openchoreo-local"));
-        assert!(check.fix.unwrap().contains("kind export kubeconfig --name openchoreo-local"));
+        assert!(
+            check
+                .fix
+                .unwrap()
+                .contains("kind export kubeconfig --name openchoreo-local")
+        );
         assert!(kubectl_context_check("kind-x", Some("kind-x")).ok);
     }
 
@@ -199,6 +239,10 @@ mod tests {
         assert!(!check.ok);
         assert_eq!(check.cause, Some(CauseId::PortInUse));
         #[cfg(target_os = "linux")]
-        assert!(check.detail.contains(&format!("pid {}", std::process::id())), "{}", check.detail);
+        assert!(
+            check.detail.contains(&format!("pid {}", std::process::id())),
+            "{}",
+            check.detail
+        );
     }
 }

@@ -117,16 +117,12 @@ async fn list_filters_by_label_selector() {
     let oc = FakeCluster::openchoreo().await;
     let client = client(&oc).await;
 
-    let by_gateway =
-        ListParams::default().labels("gateway.envoyproxy.io/owning-gateway-name=gateway-external");
+    let by_gateway = ListParams::default().labels("gateway.envoyproxy.io/owning-gateway-name=gateway-external");
     let gateways = Api::<Service>::all(client.clone())
         .list(&by_gateway)
         .await
         .expect("list");
-    let names: Vec<_> = gateways
-        .iter()
-        .map(|s| s.metadata.name.clone().unwrap())
-        .collect();
+    let names: Vec<_> = gateways.iter().map(|s| s.metadata.name.clone().unwrap()).collect();
     assert_eq!(names, ["gateway-external"]);
     assert!(gateways.metadata.resource_version.is_some());
 
@@ -136,10 +132,7 @@ async fn list_filters_by_label_selector() {
     assert_eq!(slices.items.len(), 1);
     let port = &slices.items[0].ports.as_ref().unwrap()[0];
     assert_eq!(port.name.as_deref(), Some("http"));
-    assert_eq!(
-        port.port.map(|p| p as u16),
-        Some(oc.backends["amp-api"].addr().port())
-    );
+    assert_eq!(port.port.map(|p| p as u16), Some(oc.backends["amp-api"].addr().port()));
 
     let nodes = Api::<Node>::all(client)
         .list(&ListParams::default())
@@ -194,11 +187,7 @@ async fn streaming_list_watcher_sees_initial_objects_and_changes() {
     let mut events = watch_stream(api, config).boxed();
     let mut initial = Vec::new();
     loop {
-        match timeout(WAIT, events.try_next())
-            .await
-            .expect("in time")
-            .expect("ok")
-        {
+        match timeout(WAIT, events.try_next()).await.expect("in time").expect("ok") {
             Some(Event::InitApply(ns)) => initial.push(ns.metadata.name.unwrap()),
             Some(Event::InitDone) => break,
             other => assert!(matches!(other, Some(Event::Init)), "unexpected {other:?}"),
@@ -206,13 +195,8 @@ async fn streaming_list_watcher_sees_initial_objects_and_changes() {
     }
     assert!(initial.contains(&"default".to_string()));
     cluster.add_namespace("later");
-    let event = timeout(WAIT, events.try_next())
-        .await
-        .expect("in time")
-        .expect("ok");
-    assert!(
-        matches!(event, Some(Event::Apply(ns)) if ns.metadata.name.as_deref() == Some("later"))
-    );
+    let event = timeout(WAIT, events.try_next()).await.expect("in time").expect("ok");
+    assert!(matches!(event, Some(Event::Apply(ns)) if ns.metadata.name.as_deref() == Some("later")));
 }
 
 #[tokio::test]
@@ -224,20 +208,12 @@ async fn watch_from_a_compacted_resource_version_gets_410() {
     cluster.apply_service(service("ns", "a", "ClusterIP", vec![port("http", 80)]));
 
     // Before compaction the change is replayed from history.
-    let mut replay = api
-        .watch(&WatchParams::default(), &old)
-        .await
-        .expect("watch")
-        .boxed();
+    let mut replay = api.watch(&WatchParams::default(), &old).await.expect("watch").boxed();
     let first = next_change(&mut replay).await;
     assert!(matches!(first, Some(WatchEvent::Added(s)) if s.metadata.name.as_deref() == Some("a")));
 
     cluster.compact();
-    let mut expired = api
-        .watch(&WatchParams::default(), &old)
-        .await
-        .expect("watch")
-        .boxed();
+    let mut expired = api.watch(&WatchParams::default(), &old).await.expect("watch").boxed();
     let event = next_change(&mut expired).await;
     let Some(WatchEvent::Error(status)) = event else {
         panic!("expected an ERROR event, got {event:?}");
@@ -249,10 +225,7 @@ async fn watch_from_a_compacted_resource_version_gets_410() {
             .message
             .starts_with(&format!("too old resource version: {old} ("))
     );
-    let end = timeout(WAIT, expired.try_next())
-        .await
-        .expect("in time")
-        .expect("ok");
+    let end = timeout(WAIT, expired.try_next()).await.expect("in time").expect("ok");
     assert!(end.is_none(), "the stream ends after the 410");
 }
 
@@ -261,17 +234,10 @@ async fn bookmarks_arrive_on_request() {
     let cluster = FakeCluster::start("bookmarks").await;
     let api: Api<Service> = Api::all(client(&cluster).await);
     let rv = cluster.resource_version().to_string();
-    let mut stream = api
-        .watch(&WatchParams::default(), &rv)
-        .await
-        .expect("watch")
-        .boxed();
+    let mut stream = api.watch(&WatchParams::default(), &rv).await.expect("watch").boxed();
     cluster.add_namespace("ns");
     cluster.send_bookmarks();
-    let event = timeout(WAIT, stream.try_next())
-        .await
-        .expect("in time")
-        .expect("ok");
+    let event = timeout(WAIT, stream.try_next()).await.expect("in time").expect("ok");
     let Some(WatchEvent::Bookmark(bookmark)) = event else {
         panic!("expected a BOOKMARK, got {event:?}");
     };
@@ -298,9 +264,7 @@ async fn unreachable_api_fails_requests_until_it_is_back() {
     api.get("kubernetes").await.expect("reachable");
 
     cluster.set_api_reachable(false);
-    let result = timeout(WAIT, api.get("kubernetes"))
-        .await
-        .expect("fails in time");
+    let result = timeout(WAIT, api.get("kubernetes")).await.expect("fails in time");
     assert!(result.is_err(), "got {result:?}");
 
     cluster.set_api_reachable(true);
@@ -315,15 +279,9 @@ async fn unreachable_api_drops_live_watches() {
     let cluster = FakeCluster::start("drop").await;
     let api: Api<Service> = Api::all(client(&cluster).await);
     let rv = cluster.resource_version().to_string();
-    let mut stream = api
-        .watch(&WatchParams::default(), &rv)
-        .await
-        .expect("watch")
-        .boxed();
+    let mut stream = api.watch(&WatchParams::default(), &rv).await.expect("watch").boxed();
     cluster.set_api_reachable(false);
-    let end = timeout(WAIT, stream.next())
-        .await
-        .expect("watch ends in time");
+    let end = timeout(WAIT, stream.next()).await.expect("watch ends in time");
     assert!(!matches!(end, Some(Ok(_))), "got {end:?}");
 }
 
@@ -358,11 +316,7 @@ async fn kube_proxy_follows_node_port_node_address_and_service_changes() {
     let mut clusterip = cluster.service("ns", "echo").expect("service");
     clusterip.spec.as_mut().unwrap().type_ = Some("ClusterIP".to_string());
     let clusterip = cluster.apply_service(clusterip);
-    assert!(
-        clusterip.spec.unwrap().ports.unwrap()[0]
-            .node_port
-            .is_none()
-    );
+    assert!(clusterip.spec.unwrap().ports.unwrap()[0].node_port.is_none());
     assert_refused(SocketAddr::new(moved_ip, new_port)).await;
 }
 
@@ -371,11 +325,7 @@ async fn restarted_pod_is_reachable_on_its_new_port_after_three_events() {
     let (cluster, node_ip, mut backend) = echo_cluster().await;
     let slices: Api<EndpointSlice> = Api::namespaced(client(&cluster).await, "ns");
     let rv = cluster.resource_version().to_string();
-    let mut stream = slices
-        .watch(&WatchParams::default(), &rv)
-        .await
-        .expect("watch")
-        .boxed();
+    let mut stream = slices.watch(&WatchParams::default(), &rv).await.expect("watch").boxed();
     let old_addr = backend.addr();
 
     cluster.restart_pod("ns", "echo-0", &mut backend).await;
@@ -386,33 +336,20 @@ async fn restarted_pod_is_reachable_on_its_new_port_after_three_events() {
         let Some(WatchEvent::Modified(slice)) = event else {
             panic!("expected MODIFIED, got {event:?}");
         };
-        let ready = slice.endpoints[0]
-            .conditions
-            .as_ref()
-            .unwrap()
-            .ready
-            .unwrap();
+        let ready = slice.endpoints[0].conditions.as_ref().unwrap().ready.unwrap();
         let port = slice.ports.unwrap()[0].port.unwrap() as u16;
         seen.push((ready, port));
     }
     let new = backend.addr().port();
     assert_eq!(seen, [(false, old_addr.port()), (false, new), (true, new)]);
-    assert_echoes(SocketAddr::new(
-        node_ip,
-        cluster.node_port("ns", "echo", 0).unwrap(),
-    ))
-    .await;
+    assert_echoes(SocketAddr::new(node_ip, cluster.node_port("ns", "echo", 0).unwrap())).await;
 }
 
 #[tokio::test]
 async fn openchoreo_services_answer_through_their_node_ports() {
     let oc = FakeCluster::openchoreo().await;
-    let worker = oc
-        .node_ip(support::openchoreo::WORKER)
-        .expect("worker address");
-    let port = oc
-        .node_port("wso2-amp", "amp-console", 0)
-        .expect("node port");
+    let worker = oc.node_ip(support::openchoreo::WORKER).expect("worker address");
+    let port = oc.node_port("wso2-amp", "amp-console", 0).expect("node port");
     let mut stream = TcpStream::connect((worker, port)).await.expect("connect");
     stream
         .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
@@ -432,15 +369,8 @@ async fn set_current_context_points_kubectl_elsewhere() {
     let cluster = FakeCluster::start("ctx").await;
     cluster.set_current_context("rancher-desktop");
     let kubeconfig = Kubeconfig::read_from(cluster.kubeconfig()).expect("read kubeconfig");
-    assert_eq!(
-        kubeconfig.current_context.as_deref(),
-        Some("rancher-desktop")
-    );
-    let names: Vec<_> = kubeconfig
-        .contexts
-        .iter()
-        .map(|c| c.name.as_str())
-        .collect();
+    assert_eq!(kubeconfig.current_context.as_deref(), Some("rancher-desktop"));
+    let names: Vec<_> = kubeconfig.contexts.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["kind-ctx", "rancher-desktop"]);
     // The cluster's own context still works when asked for by name.
     let api: Api<Service> = Api::namespaced(client(&cluster).await, "default");

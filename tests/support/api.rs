@@ -50,9 +50,7 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Sha
                     let shared = shared.clone();
                     async move { respond(&shared, req) }
                 });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
+                let _ = http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
             };
             // Cancelling the epoch drops the connection, and with it any live watch.
             tokio::select! {
@@ -69,12 +67,7 @@ fn respond(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body
         return Err(std::io::Error::other("api unreachable"));
     }
     if shared.unauthorized.load(Ordering::SeqCst) {
-        return Ok(status(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "Unauthorized",
-            None,
-        ));
+        return Ok(status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized", None));
     }
     if req.method() != Method::GET {
         let message = "the server does not allow this method on the requested resource";
@@ -86,12 +79,7 @@ fn respond(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body
         ));
     }
     let query = parse_query(req.uri().query().unwrap_or(""));
-    let segments: Vec<&str> = req
-        .uri()
-        .path()
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .collect();
+    let segments: Vec<&str> = req.uri().path().split('/').filter(|s| !s.is_empty()).collect();
     if segments == ["version"] {
         return Ok(json_response(StatusCode::OK, &version()));
     }
@@ -130,11 +118,7 @@ fn route<'a>(segments: &[&'a str]) -> Option<Target<'a>> {
         } else {
             kind == Kind::EndpointSlice
         };
-        served.then_some(Target {
-            kind,
-            namespace,
-            name,
-        })
+        served.then_some(Target { kind, namespace, name })
     };
     match rest {
         ["namespaces"] => target(Kind::Namespace, None, None),
@@ -150,14 +134,9 @@ fn route<'a>(segments: &[&'a str]) -> Option<Target<'a>> {
 }
 
 fn kind_of(plural: &str) -> Option<Kind> {
-    [
-        Kind::Namespace,
-        Kind::Node,
-        Kind::Service,
-        Kind::EndpointSlice,
-    ]
-    .into_iter()
-    .find(|k| k.plural() == plural)
+    [Kind::Namespace, Kind::Node, Kind::Service, Kind::EndpointSlice]
+        .into_iter()
+        .find(|k| k.plural() == plural)
 }
 
 fn get(shared: &Shared, kind: Kind, namespace: Option<&str>, name: &str) -> Response<Body> {
@@ -200,11 +179,7 @@ fn list(shared: &Shared, target: Target<'_>, query: &HashMap<String, String>) ->
     json_response(StatusCode::OK, &body)
 }
 
-fn watch_or_error(
-    shared: &Arc<Shared>,
-    target: Target<'_>,
-    query: &HashMap<String, String>,
-) -> Response<Body> {
+fn watch_or_error(shared: &Arc<Shared>, target: Target<'_>, query: &HashMap<String, String>) -> Response<Body> {
     let selector = match selector(query) {
         Ok(s) => s,
         Err(response) => return response,
@@ -231,10 +206,9 @@ fn watch_or_error(
         send_initial_events: is_true(query.get("sendInitialEvents")),
         timeout: std::time::Duration::from_secs(timeout_seconds),
     };
-    if request.send_initial_events
-        && query.get("resourceVersionMatch").map(String::as_str) != Some("NotOlderThan")
-    {
-        let message = "resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan";
+    if request.send_initial_events && query.get("resourceVersionMatch").map(String::as_str) != Some("NotOlderThan") {
+        let message =
+            "resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan";
         return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", message, None);
     }
     let body = watch::start(shared, request);
@@ -250,8 +224,7 @@ fn watch_or_error(
 fn selector(query: &HashMap<String, String>) -> Result<Selector, Response<Body>> {
     let labels = query.get("labelSelector").map(String::as_str);
     let fields = query.get("fieldSelector").map(String::as_str);
-    Selector::parse(labels, fields)
-        .map_err(|message| status(StatusCode::BAD_REQUEST, "BadRequest", &message, None))
+    Selector::parse(labels, fields).map_err(|message| status(StatusCode::BAD_REQUEST, "BadRequest", &message, None))
 }
 
 fn is_true(value: Option<&String>) -> bool {
@@ -265,10 +238,7 @@ pub fn not_found(kind: Kind, name: &str) -> Response<Body> {
             format!("{}.{group}", kind.plural()),
             json!({"name": name, "group": group, "kind": kind.plural()}),
         ),
-        None => (
-            kind.plural().to_string(),
-            json!({"name": name, "kind": kind.plural()}),
-        ),
+        None => (kind.plural().to_string(), json!({"name": name, "kind": kind.plural()})),
     };
     let message = format!("{resource} \"{name}\" not found");
     status(StatusCode::NOT_FOUND, "NotFound", &message, Some(details))
@@ -292,10 +262,7 @@ pub fn status_object(code: u16, reason: &str, message: &str, details: Option<Val
 }
 
 fn status(code: StatusCode, reason: &str, message: &str, details: Option<Value>) -> Response<Body> {
-    json_response(
-        code,
-        &status_object(code.as_u16(), reason, message, details),
-    )
+    json_response(code, &status_object(code.as_u16(), reason, message, details))
 }
 
 fn json_response(code: StatusCode, value: &Value) -> Response<Body> {

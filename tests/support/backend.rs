@@ -90,21 +90,14 @@ impl Backend {
 }
 
 async fn spawn(flavor: Flavor, accepted: Arc<AtomicUsize>) -> (SocketAddr, Running) {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind backend");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
     let addr = listener.local_addr().expect("backend address");
     let stop = CancellationToken::new();
     let task = tokio::spawn(accept_loop(listener, flavor, accepted, stop.clone()));
     (addr, Running { stop, task })
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    flavor: Flavor,
-    accepted: Arc<AtomicUsize>,
-    stop: CancellationToken,
-) {
+async fn accept_loop(listener: TcpListener, flavor: Flavor, accepted: Arc<AtomicUsize>, stop: CancellationToken) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {

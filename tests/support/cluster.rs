@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
-    Namespace, NamespaceSpec, NamespaceStatus, Node, NodeAddress, NodeCondition, NodeSpec,
-    NodeStatus, NodeSystemInfo, Taint,
+    Namespace, NamespaceSpec, NamespaceStatus, Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo,
+    Taint,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use serde::Serialize;
@@ -59,9 +59,7 @@ pub struct Shared {
 impl Shared {
     pub fn lock(&self) -> MutexGuard<'_, State> {
         // A control that panicked (a failed expectation in a test) leaves usable state behind.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn epoch(&self) -> CancellationToken {
@@ -106,9 +104,7 @@ impl FakeCluster {
     pub async fn start(name: &str) -> FakeCluster {
         let pki = Pki::generate();
         let acceptor = TlsAcceptor::from(Arc::new(pki.server_config()));
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind fake API server");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fake API server");
         let api_addr = listener.local_addr().expect("API server address");
         let shutdown = CancellationToken::new();
         let random = store::random_u64().to_le_bytes();
@@ -199,9 +195,7 @@ impl FakeCluster {
 
     /// Every request answers 401 Unauthorized while set.
     pub fn set_unauthorized(&self, unauthorized: bool) {
-        self.shared()
-            .unauthorized
-            .store(unauthorized, Ordering::SeqCst);
+        self.shared().unauthorized.store(unauthorized, Ordering::SeqCst);
     }
 
     /// Forgets the change history: watches from an older resourceVersion get a 410.
@@ -248,10 +242,7 @@ impl FakeCluster {
             client_cert_pem: pki.client_cert_pem.clone(),
             client_key_pem: pki.client_key_pem.clone(),
         };
-        let mut entries = vec![entry(
-            &self.context(),
-            format!("https://{}", self.inner.api_addr),
-        )];
+        let mut entries = vec![entry(&self.context(), format!("https://{}", self.inner.api_addr))];
         for name in dead_contexts {
             entries.push(entry(name, "https://127.0.0.1:1".to_string()));
         }
@@ -404,10 +395,7 @@ fn node_object(cluster: &str, name: &str, ip: IpAddr) -> Node {
     ]);
     let mut taints = None;
     if control_plane {
-        labels.insert(
-            "node-role.kubernetes.io/control-plane".to_string(),
-            String::new(),
-        );
+        labels.insert("node-role.kubernetes.io/control-plane".to_string(), String::new());
         taints = Some(vec![Taint {
             effect: "NoSchedule".to_string(),
             key: "node-role.kubernetes.io/control-plane".to_string(),
@@ -454,11 +442,7 @@ fn ready_condition(ready: bool) -> NodeCondition {
     let (status, reason, message) = if ready {
         ("True", "KubeletReady", "kubelet is posting ready status")
     } else {
-        (
-            "False",
-            "KubeletNotReady",
-            "container runtime network not ready",
-        )
+        ("False", "KubeletNotReady", "container runtime network not ready")
     };
     NodeCondition {
         type_: "Ready".to_string(),

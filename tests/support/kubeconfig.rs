@@ -25,13 +25,9 @@ pub fn render(entries: &[Entry], current_context: &str) -> String {
     }
     out += "contexts:\n";
     for e in entries {
-        out += &format!(
-            "- context:\n    cluster: {0}\n    user: {0}\n  name: {0}\n",
-            e.name
-        );
+        out += &format!("- context:\n    cluster: {0}\n    user: {0}\n  name: {0}\n", e.name);
     }
-    out +=
-        &format!("current-context: {current_context}\nkind: Config\npreferences: {{}}\nusers:\n");
+    out += &format!("current-context: {current_context}\nkind: Config\npreferences: {{}}\nusers:\n");
     for e in entries {
         out += &format!(
             "- name: {}\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n",
@@ -47,8 +43,7 @@ pub fn render(entries: &[Entry], current_context: &str) -> String {
 pub fn write_atomically(path: &Path, contents: &str) {
     let dir = path.parent().expect("kubeconfig path has a parent");
     let mut tmp = tempfile::NamedTempFile::new_in(dir).expect("create temporary kubeconfig");
-    tmp.write_all(contents.as_bytes())
-        .expect("write temporary kubeconfig");
+    tmp.write_all(contents.as_bytes()).expect("write temporary kubeconfig");
     tmp.persist(path).expect("rename kubeconfig into place");
 }
 
@@ -56,11 +51,7 @@ fn base64(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {

@@ -22,11 +22,7 @@ pub struct QuickStartService {
 pub const CLUSTER_NAME: &str = "openchoreo-local";
 pub const CONTROL_PLANE: &str = "openchoreo-local-control-plane";
 pub const WORKER: &str = "openchoreo-local-worker";
-pub const NAMESPACES: &[&str] = &[
-    "wso2-amp",
-    "openchoreo-observability-plane",
-    "openchoreo-data-plane",
-];
+pub const NAMESPACES: &[&str] = &["wso2-amp", "openchoreo-observability-plane", "openchoreo-data-plane"];
 
 pub const SERVICES: &[QuickStartService] = &[
     QuickStartService {
@@ -66,10 +62,7 @@ pub const SERVICES: &[QuickStartService] = &[
         name: "gateway-external",
         type_: "LoadBalancer",
         ports: &[("https", 443), ("http", 80)],
-        labels: &[(
-            "gateway.envoyproxy.io/owning-gateway-name",
-            "gateway-external",
-        )],
+        labels: &[("gateway.envoyproxy.io/owning-gateway-name", "gateway-external")],
         tls: true,
     },
 ];

@@ -163,10 +163,7 @@ fn desired(store: &Store) -> BTreeMap<SocketAddr, ServiceKey> {
         let node_ports = spec.ports.iter().flatten().filter_map(|p| p.node_port);
         for port in node_ports.filter_map(|p| u16::try_from(p).ok()) {
             for ip in &node_ips {
-                wanted.insert(
-                    SocketAddr::new(*ip, port),
-                    (namespace.clone(), name.clone()),
-                );
+                wanted.insert(SocketAddr::new(*ip, port), (namespace.clone(), name.clone()));
             }
         }
     }
@@ -201,10 +198,7 @@ pub fn ready_backends(store: &Store, namespace: &str, service: &str) -> Vec<Sock
             if ready == Some(false) {
                 continue;
             }
-            let ips = endpoint
-                .addresses
-                .iter()
-                .filter_map(|a| a.parse::<IpAddr>().ok());
+            let ips = endpoint.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok());
             backends.extend(ips.take(1).map(|ip| SocketAddr::new(ip, port)));
         }
     }

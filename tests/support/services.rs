@@ -38,10 +38,7 @@ impl FakeCluster {
                 state.store.get(Kind::Namespace, "", &namespace).is_some(),
                 "namespaces \"{namespace}\" not found"
             );
-            let old: Option<Service> = state
-                .store
-                .get(Kind::Service, &namespace, &name)
-                .map(from_value);
+            let old: Option<Service> = state.store.get(Kind::Service, &namespace, &name).map(from_value);
             fill_defaults(state, &mut service, old.as_ref());
             let stored = state.store.put(Kind::Service, to_value(&service));
             state.node_ports = used_node_ports(&state.store);
@@ -62,10 +59,7 @@ impl FakeCluster {
     /// The stored service, if any.
     pub fn service(&self, namespace: &str, name: &str) -> Option<Service> {
         let state = self.shared().lock();
-        state
-            .store
-            .get(Kind::Service, namespace, name)
-            .map(from_value)
+        state.store.get(Kind::Service, namespace, name).map(from_value)
     }
 
     pub fn node_port(&self, namespace: &str, name: &str, port_index: usize) -> Option<u16> {
@@ -93,23 +87,14 @@ impl FakeCluster {
 
     /// Registers a pod backing `service`; while the service exists it has an EndpointSlice
     /// `<service>-<pod>` with one endpoint at `backend`.
-    pub fn add_endpoint(
-        &self,
-        namespace: &str,
-        service: &str,
-        pod: &str,
-        backend: SocketAddr,
-        ready: bool,
-    ) {
+    pub fn add_endpoint(&self, namespace: &str, service: &str, pod: &str, backend: SocketAddr, ready: bool) {
         self.mutate(|state| {
             let pod_state = Pod {
                 service: service.to_string(),
                 backend,
                 ready,
             };
-            state
-                .pods
-                .insert((namespace.to_string(), pod.to_string()), pod_state);
+            state.pods.insert((namespace.to_string(), pod.to_string()), pod_state);
             sync_slices(state, namespace, service);
         });
     }
@@ -203,10 +188,7 @@ fn fill_defaults(state: &mut State, service: &mut Service, old: Option<&Service>
     let with_node_ports = needs_node_ports(service);
     let old_spec = old.and_then(|o| o.spec.clone()).unwrap_or_default();
     let spec = service.spec.get_or_insert_default();
-    let type_ = spec
-        .type_
-        .get_or_insert_with(|| "ClusterIP".to_string())
-        .clone();
+    let type_ = spec.type_.get_or_insert_with(|| "ClusterIP".to_string()).clone();
     let cluster_ip = spec
         .cluster_ip
         .clone()
@@ -218,12 +200,9 @@ fn fill_defaults(state: &mut State, service: &mut Service, old: Option<&Service>
         });
     spec.cluster_ip = Some(cluster_ip.clone());
     spec.cluster_ips = Some(vec![cluster_ip]);
-    spec.ip_families
-        .get_or_insert_with(|| vec!["IPv4".to_string()]);
-    spec.ip_family_policy
-        .get_or_insert_with(|| "SingleStack".to_string());
-    spec.session_affinity
-        .get_or_insert_with(|| "None".to_string());
+    spec.ip_families.get_or_insert_with(|| vec!["IPv4".to_string()]);
+    spec.ip_family_policy.get_or_insert_with(|| "SingleStack".to_string());
+    spec.session_affinity.get_or_insert_with(|| "None".to_string());
     spec.internal_traffic_policy
         .get_or_insert_with(|| "Cluster".to_string());
     if with_node_ports {
@@ -284,10 +263,7 @@ fn allocate_node_port(state: &mut State) -> u16 {
 /// The endpointslice controller's reconcile for one service: a slice per pod while the
 /// service exists, none once it is gone. Unchanged slices are left alone (no event).
 fn sync_slices(state: &mut State, namespace: &str, service_name: &str) {
-    let service: Option<Service> = state
-        .store
-        .get(Kind::Service, namespace, service_name)
-        .map(from_value);
+    let service: Option<Service> = state.store.get(Kind::Service, namespace, service_name).map(from_value);
     let mut desired = BTreeMap::new();
     if let Some(service) = &service {
         for ((ns, pod_name), pod) in &state.pods {
@@ -299,8 +275,7 @@ fn sync_slices(state: &mut State, namespace: &str, service_name: &str) {
     }
     for existing in state.store.list(Kind::EndpointSlice, Some(namespace)) {
         let labels = &existing["metadata"]["labels"];
-        let ours =
-            labels[SERVICE_NAME_LABEL] == service_name && labels[MANAGED_BY_LABEL] == MANAGED_BY;
+        let ours = labels[SERVICE_NAME_LABEL] == service_name && labels[MANAGED_BY_LABEL] == MANAGED_BY;
         let name = existing["metadata"]["name"].as_str().unwrap_or_default();
         if ours && !desired.contains_key(name) {
             state.store.delete(Kind::EndpointSlice, namespace, name);

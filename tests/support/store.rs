@@ -122,8 +122,7 @@ impl Store {
     }
 
     pub fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<&Value> {
-        self.objects
-            .get(&(kind, namespace.to_string(), name.to_string()))
+        self.objects.get(&(kind, namespace.to_string(), name.to_string()))
     }
 
     /// Objects of `kind`, in a namespace or in all, ordered by namespace and name like etcd keys.
@@ -171,9 +170,7 @@ impl Store {
 
     /// Deletes an object; the DELETED event carries its last state at the deletion's resourceVersion.
     pub fn delete(&mut self, kind: Kind, namespace: &str, name: &str) -> Option<Value> {
-        let prev = self
-            .objects
-            .remove(&(kind, namespace.to_string(), name.to_string()))?;
+        let prev = self.objects.remove(&(kind, namespace.to_string(), name.to_string()))?;
         self.rv += 1;
         let mut object = prev.clone();
         object["metadata"]["resourceVersion"] = json!(self.rv.to_string());

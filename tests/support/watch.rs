@@ -52,10 +52,7 @@ impl WatchRequest {
             (ChangeType::Modified, true, true) => Some(event("MODIFIED", change.object.clone())),
             (ChangeType::Modified, false, true) => Some(event("ADDED", change.object.clone())),
             (ChangeType::Modified, true, false) => {
-                let mut old = change
-                    .prev
-                    .clone()
-                    .expect("modified change has a previous object");
+                let mut old = change.prev.clone().expect("modified change has a previous object");
                 old["metadata"]["resourceVersion"] = json!(change.rv.to_string());
                 Some(event("DELETED", old))
             }
@@ -86,18 +83,11 @@ pub fn start(shared: &Arc<Shared>, request: WatchRequest) -> Body {
         {
             Some(rv) if !request.send_initial_events => match store.since(request.kind, rv) {
                 Ok(since) => {
-                    let events = since
-                        .changes
-                        .iter()
-                        .filter_map(|c| request.event(c))
-                        .collect();
+                    let events = since.changes.iter().filter_map(|c| request.event(c)).collect();
                     (events, Some(since.feed), rv)
                 }
                 Err(expired) => {
-                    let message = format!(
-                        "too old resource version: {} ({})",
-                        expired.requested, expired.oldest
-                    );
+                    let message = format!("too old resource version: {} ({})", expired.requested, expired.oldest);
                     let status = status_object(410, "Expired", &message, None);
                     (vec![event("ERROR", status)], None, rv)
                 }
@@ -132,19 +122,15 @@ pub fn start(shared: &Arc<Shared>, request: WatchRequest) -> Body {
             _ = pump(&request, feed, start_rv, &tx) => {}
         }
     });
-    let live = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|event| (frame(event), rx))
-    });
+    let live = futures::stream::unfold(
+        rx,
+        |mut rx| async move { rx.recv().await.map(|event| (frame(event), rx)) },
+    );
     StreamBody::new(initial.chain(live)).boxed_unsync()
 }
 
 /// Forwards live changes and bookmarks until the client goes away or the feed lags.
-async fn pump(
-    request: &WatchRequest,
-    mut feed: broadcast::Receiver<Feed>,
-    start_rv: u64,
-    tx: &mpsc::Sender<Value>,
-) {
+async fn pump(request: &WatchRequest, mut feed: broadcast::Receiver<Feed>, start_rv: u64, tx: &mpsc::Sender<Value>) {
     let mut seen = start_rv;
     loop {
         let event = match feed.recv().await {

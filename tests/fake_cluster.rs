@@ -376,3 +376,37 @@ async fn set_current_context_points_kubectl_elsewhere() {
     let api: Api<Service> = Api::namespaced(client(&cluster).await, "default");
     api.get("kubernetes").await.expect("get through kind-ctx");
 }
+
+#[tokio::test]
+async fn api_requires_a_client_certificate() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+
+    let cluster = FakeCluster::start("mtls").await;
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = CertificateDer::from_pem_slice(cluster.ca_pem().as_bytes()).expect("CA PEM");
+    roots.add(ca).expect("add CA");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = TcpStream::connect(cluster.api_addr()).await.expect("connect");
+    let server_name = ServerName::try_from("127.0.0.1").expect("server name");
+    let answer = timeout(WAIT, async {
+        let mut tls = connector.connect(server_name, tcp).await?;
+        tls.write_all(b"GET /version HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .await?;
+        let mut answer = Vec::new();
+        tls.read_to_end(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer)
+    })
+    .await
+    .expect("answer in time");
+    assert!(
+        answer.is_err() || answer.as_ref().is_ok_and(|a| a.is_empty()),
+        "served without a client certificate: {answer:?}"
+    );
+}

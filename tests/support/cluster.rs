@@ -165,6 +165,11 @@ impl FakeCluster {
         self.inner.api_addr
     }
 
+    /// The cluster CA certificate (PEM), as in the kubeconfig's certificate-authority-data.
+    pub fn ca_pem(&self) -> String {
+        self.inner.pki.ca_pem.clone()
+    }
+
     pub(super) fn shared(&self) -> &Arc<Shared> {
         &self.inner.shared
     }

@@ -214,6 +214,13 @@ fn local_port_check(name: &str, addr: SocketAddr) -> Check {
     }
 }
 
+/// A running Porthole (CLI or app) holding its own ports is fine.
+fn is_porthole(command: &str) -> bool {
+    let program = command.split_whitespace().next().unwrap_or_default();
+    let name = std::path::Path::new(program).file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    matches!(name, "porthole" | "porthole-app" | "Porthole")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -194,7 +194,7 @@ fn local_port_check(name: &str, addr: SocketAddr) -> Check {
     match std::net::TcpListener::bind(addr) {
         Ok(_) => Check::pass(check, format!("{addr} is free")),
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => match holder::find(addr.port(), addr.ip()) {
-            Some(h) if h.command.contains("porthole") => {
+            Some(h) if is_porthole(&h.command) => {
                 Check::pass(check, format!("{addr} is served by Porthole ({h})"))
             }
             Some(h) => Check::fail(

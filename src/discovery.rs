@@ -124,6 +124,8 @@ enum Signal {
         kind: usize,
         status: ClusterStatus,
     },
+    /// Failed kinds were asked directly whether the API is back.
+    Rechecked,
 }
 
 const KINDS: usize = 4;
@@ -219,17 +221,28 @@ async fn watch_cluster(client: Client, view: &watch::Sender<ClusterView>, cancel
     let (namespaces, s0) = reflect(Api::<Namespace>::all(client.clone()), 0);
     let (services, s1) = reflect(Api::<Service>::all(client.clone()), 1);
     let (nodes, s2) = reflect(Api::<Node>::all(client.clone()), 2);
-    let (slices, s3) = reflect(Api::<EndpointSlice>::all(client), 3);
+    let (slices, s3) = reflect(Api::<EndpointSlice>::all(client.clone()), 3);
     let mut signals = futures::stream::select_all([s0.boxed(), s1.boxed(), s2.boxed(), s3.boxed()]);
     let mut synced = [false; KINDS];
     let mut failures: [Option<ClusterStatus>; KINDS] = Default::default();
+    let mut recheck = Reconnect::default();
     loop {
+        let failing = failures.iter().any(Option::is_some);
+        if !failing {
+            recheck.reset();
+        }
+        let delay = recheck.next().unwrap_or(RECONNECT_MAX);
         let signal = tokio::select! {
             _ = cancel.cancelled() => return,
             signal = signals.next() => match signal {
                 Some(signal) => signal,
                 None => return,
             },
+            // A watch that restarts without news emits nothing: ask the API whether it is back.
+            _ = tokio::time::sleep(delay), if failing => {
+                recover(&client, &mut failures).await;
+                Signal::Rechecked
+            }
         };
         let changed = match signal {
             Signal::Ok {
@@ -246,6 +259,7 @@ async fn watch_cluster(client: Client, view: &watch::Sender<ClusterView>, cancel
                 failures[kind] = Some(status);
                 false
             }
+            Signal::Rechecked => false,
         };
         let status = combined_status(&synced, &failures);
         let all_synced = synced.iter().all(|s| *s);
@@ -274,6 +288,30 @@ async fn watch_cluster(client: Client, view: &watch::Sender<ClusterView>, cancel
             }
             modified
         });
+    }
+}
+
+/// Clears the failure of every kind that lists again.
+async fn recover(client: &Client, failures: &mut [Option<ClusterStatus>; KINDS]) {
+    let lp = kube::api::ListParams::default().limit(1);
+    for kind in 0..KINDS {
+        if failures[kind].is_none() {
+            continue;
+        }
+        let listed = match kind {
+            0 => Api::<Namespace>::all(client.clone()).list_metadata(&lp).await.map(drop),
+            1 => Api::<Service>::all(client.clone()).list_metadata(&lp).await.map(drop),
+            2 => Api::<Node>::all(client.clone()).list_metadata(&lp).await.map(drop),
+            _ => Api::<EndpointSlice>::all(client.clone())
+                .list_metadata(&lp)
+                .await
+                .map(drop),
+        };
+        match listed {
+            Ok(()) => failures[kind] = None,
+            // Still failing: that is already recorded, and the watcher will say more.
+            Err(_) => return,
+        }
     }
 }
 

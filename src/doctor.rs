@@ -194,9 +194,7 @@ fn local_port_check(name: &str, addr: SocketAddr) -> Check {
     match std::net::TcpListener::bind(addr) {
         Ok(_) => Check::pass(check, format!("{addr} is free")),
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => match holder::find(addr.port(), addr.ip()) {
-            Some(h) if is_porthole(&h.command) => {
-                Check::pass(check, format!("{addr} is served by Porthole ({h})"))
-            }
+            Some(h) if is_porthole(&h.command) => Check::pass(check, format!("{addr} is served by Porthole ({h})")),
             Some(h) => Check::fail(
                 check,
                 Cause::new(CauseId::PortInUse, format!("{addr} is held by {h}"))
@@ -217,7 +215,10 @@ fn local_port_check(name: &str, addr: SocketAddr) -> Check {
 /// A running Porthole (CLI or app) holding its own ports is fine.
 fn is_porthole(command: &str) -> bool {
     let program = command.split_whitespace().next().unwrap_or_default();
-    let name = std::path::Path::new(program).file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let name = std::path::Path::new(program)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
     matches!(name, "porthole" | "porthole-app" | "Porthole")
 }
 

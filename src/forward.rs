@@ -368,7 +368,11 @@ impl Forward {
         stats.active.fetch_sub(1, Ordering::Relaxed);
     }
 
-    async fn probe(self: Arc<Self>, routes: watch::Receiver<Option<Arc<Route>>>, results: mpsc::Sender<Result<(), Cause>>) {
+    async fn probe(
+        self: Arc<Self>,
+        routes: watch::Receiver<Option<Arc<Route>>>,
+        results: mpsc::Sender<Result<(), Cause>>,
+    ) {
         let (spec, timeout) = (self.spec.probe.clone(), self.hub.tuning.probe_timeout);
         let check = move |route: Arc<Route>| {
             let spec = spec.clone();
@@ -466,7 +470,13 @@ mod tests {
         tokio::spawn(async move {
             let check = move |_route: Arc<Route>| {
                 let fail = f.load(Ordering::SeqCst);
-                async move { if fail { Err(Cause::new(CauseId::ProbeFailed, "x")) } else { Ok(()) } }
+                async move {
+                    if fail {
+                        Err(Cause::new(CauseId::ProbeFailed, "x"))
+                    } else {
+                        Ok(())
+                    }
+                }
             };
             probe_schedule(&tuning, routes_rx, &c, check, tx).await;
         });

@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod kubeconfig;
 pub mod openchoreo;
 pub mod pki;
+pub mod porthole;
 pub mod proxy;
 pub mod selector;
 pub mod services;

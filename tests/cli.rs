@@ -1,0 +1,235 @@
+//! The `porthole` binary as users run it: real processes, a real control socket, a fake cluster.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+
+use porthole::engine::Snapshot;
+use porthole::health::State;
+use support::porthole::WAIT;
+use support::{FakeCluster, port, service};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_porthole");
+
+/// The quick-start preset pointed at `cluster`, with free local ports.
+fn preset_config(dir: &Path, cluster: &FakeCluster) -> PathBuf {
+    let text = porthole::config::preset_text("openchoreo")
+        .unwrap()
+        .replace(
+            "[cluster]\n",
+            &format!("[cluster]\nkubeconfig = \"{}\"\n", cluster.kubeconfig().display()),
+        )
+        .replace("local_port = 3000", "local_port = 0")
+        .replace("local_port = 8080", "local_port = 0")
+        .replace("local_port = 9098", "local_port = 0")
+        .replace("local_port = 21893", "local_port = 0")
+        .replace("local_port = 8443", "local_port = 0");
+    let path = dir.join("porthole.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn porthole(args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("PORTHOLE_CONFIG")
+        .env_remove("PORTHOLE_CONTROL")
+        .kill_on_drop(true);
+    cmd
+}
+
+async fn run(args: &[&str]) -> Output {
+    tokio::time::timeout(WAIT, porthole(args).output())
+        .await
+        .expect("porthole finished")
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Starts `porthole up` and returns once its control socket answers (it logs `starting` after binding it).
+async fn up(config: &Path, control: &Path) -> Child {
+    let mut child = porthole(&["--config", path(config), "--control", path(control), "up"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("starting") {
+                return;
+            }
+        }
+        panic!("porthole up exited before starting");
+    })
+    .await
+    .expect("porthole up started");
+    // Keep draining its log so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    child
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[tokio::test]
+async fn up_serves_the_preset_and_answers_status_wait_and_disable() {
+    let cluster = FakeCluster::openchoreo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = preset_config(dir.path(), &cluster);
+    let control = dir.path().join("control.sock");
+    let mut child = up(&config, &control).await;
+
+    let wait = run(&["--control", path(&control), "wait", "--timeout", "30"]).await;
+    assert!(wait.status.success(), "wait: {}", text(&wait.stderr));
+
+    let status = run(&["--control", path(&control), "status", "--json"]).await;
+    assert!(status.status.success());
+    let snapshot: Snapshot = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(snapshot.forwards.len(), 5);
+    for f in &snapshot.forwards {
+        assert_eq!(f.health.state, State::Healthy, "{}", f.name);
+        let route = f.route.as_ref().unwrap();
+        assert!(route.target.ends_with(&format!(":{}", route.node_port)));
+    }
+    assert_eq!(snapshot.context.as_deref(), Some("kind-openchoreo-local"));
+    assert_eq!(snapshot.kubectl_context.as_deref(), Some("kind-openchoreo-local"));
+
+    let table = run(&["--control", path(&control), "status"]).await;
+    let table = text(&table.stdout);
+    assert!(table.contains("console") && table.contains("healthy"), "{table}");
+
+    let mode = std::fs::metadata(&control).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o600
+    );
+
+    let disable = run(&["--control", path(&control), "disable", "console"]).await;
+    assert!(disable.status.success(), "{}", text(&disable.stderr));
+    let status = run(&["--control", path(&control), "status", "--json"]).await;
+    let snapshot: Snapshot = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(snapshot.forward("console").unwrap().health.state, State::Disabled);
+    let unknown = run(&["--control", path(&control), "enable", "nope"]).await;
+    assert!(!unknown.status.success());
+    assert!(text(&unknown.stderr).contains("no forward named `nope`"));
+
+    // A second engine on the same socket is refused.
+    let second = run(&["--config", path(&config), "--control", path(&control), "up"]).await;
+    assert!(!second.status.success());
+    assert!(
+        text(&second.stderr).contains("already running"),
+        "{}",
+        text(&second.stderr)
+    );
+
+    // SIGTERM: a clean stop, exit 0, socket removed.
+    let pid = child.id().unwrap() as libc::pid_t;
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let exit = tokio::time::timeout(WAIT, child.wait()).await.unwrap().unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert!(!control.exists());
+}
+
+#[tokio::test]
+async fn wait_times_out_listing_the_causes() {
+    let cluster = FakeCluster::openchoreo().await;
+    cluster.delete_service("wso2-amp", "amp-console");
+    let dir = tempfile::tempdir().unwrap();
+    let config = preset_config(dir.path(), &cluster);
+    let control = dir.path().join("control.sock");
+    let _child = up(&config, &control).await;
+    let wait = run(&["--control", path(&control), "wait", "--timeout", "2", "console"]).await;
+    assert_eq!(wait.status.code(), Some(1));
+    let stderr = text(&wait.stderr);
+    assert!(
+        stderr.contains("service-missing") && stderr.contains("wso2-amp/amp-console"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn status_without_an_engine_says_how_to_start_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&["--control", path(&dir.path().join("none.sock")), "status"]).await;
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("porthole up"), "{}", text(&out.stderr));
+}
+
+#[tokio::test]
+async fn doctor_passes_on_a_healthy_cluster_and_names_each_failure() {
+    let cluster = FakeCluster::openchoreo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = preset_config(dir.path(), &cluster);
+    let ok = run(&["--config", path(&config), "doctor"]).await;
+    assert!(ok.status.success(), "{}", text(&ok.stdout));
+
+    cluster.apply_service(service("wso2-amp", "amp-api", "ClusterIP", vec![port("http", 8080)]));
+    cluster.set_current_context("rancher-desktop");
+    let failed = run(&["--config", path(&config), "doctor", "--json"]).await;
+    assert_eq!(failed.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&failed.stdout).unwrap();
+    let failures: Vec<(String, String)> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .map(|c| {
+            (
+                c["check"].as_str().unwrap().to_string(),
+                c["cause"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        failures,
+        vec![
+            ("kubectl context".to_string(), "context-mismatch".to_string()),
+            ("api: service".to_string(), "wrong-service-type".to_string()),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn bad_config_names_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        "[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 99999\n",
+    )
+    .unwrap();
+    let out = run(&["--config", path(&config), "doctor"]).await;
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{}:5: `local_port`", config.display())),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn init_writes_a_preset_and_never_overwrites_by_accident() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sub/config.toml");
+    let out = run(&["init", "--preset", "openchoreo-data-prepper", path(&file)]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let written = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(
+        written,
+        porthole::config::preset_text("openchoreo-data-prepper").unwrap()
+    );
+    std::fs::write(&file, "# mine\n").unwrap();
+    let again = run(&["init", path(&file)]).await;
+    assert!(!again.status.success());
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "# mine\n", "untouched");
+    let presets = run(&["presets"]).await;
+    assert!(text(&presets.stdout).contains("openchoreo-data-prepper"));
+}

@@ -1,0 +1,466 @@
+//! The engine end to end: real sockets through a fake kind cluster's simulated kube-proxy.
+
+mod support;
+
+use std::time::Duration;
+
+use porthole::Event;
+use porthole::engine::Engine;
+use porthole::health::{CauseId, State};
+use support::porthole::*;
+use support::{Backend, FakeCluster, port, service};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const NS: &str = "apps";
+
+/// A two-node cluster with namespace `apps` and a NodePort echo service `echo`.
+async fn echo_cluster(name: &str) -> (FakeCluster, Backend) {
+    let cluster = FakeCluster::start(name).await;
+    cluster.add_node(&format!("{name}-control-plane"));
+    cluster.add_node(&format!("{name}-worker"));
+    cluster.add_namespace(NS);
+    let backend = Backend::echo().await;
+    cluster.apply_service(service(NS, "echo", "NodePort", vec![port("tcp", 7000)]));
+    cluster.add_endpoint(NS, "echo", "echo-0", backend.addr(), true);
+    (cluster, backend)
+}
+
+async fn start(cluster: &FakeCluster, forwards: &str) -> Engine {
+    Engine::start(config(cluster, forwards), tuning())
+}
+
+/// A deterministic byte stream (xorshift), so both ends can check it without storing it.
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    })
+}
+
+#[tokio::test]
+async fn bytes_arrive_intact_both_ways() {
+    const SIZE: usize = 100 << 20;
+    let (cluster, _backend) = echo_cluster("bulk").await;
+    let engine = start(&cluster, &forward("echo", NS, "echo")).await;
+    let addr = local(&wait_healthy(&engine, "echo").await);
+
+    let data = pattern(42, SIZE);
+    let sent = checksum(&data);
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        write.write_all(&data).await.unwrap();
+        write.shutdown().await.unwrap();
+    });
+    let mut back = Vec::with_capacity(SIZE);
+    tokio::time::timeout(Duration::from_secs(120), read.read_to_end(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    writer.await.unwrap();
+    assert_eq!(back.len(), SIZE);
+    assert_eq!(checksum(&back), sent, "100 MiB each way, unchanged");
+
+    let status = engine.status().await;
+    let stats = status.forward("echo").unwrap().stats;
+    assert_eq!((stats.bytes_up, stats.bytes_down), (SIZE as u64, SIZE as u64));
+    assert_eq!(stats.total, 1);
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn half_close_reaches_the_backend_and_the_answer_still_arrives() {
+    let (cluster, _backend) = echo_cluster("halfclose").await;
+    let engine = start(&cluster, &forward("echo", NS, "echo")).await;
+    let addr = local(&wait_healthy(&engine, "echo").await);
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"last words").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        back, b"last words",
+        "echoed after our FIN, then the backend's FIN came through"
+    );
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn five_hundred_concurrent_connections() {
+    raise_fd_limit();
+    let (cluster, _backend) = echo_cluster("many").await;
+    let engine = start(&cluster, &forward("echo", NS, "echo")).await;
+    let addr = local(&wait_healthy(&engine, "echo").await);
+    // Open all 500 first, so they are truly concurrent, then talk on each.
+    let mut conns = Vec::new();
+    for _ in 0..500 {
+        conns.push(TcpStream::connect(addr).await.unwrap());
+    }
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut s)| {
+            tokio::spawn(async move {
+                let msg = pattern(i as u64, 4096);
+                round_trip(&mut s, &msg).await.unwrap();
+                s
+            })
+        })
+        .collect();
+    let mut open = Vec::new();
+    for t in tasks {
+        open.push(t.await.unwrap());
+    }
+    let status = engine.status().await;
+    assert_eq!(status.forward("echo").unwrap().stats.active, 500);
+    drop(open);
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn pod_restart_then_new_connections_succeed() {
+    let (cluster, mut backend) = echo_cluster("restart").await;
+    let engine = start(&cluster, &forward("echo", NS, "echo")).await;
+    let addr = local(&wait_healthy(&engine, "echo").await);
+    let mut events = engine.events();
+    cluster.set_endpoint_ready(NS, "echo-0", false);
+    backend.stop().await;
+    let down = wait_cause(&engine, "echo", State::Down, CauseId::NoReadyEndpoints).await;
+    assert!(down.health.cause.unwrap().message.contains("apps/echo"));
+    backend.restart().await;
+    cluster.set_endpoint_backend(NS, "echo-0", backend.addr());
+    cluster.set_endpoint_ready(NS, "echo-0", true);
+    wait_healthy(&engine, "echo").await;
+    assert_eq!(echo_once(addr, b"back again").await.unwrap(), b"back again");
+    let event = wait_event(
+        &mut events,
+        |e| matches!(e, Event::Forward { to, .. } if to.state == State::Healthy),
+    )
+    .await;
+    let Event::Forward { from, .. } = event else {
+        unreachable!()
+    };
+    assert_eq!(
+        from.state,
+        State::Down,
+        "recovery is reported as a transition from down"
+    );
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn node_port_change_retargets_new_connections_without_a_restart() {
+    let (cluster, _backend) = echo_cluster("nodeport").await;
+    let engine = start(&cluster, &forward("echo", NS, "echo")).await;
+    let before = wait_healthy(&engine, "echo").await;
+    let addr = local(&before);
+    let mut open = TcpStream::connect(addr).await.unwrap();
+    round_trip(&mut open, b"before").await.unwrap();
+
+    let new_port = cluster.change_node_port(NS, "echo", 0);
+    let after = wait_for(&engine, "echo", "retargeted", |f| {
+        f.route.as_ref().map(|r| r.node_port) == Some(new_port)
+    })
+    .await;
+    assert_eq!(local(&after), addr, "same listener");
+    assert_ne!(before.route.unwrap().node_port, new_port);
+    assert_eq!(echo_once(addr, b"after").await.unwrap(), b"after");
+    round_trip(&mut open, b"existing connection untouched").await.unwrap();
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn service_deleted_then_recreated() {
+    let (cluster, backend) = echo_cluster("recreate").await;
+    let engine = start(&cluster, &forward("echo", NS, "echo")).await;
+    wait_healthy(&engine, "echo").await;
+    cluster.delete_service(NS, "echo");
+    let down = wait_cause(&engine, "echo", State::Down, CauseId::ServiceMissing).await;
+    assert!(down.route.is_none(), "a deleted service's route is withdrawn");
+    cluster.apply_service(service(NS, "echo", "NodePort", vec![port("tcp", 7000)]));
+    cluster.add_endpoint(NS, "echo", "echo-1", backend.addr(), true);
+    let status = wait_healthy(&engine, "echo").await;
+    assert_eq!(echo_once(local(&status), b"new service").await.unwrap(), b"new service");
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn cluster_ip_service_is_the_wrong_type_and_says_what_to_change() {
+    let (cluster, _backend) = echo_cluster("clusterip").await;
+    cluster.apply_service(service(NS, "internal", "ClusterIP", vec![port("http", 80)]));
+    let engine = start(&cluster, &forward("internal", NS, "internal")).await;
+    let status = wait_cause(&engine, "internal", State::Down, CauseId::WrongServiceType).await;
+    let cause = status.health.cause.unwrap();
+    assert!(cause.message.contains("ClusterIP"), "{}", cause.message);
+    assert!(cause.fix.unwrap().contains("type: NodePort"));
+
+    // Changing the live service to NodePort heals the forward without a restart.
+    cluster.apply_service(service(NS, "internal", "NodePort", vec![port("http", 80)]));
+    cluster.add_endpoint(NS, "internal", "internal-0", _backend.addr(), true);
+    wait_healthy(&engine, "internal").await;
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn missing_named_port_lists_the_ports_that_exist() {
+    let (cluster, _backend) = echo_cluster("portname").await;
+    let forwards = format!("{}service_port = \"otlp\"\n", forward("echo", NS, "echo"));
+    let engine = start(&cluster, &forwards).await;
+    let status = wait_cause(&engine, "echo", State::Down, CauseId::PortNotFound).await;
+    let message = status.health.cause.unwrap().message;
+    assert!(
+        message.contains("`otlp`") && message.contains("tcp 7000/TCP"),
+        "{message}"
+    );
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn missing_namespace_and_unready_nodes_are_named() {
+    let (cluster, _backend) = echo_cluster("causes").await;
+    let forwards = format!("{}{}", forward("gone", "nowhere", "echo"), forward("echo", NS, "echo"));
+    let engine = start(&cluster, &forwards).await;
+    wait_cause(&engine, "gone", State::Down, CauseId::NamespaceMissing).await;
+    wait_healthy(&engine, "echo").await;
+    cluster.set_node_ready("causes-worker", false);
+    cluster.set_node_ready("causes-control-plane", false);
+    let status = wait_cause(&engine, "echo", State::Down, CauseId::NodeUnreachable).await;
+    assert!(status.health.cause.unwrap().message.contains("no Ready node"));
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn http_probe_fails_when_the_pod_stops_answering() {
+    let cluster = FakeCluster::start("probe").await;
+    cluster.add_node("probe-worker");
+    cluster.add_namespace(NS);
+    let web = Backend::http("hello").await;
+    cluster.apply_service(service(NS, "web", "NodePort", vec![port("http", 80)]));
+    cluster.add_endpoint(NS, "web", "web-0", web.addr(), true);
+    let forwards = format!("{}probe = {{ http = \"/healthz\" }}\n", forward("web", NS, "web"));
+    let engine = start(&cluster, &forwards).await;
+    let status = wait_healthy(&engine, "web").await;
+    assert_eq!(http_get(local(&status)).await, "hello");
+    // The process dies but the endpoint still says ready: only the probe can tell.
+    web.stop().await;
+    let down = wait_cause(&engine, "web", State::Down, CauseId::ProbeFailed).await;
+    assert!(down.health.cause.unwrap().message.contains("apps/web"));
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn unreachable_api_degrades_but_traffic_still_flows() {
+    let (cluster, _backend) = echo_cluster("apidown").await;
+    let engine = start(&cluster, &forward("echo", NS, "echo")).await;
+    let addr = local(&wait_healthy(&engine, "echo").await);
+    cluster.set_api_reachable(false);
+    let degraded = wait_cause(&engine, "echo", State::Degraded, CauseId::ClusterUnreachable).await;
+    assert!(degraded.route.is_some(), "the last known route is kept");
+    assert_eq!(echo_once(addr, b"no API needed").await.unwrap(), b"no API needed");
+    assert_eq!(engine.status().await.cluster.state, "unreachable");
+    cluster.set_api_reachable(true);
+    wait_healthy(&engine, "echo").await;
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn revoked_credentials_are_unauthorized() {
+    let (cluster, _backend) = echo_cluster("auth").await;
+    cluster.set_unauthorized(true);
+    let engine = start(&cluster, &forward("echo", NS, "echo")).await;
+    wait_cause(&engine, "echo", State::Down, CauseId::Unauthorized).await;
+    cluster.set_unauthorized(false);
+    wait_healthy(&engine, "echo").await;
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn local_port_in_use_names_the_holder_then_binds_when_freed() {
+    let (cluster, _backend) = echo_cluster("inuse").await;
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = squatter.local_addr().unwrap().port();
+    let forwards = forward("echo", NS, "echo").replace("local_port = 0", &format!("local_port = {taken}"));
+    let engine = start(&cluster, &forwards).await;
+    let status = wait_cause(&engine, "echo", State::Down, CauseId::PortInUse).await;
+    let message = status.health.cause.unwrap().message;
+    assert!(message.contains(&format!("port {taken}")), "{message}");
+    assert!(
+        message.contains(&format!("pid {}", std::process::id())),
+        "names this process: {message}"
+    );
+    drop(squatter);
+    let status = wait_healthy(&engine, "echo").await;
+    assert_eq!(local(&status).port(), taken);
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn kubectl_context_mismatch_is_reported_but_porthole_keeps_its_own() {
+    let (cluster, _backend) = echo_cluster("mismatch").await;
+    cluster.set_current_context("rancher-desktop");
+    let engine = start(&cluster, &forward("echo", NS, "echo")).await;
+    wait_healthy(&engine, "echo").await;
+    let snapshot = engine.status().await;
+    assert_eq!(snapshot.kubectl_context.as_deref(), Some("rancher-desktop"));
+    assert_eq!(snapshot.context.as_deref(), Some("kind-mismatch"));
+    assert!(snapshot.context_mismatch());
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn missing_context_is_named_with_the_kind_fix() {
+    let (cluster, _backend) = echo_cluster("ctx").await;
+    let text = config(&cluster, &forward("echo", NS, "echo"));
+    let mut config = text;
+    config.cluster.context = Some("kind-openchoreo-local".into());
+    let engine = Engine::start(config, tuning());
+    let status = wait_cause(&engine, "echo", State::Down, CauseId::ContextMissing).await;
+    let cause = status.health.cause.unwrap();
+    assert!(cause.message.contains("kind-openchoreo-local"));
+    assert!(
+        cause
+            .fix
+            .unwrap()
+            .contains("kind export kubeconfig --name openchoreo-local")
+    );
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn config_reload_adds_and_removes_one_forward_without_touching_the_others() {
+    let (cluster, _backend) = echo_cluster("reload").await;
+    let engine = start(
+        &cluster,
+        &format!("{}{}", forward("a", NS, "echo"), forward("b", NS, "echo")),
+    )
+    .await;
+    let a = local(&wait_healthy(&engine, "a").await);
+    let b = local(&wait_healthy(&engine, "b").await);
+    let mut kept = TcpStream::connect(a).await.unwrap();
+    round_trip(&mut kept, b"before reload").await.unwrap();
+
+    engine
+        .apply(config(
+            &cluster,
+            &format!("{}{}", forward("a", NS, "echo"), forward("c", NS, "echo")),
+        ))
+        .await
+        .unwrap();
+    let c = local(&wait_healthy(&engine, "c").await);
+    let snapshot = engine.status().await;
+    let names: Vec<&str> = snapshot.forwards.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, vec!["a", "c"]);
+    assert_eq!(local(snapshot.forward("a").unwrap()), a, "a keeps its listener");
+    assert_eq!(snapshot.forward("a").unwrap().stats.total, 1, "and its counters");
+    round_trip(&mut kept, b"after reload").await.unwrap();
+    assert!(TcpStream::connect(b).await.is_err(), "b's listener is closed");
+    assert_eq!(echo_once(c, b"c works").await.unwrap(), b"c works");
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn disable_and_enable_one_forward() {
+    let (cluster, _backend) = echo_cluster("toggle").await;
+    let engine = start(
+        &cluster,
+        &format!("{}{}", forward("a", NS, "echo"), forward("b", NS, "echo")),
+    )
+    .await;
+    let a = local(&wait_healthy(&engine, "a").await);
+    wait_healthy(&engine, "b").await;
+    engine.set_enabled("a", false).await.unwrap();
+    wait_for(&engine, "a", "disabled", |f| f.health.state == State::Disabled).await;
+    assert!(TcpStream::connect(a).await.is_err());
+    assert_eq!(engine.status().await.forward("b").unwrap().health.state, State::Healthy);
+    engine.set_enabled("a", true).await.unwrap();
+    wait_healthy(&engine, "a").await;
+    assert!(engine.set_enabled("nope", true).await.is_err());
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_stops_accepting_and_drains_open_connections() {
+    let (cluster, _backend) = echo_cluster("drain").await;
+    let engine = start(&cluster, &forward("echo", NS, "echo")).await;
+    let addr = local(&wait_healthy(&engine, "echo").await);
+    let mut open = TcpStream::connect(addr).await.unwrap();
+    round_trip(&mut open, b"hello").await.unwrap();
+
+    let stopping = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.shutdown(WAIT).await }
+    });
+    // The listener closes first; the open connection keeps working while it drains.
+    tokio::time::timeout(WAIT, async {
+        while TcpStream::connect(addr).await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("listener closed");
+    round_trip(&mut open, b"still draining").await.unwrap();
+    assert!(!stopping.is_finished());
+    drop(open);
+    tokio::time::timeout(WAIT, stopping)
+        .await
+        .expect("shutdown finished once drained")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_closes_connections_that_outlive_the_drain() {
+    let (cluster, _backend) = echo_cluster("cut").await;
+    let engine = start(&cluster, &forward("echo", NS, "echo")).await;
+    let addr = local(&wait_healthy(&engine, "echo").await);
+    let mut open = TcpStream::connect(addr).await.unwrap();
+    round_trip(&mut open, b"hello").await.unwrap();
+    engine.shutdown(Duration::from_millis(100)).await;
+    let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(WAIT, open.read(&mut buf))
+        .await
+        .expect("closed, not hanging");
+    assert!(matches!(read, Ok(0) | Err(_)), "the connection was closed");
+}
+
+#[tokio::test]
+async fn the_quick_start_preset_serves_all_five_ports() {
+    let quick_start = FakeCluster::openchoreo().await;
+    let mut config = porthole::Config::preset("openchoreo").unwrap();
+    config.cluster.kubeconfig = Some(quick_start.kubeconfig());
+    for f in &mut config.forwards {
+        f.local_port = 0;
+    }
+    let engine = Engine::start(config, tuning());
+    let snapshot = wait_snapshot(&engine, "all healthy", |s| {
+        s.forwards.len() == 5 && s.forwards.iter().all(|f| f.health.state == State::Healthy)
+    })
+    .await;
+    for (name, body) in [
+        ("console", "amp-console"),
+        ("api", "amp-api"),
+        ("traces-observer", "amp-traces-observer"),
+    ] {
+        assert_eq!(http_get(local(snapshot.forward(name).unwrap())).await, body);
+    }
+    let gateway = snapshot.forward("gateway").unwrap().route.clone().unwrap();
+    assert_eq!(
+        (gateway.service_type.as_str(), gateway.port.as_str()),
+        ("LoadBalancer", "https 443/TCP")
+    );
+    engine.shutdown(Duration::from_secs(1)).await;
+}

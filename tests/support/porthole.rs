@@ -1,0 +1,162 @@
+//! Driving Porthole's engine against a `FakeCluster`: configs that point at it, short timings,
+//! and waits on the engine's pushed snapshots (never sleeps).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use porthole::config::{Config, Source};
+use porthole::engine::{Engine, ForwardStatus, Snapshot};
+use porthole::health::{CauseId, State};
+use porthole::{Event, Tuning};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::cluster::FakeCluster;
+
+/// Generous bound for any wait on the engine: a failing test fails, it never hangs.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Short timings so tests see probes and retries quickly.
+pub fn tuning() -> Tuning {
+    Tuning {
+        probe_interval: Duration::from_millis(300),
+        probe_retry: Duration::from_millis(100),
+        probe_timeout: Duration::from_secs(2),
+        failure_threshold: 2,
+        connect_timeout: Duration::from_secs(2),
+        bind_retry: Duration::from_millis(100),
+        drain_timeout: Duration::from_secs(5),
+    }
+}
+
+/// A config for `cluster` with the given `[[forward]]` tables (use `local_port = 0`).
+pub fn config(cluster: &FakeCluster, forwards: &str) -> Config {
+    let text = format!(
+        "[cluster]\ncontext = \"{}\"\nkubeconfig = \"{}\"\n\n{forwards}",
+        cluster.context(),
+        cluster.kubeconfig().display()
+    );
+    Config::parse(&text, &Source::Preset("test")).expect("test config is valid")
+}
+
+/// One forward table.
+pub fn forward(name: &str, namespace: &str, service: &str) -> String {
+    format!("[[forward]]\nname = \"{name}\"\nnamespace = \"{namespace}\"\nservice = \"{service}\"\nlocal_port = 0\n")
+}
+
+/// Raises the soft descriptor limit: tests with hundreds of connections need more than 1024.
+pub fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write a struct we own.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+}
+
+/// Waits until `name`'s status satisfies `done`; panics with the last status after [`WAIT`].
+pub async fn wait_for(engine: &Engine, name: &str, what: &str, done: impl Fn(&ForwardStatus) -> bool) -> ForwardStatus {
+    let mut snapshots = engine.snapshot();
+    let waited = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(f) = snapshots.borrow_and_update().forward(name).filter(|f| done(f)) {
+                return f.clone();
+            }
+            snapshots.changed().await.expect("engine running");
+        }
+    })
+    .await;
+    match waited {
+        Ok(status) => status,
+        Err(_) => panic!(
+            "forward {name} never became {what}; last: {:#?}",
+            engine.snapshot().borrow().forward(name)
+        ),
+    }
+}
+
+/// Waits until the whole snapshot satisfies `done`.
+pub async fn wait_snapshot(engine: &Engine, what: &str, done: impl Fn(&Snapshot) -> bool) -> Snapshot {
+    let mut snapshots = engine.snapshot();
+    let waited = tokio::time::timeout(WAIT, async {
+        loop {
+            let snapshot = snapshots.borrow_and_update().clone();
+            if done(&snapshot) {
+                return snapshot;
+            }
+            snapshots.changed().await.expect("engine running");
+        }
+    })
+    .await;
+    waited.unwrap_or_else(|_| panic!("snapshot never became {what}; last: {:#?}", *engine.snapshot().borrow()))
+}
+
+pub async fn wait_healthy(engine: &Engine, name: &str) -> ForwardStatus {
+    wait_for(engine, name, "healthy", |f| f.health.state == State::Healthy).await
+}
+
+pub async fn wait_cause(engine: &Engine, name: &str, state: State, cause: CauseId) -> ForwardStatus {
+    let what = format!("{state}/{cause}");
+    wait_for(engine, name, &what, |f| {
+        f.health.state == state && f.health.cause.as_ref().map(|c| c.id) == Some(cause)
+    })
+    .await
+}
+
+/// The next event that satisfies `matches`.
+pub async fn wait_event(
+    events: &mut tokio::sync::broadcast::Receiver<Event>,
+    matches: impl Fn(&Event) -> bool,
+) -> Event {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let event = events.recv().await.expect("event stream open");
+            if matches(&event) {
+                return event;
+            }
+        }
+    })
+    .await
+    .expect("event arrived")
+}
+
+pub fn local(status: &ForwardStatus) -> SocketAddr {
+    status.local.expect("forward is bound")
+}
+
+/// Sends `msg` on a new connection to an echo service and returns what came back.
+pub async fn echo_once(addr: SocketAddr, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(msg).await?;
+    s.shutdown().await?;
+    let mut back = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut back)).await??;
+    Ok(back)
+}
+
+/// A round trip on an open connection.
+pub async fn round_trip(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
+    s.write_all(msg).await?;
+    let mut back = vec![0; msg.len()];
+    tokio::time::timeout(WAIT, s.read_exact(&mut back)).await??;
+    assert_eq!(back, msg);
+    Ok(())
+}
+
+/// An HTTP GET through `addr`; returns the body.
+pub async fn http_get(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(WAIT, s.read_to_string(&mut response))
+        .await
+        .expect("answer")
+        .unwrap();
+    response.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()
+}

@@ -26,7 +26,8 @@ pub struct Args {
     /// Control socket of the running engine [default: $PORTHOLE_CONTROL, else <runtime dir>/porthole/control.sock]
     #[arg(long, global = true, value_name = "PATH")]
     control: Option<PathBuf>,
-    /// Log filter (tracing's EnvFilter syntax) [default: $RUST_LOG, else info for `up`, warn otherwise]
+    /// Log filter (tracing's EnvFilter syntax) [default: $RUST_LOG, else info for `up`, warn otherwise;
+    /// kube's own logs are off: Porthole reports what they would say as causes]
     #[arg(long, global = true, value_name = "FILTER")]
     log: Option<String>,
     #[command(subcommand)]
@@ -113,7 +114,7 @@ pub fn init_logging(args: &Args) {
         .log
         .clone()
         .or_else(|| std::env::var("RUST_LOG").ok())
-        .unwrap_or_else(|| format!("{default},kube=warn,hyper=warn,rustls=warn"));
+        .unwrap_or_else(|| format!("{default},kube_runtime=off,kube_client=off,hyper=warn,rustls=warn"));
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_target(false)

@@ -21,10 +21,10 @@ pub const CONTROL_ENV: &str = "PORTHOLE_CONTROL";
 pub enum ControlError {
     #[error("another Porthole is already running (control socket {0})")]
     AlreadyRunning(PathBuf),
-    #[error("no Porthole is running (nothing answers on {path}: {source}); start one with `porthole up`")]
-    NotRunning { path: PathBuf, source: io::Error },
-    #[error("control socket {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    #[error("no Porthole is running (nothing answers on {path}: {error}); start one with `porthole up`")]
+    NotRunning { path: PathBuf, error: io::Error },
+    #[error("control socket {path}: {error}")]
+    Io { path: PathBuf, error: io::Error },
     #[error("control socket: bad message: {0}")]
     Protocol(String),
     #[error("{0}")]
@@ -76,9 +76,9 @@ pub fn socket_path(explicit: Option<&Path>) -> PathBuf {
 
 /// Binds the control socket, replacing a stale one; fails if a live engine answers on it.
 pub async fn bind(path: &Path) -> Result<UnixListener, ControlError> {
-    let io_err = |source| ControlError::Io {
+    let io_err = |error| ControlError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
         std::fs::DirBuilder::new()
@@ -189,9 +189,9 @@ impl Client {
     pub async fn connect(path: &Path) -> Result<Client, ControlError> {
         let stream = UnixStream::connect(path)
             .await
-            .map_err(|source| ControlError::NotRunning {
+            .map_err(|error| ControlError::NotRunning {
                 path: path.to_path_buf(),
-                source,
+                error,
             })?;
         let (read, write) = stream.into_split();
         Ok(Client {
@@ -204,16 +204,16 @@ impl Client {
     async fn request(&mut self, request: &Request) -> Result<(), ControlError> {
         let mut line = serde_json::to_vec(request).map_err(|e| ControlError::Protocol(e.to_string()))?;
         line.push(b'\n');
-        self.write.write_all(&line).await.map_err(|source| ControlError::Io {
+        self.write.write_all(&line).await.map_err(|error| ControlError::Io {
             path: self.path.clone(),
-            source,
+            error,
         })
     }
 
     async fn reply(&mut self) -> Result<Reply, ControlError> {
-        let line = self.lines.next_line().await.map_err(|source| ControlError::Io {
+        let line = self.lines.next_line().await.map_err(|error| ControlError::Io {
             path: self.path.clone(),
-            source,
+            error,
         })?;
         let line = line.ok_or_else(|| ControlError::Protocol("the engine closed the connection".into()))?;
         serde_json::from_str(&line).map_err(|e| ControlError::Protocol(e.to_string()))

@@ -294,8 +294,8 @@ async fn watch_cluster(client: Client, view: &watch::Sender<ClusterView>, cancel
 /// Clears the failure of every kind that lists again.
 async fn recover(client: &Client, failures: &mut [Option<ClusterStatus>; KINDS]) {
     let lp = kube::api::ListParams::default().limit(1);
-    for kind in 0..KINDS {
-        if failures[kind].is_none() {
+    for (kind, failure) in failures.iter_mut().enumerate() {
+        if failure.is_none() {
             continue;
         }
         let listed = match kind {
@@ -308,7 +308,7 @@ async fn recover(client: &Client, failures: &mut [Option<ClusterStatus>; KINDS])
                 .map(drop),
         };
         match listed {
-            Ok(()) => failures[kind] = None,
+            Ok(()) => *failure = None,
             // Still failing: that is already recorded, and the watcher will say more.
             Err(_) => return,
         }

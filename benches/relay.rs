@@ -10,13 +10,36 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BULK_BYTES: u64 = 1 << 30;
-const BULK_RUNS: usize = 3;
-const PING_COUNT: usize = 20_000;
+/// Every measurement runs this many rounds, the paths interleaved, and reports the median, so a
+/// noisy moment on a shared machine hits every path alike and does not decide the result.
+const ROUNDS: usize = 5;
+const BULK_BYTES: u64 = 1 << 29;
+const PING_COUNT: usize = 10_000;
 const PING_SIZE: usize = 64;
-const CONNECT_SECONDS: f64 = 3.0;
+const CONNECT_SECONDS: f64 = 1.5;
 const CONNECT_THREADS: usize = 4;
 const IDLE_TARGET: usize = 10_000;
+
+/// Which parts to run: `cargo bench --bench relay -- [bulk] [latency] [connect] [idle]` (default: all).
+struct Parts {
+    bulk: bool,
+    latency: bool,
+    connect: bool,
+    idle: bool,
+}
+
+impl Parts {
+    fn from_args() -> Parts {
+        let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+        let on = |name: &str| args.is_empty() || args.iter().any(|a| a == name);
+        Parts {
+            bulk: on("bulk"),
+            latency: on("latency"),
+            connect: on("connect"),
+            idle: on("idle"),
+        }
+    }
+}
 
 fn main() {
     if std::env::var_os("PORTHOLE_BENCH_SERVE").is_some() {
@@ -25,22 +48,22 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` asks for a list; there is nothing to list.
     }
+    let parts = Parts::from_args();
     raise_fd_limit();
     let mut server = Spawned::server();
     let target = server.addr;
-    let mut rows = vec![measure("direct", target)];
     let porthole = Spawned::porthole(target);
-    rows.push(measure("porthole", porthole.addr));
-    match Spawned::socat(target) {
-        Some(socat) => {
-            rows.push(measure("socat", socat.addr));
-            drop(socat);
-        }
+    let socat = Spawned::socat(target);
+    let mut paths = vec![("direct", target), ("porthole", porthole.addr)];
+    match &socat {
+        Some(socat) => paths.push(("socat", socat.addr)),
         None => eprintln!("socat is not installed: its row is left out (apt-get install socat)"),
     }
-    print_table(&rows);
-    drop(porthole);
-    idle_memory(target);
+    print_table(&measure(&paths, &parts));
+    drop((porthole, socat));
+    if parts.idle {
+        idle_memory(target);
+    }
     server.child.kill().ok();
 }
 
@@ -52,18 +75,44 @@ struct Row {
     conns_per_s: f64,
 }
 
-fn measure(path: &'static str, addr: SocketAddr) -> Row {
-    eprintln!("measuring {path} via {addr}");
-    let gib_per_s = (0..BULK_RUNS).map(|_| bulk(addr)).fold(0.0, f64::max);
-    let (p50_us, p99_us) = latency(addr);
-    let conns_per_s = connection_rate(addr);
-    Row {
-        path,
-        gib_per_s,
-        p50_us,
-        p99_us,
-        conns_per_s,
+fn measure(paths: &[(&'static str, SocketAddr)], parts: &Parts) -> Vec<Row> {
+    let mut samples: Vec<[Vec<f64>; 4]> = paths.iter().map(|_| Default::default()).collect();
+    for round in 0..ROUNDS {
+        eprintln!("round {}/{ROUNDS}", round + 1);
+        for (i, (_, addr)) in paths.iter().enumerate() {
+            let s = &mut samples[i];
+            if parts.bulk {
+                s[0].push(bulk(*addr));
+            }
+            if parts.latency {
+                let (p50, p99) = latency(*addr);
+                s[1].push(p50);
+                s[2].push(p99);
+            }
+            if parts.connect {
+                s[3].push(connection_rate(*addr));
+            }
+        }
     }
+    paths
+        .iter()
+        .zip(samples)
+        .map(|((path, _), [g, p50, p99, c])| Row {
+            path,
+            gib_per_s: median(g),
+            p50_us: median(p50),
+            p99_us: median(p99),
+            conns_per_s: median(c),
+        })
+        .collect()
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 /// One connection, `BULK_BYTES` one way; the server acknowledges the count at end-of-file.
@@ -93,11 +142,11 @@ fn latency(addr: SocketAddr) -> (f64, f64) {
     let msg = [7u8; PING_SIZE];
     let mut back = [0u8; PING_SIZE];
     let mut samples = Vec::with_capacity(PING_COUNT);
-    for i in 0..PING_COUNT + 1000 {
+    for i in 0..PING_COUNT + 500 {
         let start = Instant::now();
         s.write_all(&msg).unwrap();
         s.read_exact(&mut back).unwrap();
-        if i >= 1000 {
+        if i >= 500 {
             samples.push(start.elapsed().as_secs_f64() * 1e6);
         }
     }

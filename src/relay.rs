@@ -49,6 +49,10 @@ mod splice {
 
     /// Bytes a pipe holds; 1 MiB is the default unprivileged maximum (`/proc/sys/fs/pipe-max-size`).
     const PIPE_SIZE: usize = 1 << 20;
+    /// The smallest pipe slot: one page.
+    const PAGE: usize = 4096;
+    /// A first read this large means a bulk transfer: worth topping the pipe up.
+    const BULK: usize = 64 * 1024;
     /// Pipes kept for reuse; beyond this, returned pipes are closed.
     const POOL_MAX: usize = 64;
 
@@ -118,8 +122,18 @@ mod splice {
                 None => Pipe::take()?,
             };
             // The pipe is empty here, so EAGAIN can only mean the socket has nothing to read.
+            let mut drained = 0;
             let filled = src.try_io(Interest::READABLE, || {
-                splice(src.as_raw_fd(), p.write.as_raw_fd(), p.capacity)
+                let n = splice(src.as_raw_fd(), p.write.as_raw_fd(), p.capacity)?;
+                // Fewer bytes than the pipe has slots (each holds at least one byte) means the
+                // pipe did not fill up: the socket is drained. Say so now, as tokio's own reads
+                // do after a short read, instead of paying a syscall to hear EAGAIN. Readiness
+                // that arrived meanwhile is newer and is kept.
+                if n > 0 && n < p.capacity / PAGE {
+                    drained = n;
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(n)
             });
             let mut pending = match filled {
                 Ok(0) => {
@@ -127,6 +141,7 @@ mod splice {
                     return super::half_close(dst);
                 }
                 Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && drained > 0 => drained,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Idle: an idle connection holds no pipe.
                     p.give_back();
@@ -134,6 +149,22 @@ mod splice {
                 }
                 Err(e) => return Err(e),
             };
+            // In a bulk transfer, top the pipe up while the socket has more, so each write to
+            // `dst` moves more (small messages skip this: it would cost them a syscall). Called
+            // directly, not through `try_io`: an EAGAIN here may mean "pipe full", which must not
+            // clear the socket's readiness.
+            let mut eof = false;
+            while pending >= BULK && pending < p.capacity {
+                match splice(src.as_raw_fd(), p.write.as_raw_fd(), p.capacity - pending) {
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(n) => pending += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
             while pending > 0 {
                 dst.writable().await?;
                 // The pipe holds data, so EAGAIN can only mean the socket's send buffer is full.
@@ -148,6 +179,10 @@ mod splice {
                     // A pipe with data left in it is dropped, not pooled.
                     Err(e) => return Err(e),
                 }
+            }
+            if eof {
+                p.give_back();
+                return super::half_close(dst);
             }
             pipe = Some(p);
         }

@@ -14,7 +14,7 @@ use porthole::health::State;
 use porthole::{Engine, Tuning, doctor};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// Reliable localhost port forwards to services in local Kubernetes clusters (kind, k3d).
 #[derive(Debug, Parser)]
@@ -114,7 +114,14 @@ pub fn init_logging(args: &Args) {
         .log
         .clone()
         .or_else(|| std::env::var("RUST_LOG").ok())
-        .unwrap_or_else(|| format!("{default},kube_runtime=off,kube_client=off,hyper=warn,rustls=warn"));
+        .unwrap_or_else(|| default.to_string());
+    // kube's and hyper's own logs stay off unless asked for by name: Porthole reports what
+    // they would say as causes, and their debug output can carry request details.
+    let filter = if filter.contains("kube") || filter.contains("hyper") {
+        filter
+    } else {
+        format!("{filter},kube_runtime=off,kube_client=off,hyper=off,hyper_util=off,rustls=warn")
+    };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_target(false)
@@ -166,7 +173,12 @@ async fn up(config_arg: Option<&Path>, control_path: &Path) -> anyhow::Result<Ex
     }
     cancel.cancel();
     let _ = server.await;
-    engine.shutdown(Tuning::default().drain_timeout).await;
+    tokio::select! {
+        _ = engine.shutdown(Tuning::default().drain_timeout) => {}
+        _ = tokio::signal::ctrl_c() => warn!("second interrupt: exiting without draining"),
+        _ = terminate.recv() => warn!("second SIGTERM: exiting without draining"),
+    }
+    let _ = std::fs::remove_file(control_path);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -187,7 +199,7 @@ async fn reload(engine: &Engine, source: &Source) {
             }
         }
         // Keep running the old config: a typo must not take every forward down.
-        Err(e) => warn!("config not reloaded: {e}"),
+        Err(e) => error!("config not reloaded: {e}"),
     }
 }
 
@@ -314,7 +326,11 @@ async fn run_doctor(config_arg: Option<&Path>, json: bool) -> anyhow::Result<Exi
     } else {
         println!("config: {source}");
         for check in &report.checks {
-            let mark = if check.ok { "ok  " } else { "FAIL" };
+            let mark = match (check.ok, check.warning) {
+                (true, false) => "ok  ",
+                (true, true) => "warn",
+                (false, _) => "FAIL",
+            };
             println!("{mark} {:<26} {}", check.check, check.detail);
             if let Some(fix) = &check.fix {
                 println!("     {:<26} fix: {fix}", "");
@@ -369,9 +385,10 @@ async fn relay(listen: SocketAddr, target: &str) -> anyhow::Result<ExitCode> {
         };
         let target = target.clone();
         tokio::spawn(async move {
-            let upstream = match TcpStream::connect(&target).await {
-                Ok(upstream) => upstream,
-                Err(e) => return warn!(%target, error = %e, "cannot connect"),
+            let upstream = match tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&target)).await {
+                Ok(Ok(upstream)) => upstream,
+                Ok(Err(e)) => return warn!(%target, error = %e, "cannot connect"),
+                Err(_) => return warn!(%target, "no answer in 10 s"),
             };
             let _ = (client.set_nodelay(true), upstream.set_nodelay(true));
             let (up, down) = Default::default();

@@ -80,12 +80,15 @@ pub async fn bind(path: &Path) -> Result<UnixListener, ControlError> {
         path: path.to_path_buf(),
         error,
     };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io_err)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io_err)?;
+        }
+        check_private(dir).map_err(io_err)?;
     }
     if path.exists() {
         if UnixStream::connect(path).await.is_ok() {
@@ -94,9 +97,37 @@ pub async fn bind(path: &Path) -> Result<UnixListener, ControlError> {
         debug!(path = %path.display(), "removing a stale control socket");
         std::fs::remove_file(path).map_err(io_err)?;
     }
-    let listener = UnixListener::bind(path).map_err(io_err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+    // Bound under a temporary name, made 0600, then renamed into place: nobody can connect in
+    // between.
+    let staging = path.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_file(&staging);
+    let listener = UnixListener::bind(&staging).map_err(io_err)?;
+    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+    std::fs::rename(&staging, path).map_err(io_err)?;
     Ok(listener)
+}
+
+/// The socket's directory must be ours or root's, and writable by others only if sticky (like
+/// /tmp): otherwise another user could swap the socket for their own (say, a
+/// `/tmp/porthole-1000` created first by someone else).
+fn check_private(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir)?;
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let mode = meta.mode();
+    let sticky = mode & 0o1000 != 0;
+    if (meta.uid() != uid && meta.uid() != 0) || (mode & 0o022 != 0 && !sticky) {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "unsafe directory: owner uid {}, mode {:o}; it must be yours and not writable by others",
+                meta.uid(),
+                mode & 0o7777
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Answers requests until `cancel`; removes the socket file afterwards.
@@ -107,7 +138,9 @@ pub async fn serve(engine: Engine, listener: UnixListener, path: PathBuf, cancel
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
+                    // Out of descriptors, usually: back off instead of spinning.
                     warn!(error = %e, "control socket accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     continue;
                 }
             },

@@ -64,6 +64,9 @@ impl ClusterStatus {
 /// What the engine knows of the cluster right now.
 #[derive(Debug, Clone)]
 pub struct ClusterView {
+    /// Bumped whenever discovery restarts (another context, new credentials): routes learnt
+    /// in an older generation may belong to another cluster and must not be used.
+    pub generation: u64,
     pub cluster: ClusterSpec,
     /// The context in use, once the kubeconfig has been read.
     pub context: Option<String>,
@@ -75,10 +78,19 @@ pub struct ClusterView {
 impl ClusterView {
     pub fn new(cluster: ClusterSpec) -> ClusterView {
         ClusterView {
+            generation: 0,
             cluster,
             context: None,
             status: ClusterStatus::Connecting,
             world: None,
+        }
+    }
+
+    /// A fresh view for a restarted discovery.
+    pub fn next_generation(&self, cluster: ClusterSpec) -> ClusterView {
+        ClusterView {
+            generation: self.generation + 1,
+            ..ClusterView::new(cluster)
         }
     }
 }
@@ -89,6 +101,8 @@ struct Reconnect {
 }
 
 const RECONNECT_MIN: Duration = Duration::from_millis(250);
+/// Bound on asking a failing API server whether it is back.
+const RECHECK_TIMEOUT: Duration = Duration::from_secs(5);
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
 impl Default for Reconnect {
@@ -185,26 +199,32 @@ where
                 };
                 Signal::Ok { kind, changed, synced }
             }
-            Err(e) => Signal::Failed {
-                kind,
-                status: classify(&e),
+            Err(e) => match classify(&e) {
+                Some(status) => Signal::Failed { kind, status },
+                None => {
+                    debug!(kind, error = %e, "watch restarted");
+                    Signal::Ok {
+                        kind,
+                        changed: false,
+                        synced: false,
+                    }
+                }
             },
         });
     (reader, stream)
 }
 
-fn classify(e: &watcher::Error) -> ClusterStatus {
-    let client_error = match e {
+/// What a watch error says of the cluster; `None` for the routine ones (a 410 Gone after a
+/// compaction, answered by a relist) that must not raise an alarm.
+fn classify(e: &watcher::Error) -> Option<ClusterStatus> {
+    match e {
         watcher::Error::InitialListFailed(e) | watcher::Error::WatchStartFailed(e) | watcher::Error::WatchFailed(e) => {
-            e
+            Some(status_of(e))
         }
-        other => return ClusterStatus::Unreachable(other.to_string()),
-    };
-    match client_error {
-        kube::Error::Api(status) if status.code == 401 || status.code == 403 => {
-            ClusterStatus::Unauthorized(format!("{} {}", status.code, status.message))
-        }
-        other => ClusterStatus::Unreachable(short_error(other)),
+        watcher::Error::WatchError(status) if status.code == 401 || status.code == 403 => Some(
+            ClusterStatus::Unauthorized(format!("{} {}", status.code, status.message)),
+        ),
+        watcher::Error::WatchError(_) | watcher::Error::NoResourceVersion => None,
     }
 }
 
@@ -226,12 +246,19 @@ async fn watch_cluster(client: Client, view: &watch::Sender<ClusterView>, cancel
     let mut synced = [false; KINDS];
     let mut failures: [Option<ClusterStatus>; KINDS] = Default::default();
     let mut recheck = Reconnect::default();
+    // A deadline that survives other signals: a busy watch must not starve the recheck.
+    let mut recheck_at: Option<tokio::time::Instant> = None;
     loop {
         let failing = failures.iter().any(Option::is_some);
-        if !failing {
-            recheck.reset();
+        match (failing, recheck_at) {
+            (false, _) => {
+                recheck.reset();
+                recheck_at = None;
+            }
+            (true, None) => recheck_at = Some(tokio::time::Instant::now() + recheck.next().unwrap_or(RECONNECT_MAX)),
+            (true, Some(_)) => {}
         }
-        let delay = recheck.next().unwrap_or(RECONNECT_MAX);
+        let deadline = recheck_at.unwrap_or_else(|| tokio::time::Instant::now() + RECONNECT_MAX);
         let signal = tokio::select! {
             _ = cancel.cancelled() => return,
             signal = signals.next() => match signal {
@@ -239,8 +266,12 @@ async fn watch_cluster(client: Client, view: &watch::Sender<ClusterView>, cancel
                 None => return,
             },
             // A watch that restarts without news emits nothing: ask the API whether it is back.
-            _ = tokio::time::sleep(delay), if failing => {
-                recover(&client, &mut failures).await;
+            _ = tokio::time::sleep_until(deadline), if failing => {
+                recheck_at = None;
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::timeout(RECHECK_TIMEOUT, recover(&client, &mut failures)) => {}
+                }
                 Signal::Rechecked
             }
         };

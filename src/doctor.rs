@@ -19,6 +19,9 @@ pub struct Check {
     /// What was checked, e.g. `kubeconfig` or `console: service`.
     pub check: String,
     pub ok: bool,
+    /// Worth knowing, but not a failure of Porthole (kubectl pointing elsewhere).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub warning: bool,
     pub detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cause: Option<CauseId>,
@@ -31,6 +34,7 @@ impl Check {
         Check {
             check: check.into(),
             ok: true,
+            warning: false,
             detail: detail.into(),
             cause: None,
             fix: None,
@@ -41,6 +45,7 @@ impl Check {
         Check {
             check: check.into(),
             ok: false,
+            warning: false,
             detail: cause.message,
             cause: Some(cause.id),
             fix: cause.fix,
@@ -143,10 +148,19 @@ async fn cluster_checks(config: &Config, timeout: Duration, checks: &mut Vec<Che
                     .with_fix(format!("check its pods: kubectl get pods -n {}", route.namespace));
                     Check::fail(format!("{name}: endpoints"), cause)
                 });
-                checks.push(match route.connect(timeout).await {
-                    Ok(_) => Check::pass(format!("{name}: node"), format!("{} answers", route.primary())),
-                    Err(cause) => Check::fail(format!("{name}: node"), cause),
-                });
+                // With no ready endpoint, kube-proxy refuses the nodePort: nothing more to learn.
+                if route.ready_endpoints > 0 {
+                    checks.push(match route.connect_from(0, timeout).await {
+                        Ok((_, i)) => Check::pass(
+                            format!("{name}: node"),
+                            format!(
+                                "{} ({}:{}) answers",
+                                route.targets[i].node, route.targets[i].host, route.node_port
+                            ),
+                        ),
+                        Err(cause) => Check::fail(format!("{name}: node"), cause),
+                    });
+                }
             }
             Err(cause) => checks.push(Check::fail(format!("{name}: service"), cause)),
         }
@@ -171,10 +185,15 @@ fn kubectl_context_check(context: &str, current: Option<&str>) -> Check {
         ),
         None => format!("kubectl has no current-context; Porthole uses {context}"),
     };
-    Check::fail(
-        "kubectl context",
-        Cause::new(CauseId::ContextMismatch, message).with_fix(fix),
-    )
+    // Porthole uses its own context either way: a warning, not a failure.
+    Check {
+        ok: true,
+        warning: true,
+        ..Check::fail(
+            "kubectl context",
+            Cause::new(CauseId::ContextMismatch, message).with_fix(fix),
+        )
+    }
 }
 
 fn local_port_checks(config: &Config, checks: &mut Vec<Check>) {
@@ -229,7 +248,8 @@ mod tests {
     #[test]
     fn kubectl_context_mismatch_names_both_and_the_fix() {
         let check = kubectl_context_check("kind-openchoreo-local", Some("rancher-desktop"));
-        assert!(!check.ok);
+        assert!(check.ok && check.warning, "a warning: Porthole is unaffected");
+        assert_eq!(check.cause, Some(CauseId::ContextMismatch));
         assert!(check.detail.contains("rancher-desktop") && check.detail.contains("kind-openchoreo-local"));
         assert!(
             check
@@ -237,7 +257,7 @@ mod tests {
                 .unwrap()
                 .contains("kind export kubeconfig --name openchoreo-local")
         );
-        assert!(kubectl_context_check("kind-x", Some("kind-x")).ok);
+        assert!(!kubectl_context_check("kind-x", Some("kind-x")).warning);
     }
 
     #[test]

@@ -3,10 +3,10 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -15,10 +15,10 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::{ClusterSpec, Config, ForwardSpec};
 use crate::discovery::{self, ClusterStatus, ClusterView};
-use crate::forward::{ForwardHandle, StatsView, Tuning};
+use crate::forward::{ForwardHandle, Parent, StatsView, Tuning};
 use crate::health::{Health, State};
-use crate::kubeconfig::Loaded;
-use crate::route::Route;
+use crate::kubeconfig::{self, Loaded};
+pub use crate::status::{ClusterStatusView, Event, ForwardStatus, RouteView, Snapshot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -28,115 +28,16 @@ pub enum EngineError {
     Stopped,
 }
 
-/// Everything about one forward at one moment.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ForwardStatus {
-    pub name: String,
-    pub namespace: String,
-    /// The service name, or its label selector.
-    pub service: String,
-    /// The address listened on (the bound one, once bound).
-    pub local: Option<SocketAddr>,
-    pub enabled: bool,
-    pub health: Health,
-    pub route: Option<RouteView>,
-    /// As of the last state change in the watched snapshot; live from [`Engine::status`].
-    pub stats: StatsView,
-}
+/// How long a burst of kubeconfig writes may take before it is read.
+const KUBECONFIG_SETTLE: Duration = Duration::from_millis(100);
+/// Bound on a discovery task noticing its cancellation.
+const DISCOVERY_STOP: Duration = Duration::from_secs(2);
 
-/// A route as shown to users.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RouteView {
-    /// `node-address:nodePort` of the node tried first.
-    pub target: String,
-    pub node: String,
-    pub service_type: String,
-    pub port: String,
-    pub node_port: u16,
-    pub ready_endpoints: usize,
-}
-
-impl From<&Route> for RouteView {
-    fn from(route: &Route) -> RouteView {
-        RouteView {
-            target: route.primary(),
-            node: route.targets.first().map(|t| t.node.clone()).unwrap_or_default(),
-            service_type: route.service_type.clone(),
-            port: route.port.clone(),
-            node_port: route.node_port,
-            ready_endpoints: route.ready_endpoints,
-        }
-    }
-}
-
-/// The state of every forward, and of the cluster and kubeconfig.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Snapshot {
-    /// The context Porthole uses.
-    pub context: Option<String>,
-    /// kubectl's current-context; differing from `context` is reported, never acted on.
-    pub kubectl_context: Option<String>,
-    pub cluster: ClusterStatusView,
-    pub forwards: Vec<ForwardStatus>,
-}
-
-impl Snapshot {
-    pub fn context_mismatch(&self) -> bool {
-        self.context.is_some() && self.kubectl_context != self.context
-    }
-
-    pub fn forward(&self, name: &str) -> Option<&ForwardStatus> {
-        self.forwards.iter().find(|f| f.name == name)
-    }
-}
-
-/// [`ClusterStatus`] in a form that survives a round trip through JSON.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterStatusView {
-    pub state: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-}
-
-impl From<&ClusterStatus> for ClusterStatusView {
-    fn from(status: &ClusterStatus) -> Self {
-        let (state, detail) = match status {
-            ClusterStatus::Connecting => ("connecting", None),
-            ClusterStatus::Connected => ("connected", None),
-            ClusterStatus::Unreachable(d) => ("unreachable", Some(d.clone())),
-            ClusterStatus::Unauthorized(d) => ("unauthorized", Some(d.clone())),
-            ClusterStatus::Unusable(cause) => (cause.id.as_str(), Some(cause.message.clone())),
-        };
-        ClusterStatusView {
-            state: state.into(),
-            detail,
-        }
-    }
-}
-
-/// Something that changed. Pushed to every subscriber; nobody polls.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "kebab-case")]
-pub enum Event {
-    /// A forward's state or cause changed.
-    Forward { name: String, from: Health, to: Health },
-    /// New connections of a forward go somewhere else now.
-    Route {
-        name: String,
-        from: Option<String>,
-        to: Option<String>,
-    },
-    /// The connection to the API server changed.
-    Cluster {
-        from: ClusterStatusView,
-        to: ClusterStatusView,
-    },
-    /// kubectl's current-context started or stopped matching Porthole's context.
-    Context {
-        expected: Option<String>,
-        current: Option<String>,
-        matches: bool,
-    },
+/// Fingerprint of the kubeconfig entries the client for `cluster` is built from.
+fn fingerprint(cluster: &ClusterSpec) -> Option<u64> {
+    let loaded = Loaded::for_cluster(cluster).ok()?;
+    let context = loaded.effective_context(cluster).ok()?;
+    loaded.fingerprint(&context)
 }
 
 /// What forwards share with the engine.
@@ -151,7 +52,28 @@ pub(crate) struct Hub {
 struct Running {
     config: Config,
     forwards: HashMap<String, ForwardHandle>,
-    discovery: (CancellationToken, JoinHandle<()>),
+    discovery: Discovery,
+}
+
+/// The discovery task, and what its client was built from.
+struct Discovery {
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+    /// Of the context's kubeconfig entries: a change means the client must be rebuilt.
+    fingerprint: Option<u64>,
+}
+
+impl Discovery {
+    /// Cancels the task and waits (boundedly) until it can no longer publish.
+    async fn stop(self) {
+        self.cancel.cancel();
+        let mut task = self.task;
+        if tokio::time::timeout(DISCOVERY_STOP, &mut task).await.is_err() {
+            warn!("discovery did not stop in time: aborting it");
+            task.abort();
+            let _ = task.await;
+        }
+    }
 }
 
 /// A running engine. Cheap to clone; every clone controls the same engine.
@@ -181,23 +103,21 @@ impl Engine {
             connections: TaskTracker::new(),
         });
         let (view, _) = watch::channel(ClusterView::new(config.cluster.clone()));
-        let cancel = CancellationToken::new();
         let engine = Engine {
             hub,
             view,
             running: Arc::new(Mutex::new(None)),
-            cancel: cancel.clone(),
+            cancel: CancellationToken::new(),
             connections: CancellationToken::new(),
         };
         tokio::spawn(engine.clone().follow_cluster().instrument(info_span!("cluster")));
-        let discovery = engine.spawn_discovery(&config.cluster);
         let mut running = Running {
             config: Config {
                 cluster: config.cluster.clone(),
                 forwards: Vec::new(),
             },
             forwards: HashMap::new(),
-            discovery,
+            discovery: engine.spawn_discovery(&config.cluster),
         };
         for spec in &config.forwards {
             engine.add_forward(&mut running, spec.clone());
@@ -244,15 +164,34 @@ impl Engine {
     }
 
     /// Applies a new config by diff: unchanged forwards keep their listeners and connections.
+    /// The config's `enabled` flags win over earlier `set_enabled` calls.
     pub async fn apply(&self, config: Config) -> Result<(), EngineError> {
         let mut guard = self.running.lock().await;
         let running = guard.as_mut().ok_or(EngineError::Stopped)?;
+        self.apply_locked(running, config).await;
+        Ok(())
+    }
+
+    /// Turns one forward on or off, leaving the others alone.
+    pub async fn set_enabled(&self, name: &str, enabled: bool) -> Result<(), EngineError> {
+        let mut guard = self.running.lock().await;
+        let running = guard.as_mut().ok_or(EngineError::Stopped)?;
+        let mut config = running.config.clone();
+        let spec = config
+            .forwards
+            .iter_mut()
+            .find(|f| f.name == name)
+            .ok_or_else(|| EngineError::UnknownForward(name.to_string()))?;
+        spec.enabled = enabled;
+        self.apply_locked(running, config).await;
+        Ok(())
+    }
+
+    async fn apply_locked(&self, running: &mut Running, config: Config) {
         let drain = self.hub.tuning.drain_timeout;
         if running.config.cluster != config.cluster {
             info!("cluster settings changed: reconnecting");
-            let (cancel, task) = std::mem::replace(&mut running.discovery, self.spawn_discovery(&config.cluster));
-            cancel.cancel();
-            let _ = task.await;
+            self.restart_discovery(running, &config.cluster).await;
         }
         let wanted: HashMap<&str, &ForwardSpec> = config.forwards.iter().map(|f| (f.name.as_str(), f)).collect();
         let stale: Vec<String> = running
@@ -265,12 +204,9 @@ impl Engine {
             if let Some(handle) = running.forwards.remove(&name) {
                 info!(forward = %name, "stopping");
                 handle.stop(Some(drain)).await;
-            }
-        }
-        for spec in &config.forwards {
-            if !running.forwards.contains_key(&spec.name) {
-                info!(forward = %spec.name, "starting");
-                self.add_forward(running, spec.clone());
+                if !wanted.contains_key(name.as_str()) {
+                    let _ = self.hub.events.send(Event::Removed { name: name.clone() });
+                }
             }
         }
         // Keep the snapshot in config order, without forwards that are gone.
@@ -278,23 +214,15 @@ impl Engine {
             let mut by_name: HashMap<String, ForwardStatus> =
                 s.forwards.drain(..).map(|f| (f.name.clone(), f)).collect();
             s.forwards = config.forwards.iter().filter_map(|f| by_name.remove(&f.name)).collect();
-            s.context = config.cluster.context.clone();
         });
+        for spec in &config.forwards {
+            if !running.forwards.contains_key(&spec.name) {
+                info!(forward = %spec.name, "starting");
+                self.add_forward(running, spec.clone());
+            }
+        }
         running.config = config;
         self.refresh_kubectl_context(&running.config.cluster);
-        Ok(())
-    }
-
-    /// Turns one forward on or off, leaving the others alone.
-    pub async fn set_enabled(&self, name: &str, enabled: bool) -> Result<(), EngineError> {
-        let mut config = self.config().await.ok_or(EngineError::Stopped)?;
-        let spec = config
-            .forwards
-            .iter_mut()
-            .find(|f| f.name == name)
-            .ok_or_else(|| EngineError::UnknownForward(name.to_string()))?;
-        spec.enabled = enabled;
-        self.apply(config).await
     }
 
     /// Stops accepting, lets open connections drain for up to `drain`, then closes them.
@@ -308,7 +236,7 @@ impl Engine {
             // Listeners close now; connections are cut below, after the drain.
             handle.stop(None).await;
         }
-        let _ = running.discovery.1.await;
+        running.discovery.stop().await;
         self.hub.connections.close();
         let open = self.hub.connections.len();
         if open > 0 {
@@ -326,44 +254,97 @@ impl Engine {
         info!("stopped");
     }
 
-    fn spawn_discovery(&self, cluster: &ClusterSpec) -> (CancellationToken, JoinHandle<()>) {
+    /// Starts discovery for `cluster` in a new generation: forwards drop routes of older ones.
+    fn spawn_discovery(&self, cluster: &ClusterSpec) -> Discovery {
         let cancel = self.cancel.child_token();
-        self.view.send_modify(|v| {
-            v.cluster = cluster.clone();
-            v.status = ClusterStatus::Connecting;
-            v.world = None;
-            v.context = None;
-        });
+        self.view.send_modify(|v| *v = v.next_generation(cluster.clone()));
         let task = tokio::spawn(
             discovery::run(cluster.clone(), self.view.clone(), cancel.clone()).instrument(info_span!("discovery")),
         );
-        (cancel, task)
+        let files = kubeconfig::files(cluster);
+        tokio::spawn(
+            self.clone()
+                .follow_kubeconfig(files, cancel.clone())
+                .instrument(info_span!("kubeconfig")),
+        );
+        Discovery {
+            cancel,
+            task,
+            fingerprint: fingerprint(cluster),
+        }
+    }
+
+    /// Stops the old discovery before the new one starts, so the old can never publish into
+    /// the new generation.
+    async fn restart_discovery(&self, running: &mut Running, cluster: &ClusterSpec) {
+        let placeholder = Discovery {
+            cancel: CancellationToken::new(),
+            task: tokio::spawn(async {}),
+            fingerprint: None,
+        };
+        std::mem::replace(&mut running.discovery, placeholder).stop().await;
+        running.discovery = self.spawn_discovery(cluster);
+    }
+
+    /// Re-reads the kubeconfig when its files change: kubectl's current-context for the
+    /// snapshot, and a new client when the context's own entries changed (a re-created kind
+    /// cluster listens on a new port, with new certificates) or the context appeared.
+    async fn follow_kubeconfig(self, files: Vec<PathBuf>, cancel: CancellationToken) {
+        let (_watcher, mut changes) = match kubeconfig::watch(&files) {
+            Ok(watching) => watching,
+            Err(e) => return warn!(error = %e, "cannot watch the kubeconfig; changes are seen on `status` only"),
+        };
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                change = changes.recv() => if change.is_none() { return },
+            }
+            // Tools write, rename and chmod in a burst: read once after it.
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(KUBECONFIG_SETTLE) => {}
+            }
+            while changes.try_recv().is_ok() {}
+            let mut guard = self.running.lock().await;
+            let Some(running) = guard.as_mut() else { return };
+            self.refresh_kubectl_context(&running.config.cluster);
+            let cluster = running.config.cluster.clone();
+            if fingerprint(&cluster) != running.discovery.fingerprint {
+                info!("the kubeconfig entries of the context changed: reconnecting");
+                // This task belongs to the old generation: the new one has its own watcher.
+                self.restart_discovery(running, &cluster).await;
+                return;
+            }
+        }
     }
 
     fn add_forward(&self, running: &mut Running, spec: ForwardSpec) {
+        let initial = Health::new(if spec.enabled { State::Starting } else { State::Disabled }, None);
         let status = ForwardStatus {
             name: spec.name.clone(),
             namespace: spec.namespace.clone(),
             service: spec.target.to_string(),
             local: Some(SocketAddr::new(spec.bind, spec.local_port)),
             enabled: spec.enabled,
-            health: Health::new(if spec.enabled { State::Starting } else { State::Disabled }, None),
+            health: initial.clone(),
             route: None,
             stats: StatsView::default(),
         };
+        // A replaced forward's last health is where its next transition starts from.
+        let mut previous = initial;
         self.hub
             .snapshot
             .send_modify(|s| match s.forwards.iter_mut().find(|f| f.name == spec.name) {
-                Some(existing) => *existing = status,
+                Some(existing) => previous = std::mem::replace(existing, status).health,
                 None => s.forwards.push(status),
             });
-        let handle = ForwardHandle::spawn(
-            spec.clone(),
-            self.hub.clone(),
-            self.view.subscribe(),
-            &self.cancel,
-            &self.connections,
-        );
+        let parent = Parent {
+            hub: &self.hub,
+            view: self.view.subscribe(),
+            cancel: &self.cancel,
+            connections: &self.connections,
+        };
+        let handle = ForwardHandle::spawn(spec.clone(), previous, parent);
         running.forwards.insert(spec.name, handle);
     }
 
@@ -372,13 +353,23 @@ impl Engine {
         let mut view = self.view.subscribe();
         let mut last: ClusterStatusView = (&ClusterStatus::Connecting).into();
         loop {
-            let status: ClusterStatusView = (&view.borrow_and_update().status).into();
+            let (status, context) = {
+                let v = view.borrow_and_update();
+                (ClusterStatusView::from(&v.status), v.context.clone())
+            };
+            if let Some(context) = context {
+                self.set_contexts(Some(Some(context)), None);
+            }
             if status != last {
                 self.hub.snapshot.send_modify(|s| s.cluster = status.clone());
-                let _ = self.hub.events.send(Event::Cluster {
-                    from: std::mem::replace(&mut last, status.clone()),
-                    to: status,
-                });
+                // Only a change of state is news; a new wording of the same failure is not.
+                if status.state != last.state {
+                    let _ = self.hub.events.send(Event::Cluster {
+                        from: last.clone(),
+                        to: status.clone(),
+                    });
+                }
+                last = status;
             }
             tokio::select! {
                 _ = self.cancel.cancelled() => return,
@@ -387,32 +378,44 @@ impl Engine {
         }
     }
 
-    /// Reads kubectl's current-context and reports a change of (mis)match.
+    /// Reads kubectl's current-context.
     fn refresh_kubectl_context(&self, cluster: &ClusterSpec) {
         let current = Loaded::for_cluster(cluster)
             .ok()
             .and_then(|l| l.current_context().map(String::from));
-        let expected = cluster.context.clone();
+        // With no context configured, Porthole uses kubectl's: the one discovery reports.
+        let context = cluster.context.clone().map(Some);
+        self.set_contexts(context, Some(current));
+    }
+
+    /// Updates Porthole's and kubectl's contexts (`None`: unchanged) and reports a change of
+    /// (mis)match.
+    fn set_contexts(&self, context: Option<Option<String>>, kubectl: Option<Option<String>>) {
         let mut event = None;
         self.hub.snapshot.send_if_modified(|s| {
-            if s.kubectl_context == current && s.context == expected {
+            let was = s.context_mismatch();
+            let before = (s.context.clone(), s.kubectl_context.clone());
+            if let Some(context) = context {
+                s.context = context;
+            }
+            if let Some(kubectl) = kubectl {
+                s.kubectl_context = kubectl;
+            }
+            if (s.context.clone(), s.kubectl_context.clone()) == before {
                 return false;
             }
-            let was = s.context_mismatch();
-            s.kubectl_context = current.clone();
-            s.context = expected.clone();
             let mismatch = s.context_mismatch();
             if mismatch {
                 warn!(
-                    expected = expected.as_deref().unwrap_or("-"),
-                    current = current.as_deref().unwrap_or("(none)"),
+                    porthole = s.context.as_deref().unwrap_or("-"),
+                    kubectl = s.kubectl_context.as_deref().unwrap_or("(none)"),
                     "kubectl's current-context is not Porthole's context (Porthole keeps using its own)"
                 );
             }
             if was != mismatch || mismatch {
                 event = Some(Event::Context {
-                    expected: expected.clone(),
-                    current: current.clone(),
+                    expected: s.context.clone(),
+                    current: s.kubectl_context.clone(),
                     matches: !mismatch,
                 });
             }

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -11,14 +11,43 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, debug_span, error, info, info_span, warn};
 
 use crate::config::ForwardSpec;
 use crate::discovery::ClusterView;
 use crate::engine::{Event, Hub, RouteView};
-use crate::health::{Cause, CauseId, Health, Inputs, Listener, ProbeRecord};
+use crate::health::{Cause, CauseId, Health, Inputs, Listener, ProbeRecord, State};
 use crate::route::{Route, resolve};
 use crate::{holder, probe, relay};
+
+/// Keepalive on both sockets of a relayed connection: idle probes after a minute.
+const KEEPALIVE: socket2::TcpKeepalive = socket2::TcpKeepalive::new()
+    .with_time(Duration::from_secs(60))
+    .with_interval(Duration::from_secs(10));
+
+/// How a route changed, for the probe record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RouteChange {
+    None,
+    /// Only the count of ready endpoints.
+    Endpoints {
+        was_zero: bool,
+    },
+    /// Another nodePort or other nodes, or a route appeared or went away.
+    Path,
+}
+
+impl RouteChange {
+    fn classify(old: Option<&Route>, new: Option<&Route>) -> RouteChange {
+        match (old, new) {
+            (Some(o), Some(n)) if o.node_port == n.node_port && o.targets == n.targets => RouteChange::Endpoints {
+                was_zero: o.ready_endpoints == 0,
+            },
+            _ => RouteChange::Path,
+        }
+    }
+}
 
 /// Timings of the engine; the defaults suit a laptop, tests shorten them.
 #[derive(Debug, Clone)]
@@ -97,26 +126,31 @@ pub(crate) struct ForwardHandle {
     task: JoinHandle<()>,
 }
 
+/// What a forward is started with, besides its spec.
+pub(crate) struct Parent<'a> {
+    pub hub: &'a Arc<Hub>,
+    pub view: watch::Receiver<ClusterView>,
+    pub cancel: &'a CancellationToken,
+    pub connections: &'a CancellationToken,
+}
+
 impl ForwardHandle {
-    pub fn spawn(
-        spec: ForwardSpec,
-        hub: Arc<Hub>,
-        view: watch::Receiver<ClusterView>,
-        parent: &CancellationToken,
-        connections: &CancellationToken,
-    ) -> ForwardHandle {
+    /// Starts a forward; `previous` is its last health (a replaced forward's), where the events
+    /// of its next transition start from.
+    pub fn spawn(spec: ForwardSpec, previous: Health, parent: Parent<'_>) -> ForwardHandle {
         let stats = Arc::new(Stats::default());
-        let cancel = parent.child_token();
-        let connections = connections.child_token();
+        let cancel = parent.cancel.child_token();
+        let connections = parent.connections.child_token();
         let forward = Forward {
             spec: spec.clone(),
-            hub,
+            hub: parent.hub.clone(),
             stats: stats.clone(),
+            preferred: AtomicUsize::new(0),
             cancel: cancel.clone(),
             connections: connections.clone(),
         };
         let span = info_span!("forward", forward = %spec.name);
-        let task = tokio::spawn(forward.supervise(view).instrument(span));
+        let task = tokio::spawn(forward.supervise(parent.view, previous).instrument(span));
         ForwardHandle {
             spec,
             stats,
@@ -148,6 +182,8 @@ struct Forward {
     spec: ForwardSpec,
     hub: Arc<Hub>,
     stats: Arc<Stats>,
+    /// The route target that answered last.
+    preferred: AtomicUsize,
     cancel: CancellationToken,
     connections: CancellationToken,
 }
@@ -161,7 +197,7 @@ enum Bind {
 }
 
 impl Forward {
-    async fn supervise(self, mut view: watch::Receiver<ClusterView>) {
+    async fn supervise(self, mut view: watch::Receiver<ClusterView>, previous: Health) {
         let this = Arc::new(self);
         let (route_tx, route_rx) = watch::channel::<Option<Arc<Route>>>(None);
         let (bind_tx, mut bind_rx) = watch::channel(Bind::Pending);
@@ -174,31 +210,43 @@ impl Forward {
             probe: ProbeRecord::default(),
             failure_threshold: this.hub.tuning.failure_threshold,
         };
+        // The listener and the probe stop with this task, so that a stopped forward's port is
+        // free when `stop` returns.
+        let helpers = TaskTracker::new();
         if this.spec.enabled {
-            tokio::spawn(this.clone().listen(bind_tx, route_rx.clone()).in_current_span());
-            tokio::spawn(this.clone().probe(route_rx, probe_tx).in_current_span());
+            helpers.spawn(this.clone().listen(bind_tx, route_rx.clone()).in_current_span());
+            let (spec, timeout) = (this.spec.probe.clone(), this.hub.tuning.probe_timeout);
+            let check = move |route: Arc<Route>| {
+                let spec = spec.clone();
+                async move { probe::check(&spec, &route, timeout).await }
+            };
+            let (tuning, cancel) = (this.hub.tuning.clone(), this.cancel.clone());
+            helpers.spawn(
+                async move { probe::schedule(&tuning, route_rx, &cancel, check, probe_tx).await }.in_current_span(),
+            );
         }
-        let mut health = None;
+        helpers.close();
+        let mut last = previous;
         let mut local = None;
+        let mut generation = view.borrow().generation;
         loop {
             if this.spec.enabled {
                 let v = view.borrow_and_update();
                 inputs.cluster = v.status.clone();
                 inputs.target = v.world.as_ref().map(|w| resolve(&this.spec, &v.cluster, w));
+                let new_generation = std::mem::replace(&mut generation, v.generation) != v.generation;
                 drop(v);
-                if this.update_route(&route_tx, &inputs.target) {
-                    // A new route earns a fresh count: failures on the old one say nothing of it.
-                    inputs.probe.consecutive_failures = 0;
-                }
+                let change = this.update_route(&route_tx, &inputs.target, new_generation);
+                inputs.probe.route_changed(change);
             }
             let now = inputs.health();
             let route = route_tx.borrow().as_deref().map(RouteView::from);
-            this.publish(&mut health, now, local, route);
+            this.publish(&mut last, now, local, route);
             tokio::select! {
-                _ = this.cancel.cancelled() => return,
-                changed = view.changed() => if changed.is_err() { return },
+                _ = this.cancel.cancelled() => break,
+                changed = view.changed() => if changed.is_err() { break },
                 changed = bind_rx.changed() => {
-                    if changed.is_err() { return }
+                    if changed.is_err() { break }
                     let bind = bind_rx.borrow_and_update().clone();
                     inputs.listener = match bind {
                         Bind::Pending => Listener::Binding,
@@ -214,24 +262,32 @@ impl Forward {
                 }
             }
         }
+        this.cancel.cancel();
+        helpers.wait().await;
     }
 
     /// Publishes the route new connections use. A route the cluster no longer has is withdrawn;
     /// while the API is unreachable the stores keep their contents, so the last route stays.
+    /// A new discovery generation (another context, new credentials) withdraws it until that
+    /// generation has read the cluster.
     fn update_route(
         &self,
         route_tx: &watch::Sender<Option<Arc<Route>>>,
         target: &Option<Result<Route, Cause>>,
-    ) -> bool {
+        new_generation: bool,
+    ) -> RouteChange {
         let next = match target {
             Some(Ok(route)) => Some(route),
             Some(Err(_)) => None,
-            None => return false,
+            None if new_generation => None,
+            None => return RouteChange::None,
         };
+        let mut change = RouteChange::None;
         route_tx.send_if_modified(|current| {
             if current.as_deref() == next {
                 return false;
             }
+            change = RouteChange::classify(current.as_deref(), next);
             let from = current.as_ref().map(|r| r.primary());
             let to = next.map(Route::primary);
             if from != to {
@@ -248,10 +304,11 @@ impl Forward {
             }
             *current = next.map(|r| Arc::new(r.clone()));
             true
-        })
+        });
+        change
     }
 
-    fn publish(&self, last: &mut Option<Health>, now: Health, local: Option<SocketAddr>, route: Option<RouteView>) {
+    fn publish(&self, last: &mut Health, now: Health, local: Option<SocketAddr>, route: Option<RouteView>) {
         let name = &self.spec.name;
         self.hub.snapshot.send_if_modified(|snapshot| {
             let Some(entry) = snapshot.forwards.iter_mut().find(|f| f.name == *name) else {
@@ -275,18 +332,22 @@ impl Forward {
             }
             modified
         });
-        if last.as_ref() != Some(&now) {
+        // A new wording of the same cause (another error text) is not a transition.
+        if last.state != now.state || last.cause.as_ref().map(|c| c.id) != now.cause.as_ref().map(|c| c.id) {
             match &now.cause {
-                Some(cause) => info!(state = %now.state, cause = %cause.id, "{}", cause.message),
+                Some(cause) if now.state == State::Down && cause.id.needs_user() => {
+                    error!(state = %now.state, cause = %cause.id, "{}", cause.message)
+                }
+                Some(cause) => warn!(state = %now.state, cause = %cause.id, "{}", cause.message),
                 None => info!(state = %now.state, "state"),
             }
-            if let Some(from) = last.replace(now.clone()) {
-                let _ = self.hub.events.send(Event::Forward {
-                    name: name.clone(),
-                    from,
-                    to: now,
-                });
-            }
+            let _ = self.hub.events.send(Event::Forward {
+                name: name.clone(),
+                from: std::mem::replace(last, now.clone()),
+                to: now,
+            });
+        } else {
+            *last = now;
         }
     }
 
@@ -295,13 +356,19 @@ impl Forward {
         if !self.spec.bind.is_loopback() {
             warn!(%addr, "listening on a non-loopback address: other machines can reach this forward");
         }
+        let mut failed: Option<std::io::ErrorKind> = None;
         let listener = loop {
             match TcpListener::bind(addr).await {
                 Ok(listener) => break listener,
                 Err(e) => {
-                    let cause = bind_failure(addr, &e);
-                    warn!(%addr, "{}", cause.message);
-                    bind_tx.send_replace(Bind::Failed(cause));
+                    // Once per failure, not per retry: finding the holder scans every process.
+                    if failed != Some(e.kind()) {
+                        failed = Some(e.kind());
+                        let cause = tokio::task::spawn_blocking(move || bind_failure(addr, &e))
+                            .await
+                            .unwrap_or_else(|_| Cause::new(CauseId::ListenFailed, format!("cannot listen on {addr}")));
+                        bind_tx.send_replace(Bind::Failed(cause));
+                    }
                     tokio::select! {
                         _ = self.cancel.cancelled() => return,
                         _ = tokio::time::sleep(self.hub.tuning.bind_retry) => {}
@@ -331,7 +398,10 @@ impl Forward {
                 }
             };
             let route = routes.borrow().clone();
-            let span = info_span!("conn", %peer);
+            // Counted from accept, so a forward stopped meanwhile waits for it to drain.
+            self.stats.total.fetch_add(1, Ordering::Relaxed);
+            self.stats.active.fetch_add(1, Ordering::Relaxed);
+            let span = debug_span!("conn", %peer);
             let this = self.clone();
             self.hub
                 .connections
@@ -340,15 +410,25 @@ impl Forward {
     }
 
     async fn serve(self: Arc<Self>, client: TcpStream, route: Option<Arc<Route>>) {
+        self.relay(client, route).await;
+        self.stats.active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    async fn relay(&self, client: TcpStream, route: Option<Arc<Route>>) {
         let stats = &self.stats;
-        stats.total.fetch_add(1, Ordering::Relaxed);
         let Some(route) = route else {
             stats.failed.fetch_add(1, Ordering::Relaxed);
             debug!("no route: closing");
             return;
         };
-        let upstream = match route.connect(self.hub.tuning.connect_timeout).await {
-            Ok(upstream) => upstream,
+        let first = self.preferred.load(Ordering::Relaxed);
+        let upstream = match route.connect_from(first, self.hub.tuning.connect_timeout).await {
+            Ok((upstream, index)) => {
+                if index != first {
+                    self.preferred.store(index, Ordering::Relaxed);
+                }
+                upstream
+            }
             Err(cause) => {
                 stats.failed.fetch_add(1, Ordering::Relaxed);
                 debug!(%cause, "closing");
@@ -356,7 +436,10 @@ impl Forward {
             }
         };
         let _ = client.set_nodelay(true);
-        stats.active.fetch_add(1, Ordering::Relaxed);
+        // A peer that vanishes (a deleted node, a sleeping laptop) is noticed, not held forever.
+        for socket in [&client, &upstream] {
+            let _ = socket2::SockRef::from(socket).set_tcp_keepalive(&KEEPALIVE);
+        }
         tokio::select! {
             result = relay::relay(&client, &upstream, &stats.bytes_up, &stats.bytes_down) => {
                 if let Err(e) = result {
@@ -364,53 +447,6 @@ impl Forward {
                 }
             }
             _ = self.connections.cancelled() => debug!("closed by shutdown"),
-        }
-        stats.active.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    async fn probe(
-        self: Arc<Self>,
-        routes: watch::Receiver<Option<Arc<Route>>>,
-        results: mpsc::Sender<Result<(), Cause>>,
-    ) {
-        let (spec, timeout) = (self.spec.probe.clone(), self.hub.tuning.probe_timeout);
-        let check = move |route: Arc<Route>| {
-            let spec = spec.clone();
-            async move { probe::check(&spec, &route, timeout).await }
-        };
-        probe_schedule(&self.hub.tuning, routes, &self.cancel, check, results).await;
-    }
-}
-
-/// Probes the current route at once, then every `probe_interval` (`probe_retry` after a failure),
-/// and at once again whenever the route changes. Routes without ready endpoints are not probed:
-/// their health is already known.
-async fn probe_schedule<F, Fut>(
-    tuning: &Tuning,
-    mut routes: watch::Receiver<Option<Arc<Route>>>,
-    cancel: &CancellationToken,
-    check: F,
-    results: mpsc::Sender<Result<(), Cause>>,
-) where
-    F: Fn(Arc<Route>) -> Fut,
-    Fut: std::future::Future<Output = Result<(), Cause>>,
-{
-    loop {
-        let route = routes.borrow_and_update().clone();
-        let mut wait = tuning.probe_interval;
-        if let Some(route) = route.filter(|r| r.ready_endpoints > 0) {
-            let outcome = check(route).await;
-            if outcome.is_err() {
-                wait = tuning.probe_retry;
-            }
-            if results.send(outcome).await.is_err() {
-                return;
-            }
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-            changed = routes.changed() => if changed.is_err() { return },
         }
     }
 }
@@ -428,121 +464,4 @@ fn bind_failure(addr: SocketAddr, e: &std::io::Error) -> Cause {
     }
     Cause::new(CauseId::ListenFailed, format!("cannot listen on {addr}: {e}"))
         .with_fix("choose another `local_port` or `bind` address (ports below 1024 need privileges)")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::health::ProbeRecord;
-    use crate::route::{Host, NodeTarget};
-    use std::sync::atomic::AtomicBool;
-    use tokio::time::Instant;
-
-    fn route(node_port: u16, ready_endpoints: usize) -> Option<Arc<Route>> {
-        Some(Arc::new(Route {
-            namespace: "ns".into(),
-            service: "ns/svc".into(),
-            service_type: "NodePort".into(),
-            port: "80/TCP".into(),
-            node_port,
-            targets: vec![NodeTarget {
-                node: "w".into(),
-                host: Host::Ip("127.0.0.2".parse().unwrap()),
-            }],
-            ready_endpoints,
-        }))
-    }
-
-    /// The schedule running with a check that fails while `failing` is set.
-    struct Harness {
-        routes: watch::Sender<Option<Arc<Route>>>,
-        failing: Arc<AtomicBool>,
-        results: mpsc::Receiver<Result<(), Cause>>,
-        cancel: CancellationToken,
-    }
-
-    fn start(tuning: Tuning) -> Harness {
-        let (routes, routes_rx) = watch::channel(route(30080, 1));
-        let (tx, results) = mpsc::channel(16);
-        let failing = Arc::new(AtomicBool::new(false));
-        let cancel = CancellationToken::new();
-        let (f, c) = (failing.clone(), cancel.clone());
-        tokio::spawn(async move {
-            let check = move |_route: Arc<Route>| {
-                let fail = f.load(Ordering::SeqCst);
-                async move {
-                    if fail {
-                        Err(Cause::new(CauseId::ProbeFailed, "x"))
-                    } else {
-                        Ok(())
-                    }
-                }
-            };
-            probe_schedule(&tuning, routes_rx, &c, check, tx).await;
-        });
-        Harness {
-            routes,
-            failing,
-            results,
-            cancel,
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn probes_at_the_interval_and_retries_sooner_after_a_failure() {
-        let tuning = Tuning::default();
-        let mut h = start(tuning.clone());
-        let t0 = Instant::now();
-        assert_eq!(h.results.recv().await, Some(Ok(())));
-        assert_eq!(t0.elapsed(), Duration::ZERO, "the first probe runs at once");
-        assert_eq!(h.results.recv().await, Some(Ok(())));
-        assert_eq!(t0.elapsed(), tuning.probe_interval);
-        h.failing.store(true, Ordering::SeqCst);
-        assert!(h.results.recv().await.unwrap().is_err());
-        assert_eq!(t0.elapsed(), tuning.probe_interval * 2);
-        assert!(h.results.recv().await.unwrap().is_err());
-        assert_eq!(t0.elapsed(), tuning.probe_interval * 2 + tuning.probe_retry);
-        h.cancel.cancel();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_route_change_probes_at_once_and_routes_without_endpoints_are_skipped() {
-        let tuning = Tuning::default();
-        let mut h = start(tuning.clone());
-        assert_eq!(h.results.recv().await, Some(Ok(())));
-        let t0 = Instant::now();
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        h.routes.send_replace(route(30081, 1));
-        assert_eq!(h.results.recv().await, Some(Ok(())));
-        assert_eq!(t0.elapsed(), Duration::from_secs(1));
-        h.routes.send_replace(route(30081, 0));
-        let waited = tokio::time::timeout(tuning.probe_interval * 3, h.results.recv()).await;
-        assert!(waited.is_err(), "no probe while no endpoint is ready");
-        h.cancel.cancel();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_blip_does_not_take_a_forward_down_and_an_outage_is_confirmed_quickly() {
-        let tuning = Tuning::default();
-        let mut h = start(tuning.clone());
-        let mut record = ProbeRecord::default();
-        let down = |r: &ProbeRecord| r.consecutive_failures >= tuning.failure_threshold;
-        record.record(h.results.recv().await.unwrap());
-        h.failing.store(true, Ordering::SeqCst);
-        record.record(h.results.recv().await.unwrap());
-        assert!(!down(&record), "one failure is a blip");
-        h.failing.store(false, Ordering::SeqCst);
-        record.record(h.results.recv().await.unwrap());
-        assert_eq!(record.consecutive_failures, 0);
-        // Wait for a regular probe, then fail from there on.
-        h.failing.store(true, Ordering::SeqCst);
-        let t0 = Instant::now();
-        for _ in 0..tuning.failure_threshold {
-            record.record(h.results.recv().await.unwrap());
-        }
-        assert!(down(&record));
-        let confirmed = tuning.probe_interval + tuning.probe_retry * (tuning.failure_threshold - 1);
-        assert_eq!(t0.elapsed(), confirmed, "down within one interval and the retries");
-        h.cancel.cancel();
-    }
 }

@@ -57,6 +57,14 @@ pub enum CauseId {
 }
 
 impl CauseId {
+    /// Causes that do not go away by themselves: the user must act (they are logged as errors).
+    pub fn needs_user(self) -> bool {
+        !matches!(
+            self,
+            CauseId::ClusterUnreachable | CauseId::NoReadyEndpoints | CauseId::ProbeFailed | CauseId::NodeUnreachable
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             CauseId::KubeconfigInvalid => "kubeconfig-invalid",
@@ -151,13 +159,27 @@ pub enum Listener {
 /// Consecutive probe outcomes, so that one failed probe does not flap the state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProbeRecord {
-    /// Some probe has answered since the route last changed.
+    /// Some probe has answered since the route's path last changed.
     pub answered: bool,
     pub consecutive_failures: u32,
     pub last_failure: Option<Cause>,
 }
 
 impl ProbeRecord {
+    /// Forgets what was learnt of an old path; a route that comes back from zero ready
+    /// endpoints starts over from a clean count (no probe ran while it had none).
+    pub(crate) fn route_changed(&mut self, change: crate::forward::RouteChange) {
+        use crate::forward::RouteChange;
+        match change {
+            RouteChange::Path => *self = ProbeRecord::default(),
+            RouteChange::Endpoints { was_zero: true } => {
+                self.consecutive_failures = 0;
+                self.last_failure = None;
+            }
+            RouteChange::Endpoints { was_zero: false } | RouteChange::None => {}
+        }
+    }
+
     pub fn record(&mut self, outcome: Result<(), Cause>) {
         self.answered = true;
         match outcome {

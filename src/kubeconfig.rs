@@ -1,8 +1,10 @@
-//! Reading kubeconfig files the way kubectl does, and building a client for one context.
+//! Reading kubeconfig files the way kubectl does, building a client for one context, and
+//! noticing when the files change.
 
 use std::path::{Path, PathBuf};
 
 use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError as KubeError};
+use tokio::sync::mpsc;
 
 use crate::config::ClusterSpec;
 use crate::health::{Cause, CauseId};
@@ -145,9 +147,78 @@ impl Loaded {
             .await
             .map_err(|e| client_err(e.to_string()))?;
         config.connect_timeout = Some(std::time::Duration::from_secs(5));
+        // Longer than a watch's server-side timeout (290 s), so watches are not cut; a hung API
+        // server is still given up on.
+        config.read_timeout = Some(std::time::Duration::from_secs(300));
         let client = kube::Client::try_from(config).map_err(|e| client_err(e.to_string()))?;
         Ok((client, context))
     }
+}
+
+impl Loaded {
+    /// A fingerprint of what a client for `context` is built from: its context, cluster and
+    /// user entries. Compared in memory only (it covers credentials; it is never shown).
+    pub fn fingerprint(&self, context: &str) -> Option<u64> {
+        use std::hash::{Hash, Hasher};
+        let named = self.merged.contexts.iter().find(|c| c.name == context)?;
+        let inner = named.context.as_ref()?;
+        let cluster = self.merged.clusters.iter().find(|c| c.name == inner.cluster);
+        let user = inner
+            .user
+            .as_ref()
+            .and_then(|u| self.merged.auth_infos.iter().find(|a| a.name == *u));
+        let text = serde_json::to_string(&(named, cluster, user)).ok()?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        text.hash(&mut hasher);
+        Some(hasher.finish())
+    }
+}
+
+/// Watches kubeconfig files for changes, including tools that replace a file by renaming
+/// another over it (kubectl, kind, editors): their directories are watched, not the files.
+/// Each change sends `()`; bursts are the receiver's to coalesce.
+pub fn watch(files: &[PathBuf]) -> notify::Result<(notify::RecommendedWatcher, mpsc::UnboundedReceiver<()>)> {
+    use notify::Watcher;
+    let mut watched: Vec<PathBuf> = Vec::new();
+    for file in files {
+        watched.push(file.clone());
+        // A symlinked kubeconfig changes where its target lives.
+        if let Ok(target) = std::fs::canonicalize(file)
+            && target != *file
+        {
+            watched.push(target);
+        }
+    }
+    let names = watched.clone();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if event.kind.is_access() {
+            return;
+        }
+        if event.paths.iter().any(|p| names.iter().any(|n| same_file_name(p, n))) {
+            let _ = tx.send(());
+        }
+    })?;
+    let mut dirs: Vec<&Path> = watched
+        .iter()
+        .filter_map(|f| f.parent())
+        .filter(|d| d.is_dir())
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    for dir in dirs {
+        watcher.watch(dir, notify::RecursiveMode::NonRecursive)?;
+    }
+    Ok((watcher, rx))
+}
+
+fn same_file_name(event: &Path, file: &Path) -> bool {
+    event.file_name() == file.file_name() && event.parent().map(normalize) == file.parent().map(normalize)
+}
+
+fn normalize(dir: &Path) -> PathBuf {
+    std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
 }
 
 fn invalid(path: &Path, e: KubeError) -> KubeconfigError {
@@ -185,6 +256,63 @@ mod tests {
         let path = dir.join(name);
         std::fs::write(&path, text).unwrap();
         path
+    }
+
+    async fn next_change(changes: &mut mpsc::UnboundedReceiver<()>) {
+        let bound = std::time::Duration::from_secs(10);
+        tokio::time::timeout(bound, changes.recv()).await.expect("change seen");
+    }
+
+    #[tokio::test]
+    async fn watch_sees_an_in_place_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), "config", Some("kind-a"), &["kind-a"]);
+        let (_watcher, mut changes) = watch(std::slice::from_ref(&file)).unwrap();
+        std::fs::write(dir.path().join("unrelated"), "x").unwrap();
+        std::fs::write(&file, "current-context: kind-b\n").unwrap();
+        next_change(&mut changes).await;
+    }
+
+    #[tokio::test]
+    async fn watch_sees_a_replacement_by_rename_and_a_symlink_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let target_dir = tempfile::tempdir().unwrap();
+        let target = write(target_dir.path(), "real", Some("kind-a"), &["kind-a"]);
+        let link = dir.path().join("config");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let (_watcher, mut changes) = watch(std::slice::from_ref(&link)).unwrap();
+        let tmp = write(target_dir.path(), "real.tmp", Some("kind-c"), &["kind-c"]);
+        std::fs::rename(&tmp, &target).unwrap();
+        next_change(&mut changes).await;
+        assert_eq!(Loaded::read(vec![link]).unwrap().current_context(), Some("kind-c"));
+    }
+
+    #[test]
+    fn fingerprint_follows_the_context_entries_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = write(dir.path(), "a", Some("kind-a"), &["kind-a", "other"]);
+        let before = Loaded::read(vec![a.clone()]).unwrap();
+        let text = std::fs::read_to_string(&a).unwrap();
+        std::fs::write(
+            &a,
+            text.replacen("current-context: kind-a", "current-context: other", 1),
+        )
+        .unwrap();
+        let switched = Loaded::read(vec![a.clone()]).unwrap();
+        assert_eq!(
+            before.fingerprint("kind-a"),
+            switched.fingerprint("kind-a"),
+            "current-context is not part of it"
+        );
+        let text = std::fs::read_to_string(&a).unwrap();
+        std::fs::write(&a, text.replacen("127.0.0.1:6443", "127.0.0.1:7443", 1)).unwrap();
+        let moved = Loaded::read(vec![a]).unwrap();
+        assert_ne!(
+            before.fingerprint("kind-a"),
+            moved.fingerprint("kind-a"),
+            "a new server address is"
+        );
+        assert_eq!(before.fingerprint("nope"), None);
     }
 
     #[test]

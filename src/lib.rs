@@ -9,7 +9,8 @@
 //! - [`relay`]: the byte pump (`splice(2)` on Linux).
 //! - [`probe`]: active health checks through a route.
 //! - [`health`]: states, causes and the rule between them.
-//! - [`engine`]: runs forwards, pushes [`engine::Snapshot`]s and [`engine::Event`]s, applies configs by diff.
+//! - [`engine`]: runs forwards, pushes snapshots and events, applies configs by diff.
+//! - [`status`]: what the engine reports: [`status::Snapshot`] and [`status::Event`].
 //! - [`control`]: the local control socket that `porthole status|wait|enable|disable` talk to.
 //! - [`doctor`]: one-shot checks with a fix for each failure.
 //! - [`holder`]: which process holds a local port.
@@ -27,6 +28,7 @@ pub mod kubeconfig;
 pub mod probe;
 pub mod relay;
 pub mod route;
+pub mod status;
 
 pub use config::Config;
 pub use engine::{Engine, Event, Snapshot};

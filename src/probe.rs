@@ -3,6 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -15,6 +18,39 @@ pub(crate) fn node_unreachable_fix() -> &'static str {
         "node addresses are not reachable from macOS under Docker Desktop or Colima; run Porthole in a container on kind's network (`node_address = \"hostname\"`), or map the nodePort with kind's extraPortMappings"
     } else {
         "check that the node's container is running (`docker ps`) and that the nodePort answers"
+    }
+}
+
+/// Probes the current route at once, then every `probe_interval` (`probe_retry` after a failure),
+/// and at once again whenever the route changes. Routes without ready endpoints are not probed:
+/// their health is already known.
+pub(crate) async fn schedule<F, Fut>(
+    tuning: &crate::forward::Tuning,
+    mut routes: watch::Receiver<Option<Arc<Route>>>,
+    cancel: &CancellationToken,
+    check: F,
+    results: mpsc::Sender<Result<(), Cause>>,
+) where
+    F: Fn(Arc<Route>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), Cause>>,
+{
+    loop {
+        let route = routes.borrow_and_update().clone();
+        let mut wait = tuning.probe_interval;
+        if let Some(route) = route.filter(|r| r.ready_endpoints > 0) {
+            let outcome = check(route).await;
+            if outcome.is_err() {
+                wait = tuning.probe_retry;
+            }
+            if results.send(outcome).await.is_err() {
+                return;
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+            changed = routes.changed() => if changed.is_err() { return },
+        }
     }
 }
 
@@ -224,5 +260,125 @@ mod tests {
         let cause = route.connect(Duration::from_secs(5)).await.unwrap_err();
         assert_eq!(cause.id, CauseId::NodeUnreachable);
         assert!(cause.message.contains("127.0.0.254"), "{}", cause.message);
+    }
+}
+
+#[cfg(test)]
+mod schedule_tests {
+    use super::*;
+    use crate::forward::Tuning;
+    use crate::health::CauseId;
+    use crate::health::ProbeRecord;
+    use crate::route::{Host, NodeTarget};
+    use std::sync::atomic::AtomicBool;
+    use std::sync::atomic::Ordering;
+    use tokio::time::Instant;
+
+    fn route(node_port: u16, ready_endpoints: usize) -> Option<Arc<Route>> {
+        Some(Arc::new(Route {
+            namespace: "ns".into(),
+            service: "ns/svc".into(),
+            service_type: "NodePort".into(),
+            port: "80/TCP".into(),
+            node_port,
+            targets: vec![NodeTarget {
+                node: "w".into(),
+                host: Host::Ip("127.0.0.2".parse().unwrap()),
+            }],
+            ready_endpoints,
+        }))
+    }
+
+    /// The schedule running with a check that fails while `failing` is set.
+    struct Harness {
+        routes: watch::Sender<Option<Arc<Route>>>,
+        failing: Arc<AtomicBool>,
+        results: mpsc::Receiver<Result<(), Cause>>,
+        cancel: CancellationToken,
+    }
+
+    fn start(tuning: Tuning) -> Harness {
+        let (routes, routes_rx) = watch::channel(route(30080, 1));
+        let (tx, results) = mpsc::channel(16);
+        let failing = Arc::new(AtomicBool::new(false));
+        let cancel = CancellationToken::new();
+        let (f, c) = (failing.clone(), cancel.clone());
+        tokio::spawn(async move {
+            let check = move |_route: Arc<Route>| {
+                let fail = f.load(Ordering::SeqCst);
+                async move {
+                    if fail {
+                        Err(Cause::new(CauseId::ProbeFailed, "x"))
+                    } else {
+                        Ok(())
+                    }
+                }
+            };
+            schedule(&tuning, routes_rx, &c, check, tx).await;
+        });
+        Harness {
+            routes,
+            failing,
+            results,
+            cancel,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn probes_at_the_interval_and_retries_sooner_after_a_failure() {
+        let tuning = Tuning::default();
+        let mut h = start(tuning.clone());
+        let t0 = Instant::now();
+        assert_eq!(h.results.recv().await, Some(Ok(())));
+        assert_eq!(t0.elapsed(), Duration::ZERO, "the first probe runs at once");
+        assert_eq!(h.results.recv().await, Some(Ok(())));
+        assert_eq!(t0.elapsed(), tuning.probe_interval);
+        h.failing.store(true, Ordering::SeqCst);
+        assert!(h.results.recv().await.unwrap().is_err());
+        assert_eq!(t0.elapsed(), tuning.probe_interval * 2);
+        assert!(h.results.recv().await.unwrap().is_err());
+        assert_eq!(t0.elapsed(), tuning.probe_interval * 2 + tuning.probe_retry);
+        h.cancel.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_route_change_probes_at_once_and_routes_without_endpoints_are_skipped() {
+        let tuning = Tuning::default();
+        let mut h = start(tuning.clone());
+        assert_eq!(h.results.recv().await, Some(Ok(())));
+        let t0 = Instant::now();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        h.routes.send_replace(route(30081, 1));
+        assert_eq!(h.results.recv().await, Some(Ok(())));
+        assert_eq!(t0.elapsed(), Duration::from_secs(1));
+        h.routes.send_replace(route(30081, 0));
+        let waited = tokio::time::timeout(tuning.probe_interval * 3, h.results.recv()).await;
+        assert!(waited.is_err(), "no probe while no endpoint is ready");
+        h.cancel.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_blip_does_not_take_a_forward_down_and_an_outage_is_confirmed_quickly() {
+        let tuning = Tuning::default();
+        let mut h = start(tuning.clone());
+        let mut record = ProbeRecord::default();
+        let down = |r: &ProbeRecord| r.consecutive_failures >= tuning.failure_threshold;
+        record.record(h.results.recv().await.unwrap());
+        h.failing.store(true, Ordering::SeqCst);
+        record.record(h.results.recv().await.unwrap());
+        assert!(!down(&record), "one failure is a blip");
+        h.failing.store(false, Ordering::SeqCst);
+        record.record(h.results.recv().await.unwrap());
+        assert_eq!(record.consecutive_failures, 0);
+        // Wait for a regular probe, then fail from there on.
+        h.failing.store(true, Ordering::SeqCst);
+        let t0 = Instant::now();
+        for _ in 0..tuning.failure_threshold {
+            record.record(h.results.recv().await.unwrap());
+        }
+        assert!(down(&record));
+        let confirmed = tuning.probe_interval + tuning.probe_retry * (tuning.failure_threshold - 1);
+        assert_eq!(t0.elapsed(), confirmed, "down within one interval and the retries");
+        h.cancel.cancel();
     }
 }

@@ -88,8 +88,16 @@ impl Route {
     ///
     /// The error is `node-unreachable`, naming every node tried and why it failed.
     pub async fn connect(&self, timeout: Duration) -> Result<TcpStream, Cause> {
+        self.connect_from(0, timeout).await.map(|(stream, _)| stream)
+    }
+
+    /// Like [`Route::connect`], starting with target `first` (the one that answered last, so a
+    /// dead first node costs one timeout, not one per connection); returns the index that answered.
+    pub async fn connect_from(&self, first: usize, timeout: Duration) -> Result<(TcpStream, usize), Cause> {
         let mut failures = Vec::new();
-        for target in &self.targets {
+        let count = self.targets.len();
+        for index in (0..count).map(|i| (first + i) % count) {
+            let target = &self.targets[index];
             let attempt = match &target.host {
                 Host::Ip(ip) => {
                     tokio::time::timeout(timeout, TcpStream::connect(SocketAddr::new(*ip, self.node_port))).await
@@ -101,7 +109,7 @@ impl Route {
             match attempt {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
-                    return Ok(stream);
+                    return Ok((stream, index));
                 }
                 Ok(Err(e)) => failures.push(format!("{}:{} ({e})", target.host, self.node_port)),
                 Err(_) => failures.push(format!("{}:{} (no answer in {timeout:?})", target.host, self.node_port)),

@@ -176,24 +176,25 @@ async fn doctor_passes_on_a_healthy_cluster_and_names_each_failure() {
     let failed = run(&["--config", path(&config), "doctor", "--json"]).await;
     assert_eq!(failed.status.code(), Some(1));
     let report: serde_json::Value = serde_json::from_slice(&failed.stdout).unwrap();
-    let failures: Vec<(String, String)> = report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["ok"] == false)
-        .map(|c| {
-            (
-                c["check"].as_str().unwrap().to_string(),
-                c["cause"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let flagged = |key: &str, value: bool| -> Vec<(String, String)> {
+        let checks = report["checks"].as_array().unwrap().iter();
+        checks
+            .filter(|c| c[key].as_bool().unwrap_or(false) == value)
+            .map(|c| {
+                (
+                    c["check"].as_str().unwrap().to_string(),
+                    c["cause"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let wrong_type = ("api: service".to_string(), "wrong-service-type".to_string());
+    assert_eq!(flagged("ok", false), vec![wrong_type], "the only failure");
+    let mismatch = ("kubectl context".to_string(), "context-mismatch".to_string());
     assert_eq!(
-        failures,
-        vec![
-            ("kubectl context".to_string(), "context-mismatch".to_string()),
-            ("api: service".to_string(), "wrong-service-type".to_string()),
-        ]
+        flagged("warning", true),
+        vec![mismatch],
+        "a warning: Porthole uses its own context"
     );
 }
 

@@ -97,7 +97,13 @@ mod imp {
                 .trim()
                 .to_string();
         }
-        shorten(&words.join(" "))
+        // One line: an argument may hold newlines (a script passed with -c).
+        let line: String = words
+            .join(" ")
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        shorten(&line)
     }
 
     fn shorten(command: &str) -> String {

@@ -38,7 +38,10 @@ pub(crate) async fn schedule<F, Fut>(
         let route = routes.borrow_and_update().clone();
         let mut wait = tuning.probe_interval;
         if let Some(route) = route.filter(|r| r.ready_endpoints > 0) {
-            let outcome = check(route).await;
+            let outcome = tokio::select! {
+                _ = cancel.cancelled() => return,
+                outcome = check(route) => outcome,
+            };
             if outcome.is_err() {
                 wait = tuning.probe_retry;
             }

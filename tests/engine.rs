@@ -464,3 +464,139 @@ async fn the_quick_start_preset_serves_all_five_ports() {
     );
     engine.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn kubectl_switching_context_is_pushed_as_an_event() {
+    let (cluster, _backend) = echo_cluster("ctxevent").await;
+    let engine = start(&cluster, &forward("echo", NS, "echo")).await;
+    wait_healthy(&engine, "echo").await;
+    let mut events = engine.events();
+    // Like `kubectl config use-context rancher-desktop`: the file is rewritten by rename.
+    cluster.set_current_context("rancher-desktop");
+    let event = wait_event(&mut events, |e| matches!(e, Event::Context { .. })).await;
+    let Event::Context {
+        expected,
+        current,
+        matches,
+    } = event
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        (expected.as_deref(), current.as_deref(), matches),
+        (Some("kind-ctxevent"), Some("rancher-desktop"), false)
+    );
+    assert_eq!(
+        engine.snapshot().borrow().kubectl_context.as_deref(),
+        Some("rancher-desktop")
+    );
+    cluster.set_current_context("kind-ctxevent");
+    let event = wait_event(&mut events, |e| matches!(e, Event::Context { .. })).await;
+    assert!(matches!(event, Event::Context { matches: true, .. }), "{event:?}");
+    // Porthole's own forwards never moved.
+    assert_eq!(
+        engine.status().await.forward("echo").unwrap().health.state,
+        State::Healthy
+    );
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_recreated_cluster_is_followed_through_its_new_kubeconfig_entry() {
+    let (old, _old_backend) = echo_cluster("recreated").await;
+    let engine = start(&old, &forward("echo", NS, "echo")).await;
+    let addr = local(&wait_healthy(&engine, "echo").await);
+    let old_route = engine.status().await.forward("echo").unwrap().route.clone().unwrap();
+
+    // `kind delete cluster && kind create cluster`: a new API port, new certificates, new node
+    // addresses; `kind export kubeconfig` rewrites the entry in the same file.
+    old.set_api_reachable(false);
+    let (new, _new_backend) = echo_cluster("recreated").await;
+    let text = std::fs::read_to_string(new.kubeconfig()).unwrap();
+    let staging = old.kubeconfig().with_extension("new");
+    std::fs::write(&staging, text).unwrap();
+    std::fs::rename(&staging, old.kubeconfig()).unwrap();
+
+    let status = wait_for(&engine, "echo", "on the new cluster", |f| {
+        f.health.state == State::Healthy && f.route.as_ref().is_some_and(|r| r.target != old_route.target)
+    })
+    .await;
+    assert_eq!(local(&status), addr, "same listener throughout");
+    assert_eq!(echo_once(addr, b"new cluster").await.unwrap(), b"new cluster");
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_node_with_a_new_address_is_followed() {
+    let (cluster, _backend) = echo_cluster("moved").await;
+    let forwards = forward("echo", NS, "echo");
+    let engine = start(&cluster, &forwards).await;
+    let addr = local(&wait_healthy(&engine, "echo").await);
+    let new_ip = cluster.move_node("moved-worker");
+    let status = wait_for(&engine, "echo", "on the new address", |f| {
+        f.route
+            .as_ref()
+            .is_some_and(|r| r.target.starts_with(&format!("{new_ip}:")))
+    })
+    .await;
+    assert_eq!(status.route.unwrap().node, "moved-worker");
+    assert_eq!(echo_once(addr, b"moved").await.unwrap(), b"moved");
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn every_transition_is_an_event_including_disable_and_removal() {
+    let (cluster, _backend) = echo_cluster("events").await;
+    let engine = start(
+        &cluster,
+        &format!("{}{}", forward("a", NS, "echo"), forward("b", NS, "echo")),
+    )
+    .await;
+    wait_healthy(&engine, "a").await;
+    wait_healthy(&engine, "b").await;
+    let mut events = engine.events();
+    engine.set_enabled("a", false).await.unwrap();
+    let event = wait_event(&mut events, |e| matches!(e, Event::Forward { name, .. } if name == "a")).await;
+    let Event::Forward { from, to, .. } = event else {
+        unreachable!()
+    };
+    assert_eq!((from.state, to.state), (State::Healthy, State::Disabled));
+    engine.apply(config(&cluster, &forward("a", NS, "echo"))).await.unwrap();
+    let removed = wait_event(&mut events, |e| matches!(e, Event::Removed { .. })).await;
+    assert_eq!(removed, Event::Removed { name: "b".into() });
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn the_holder_of_a_taken_port_is_named_when_it_is_another_process() {
+    let (cluster, _backend) = echo_cluster("holder").await;
+    // A leftover forwarder from an earlier session: another process listening on the port.
+    let script = "import socket,sys\ns=socket.socket()\ns.bind(('127.0.0.1',0))\ns.listen()\nprint(s.getsockname()[1],flush=True)\nsys.stdin.read()\n";
+    let mut squatter = std::process::Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(squatter.stdout.take().unwrap()), &mut line).unwrap();
+    let port: u16 = line.trim().parse().unwrap();
+    let forwards = forward("echo", NS, "echo").replace("local_port = 0", &format!("local_port = {port}"));
+    let engine = start(&cluster, &forwards).await;
+    let status = wait_cause(&engine, "echo", State::Down, CauseId::PortInUse).await;
+    let cause = status.health.cause.unwrap();
+    let message = &cause.message;
+    assert!(
+        message.contains(&format!("pid {} (", squatter.id()))
+            && message.contains("python3 -c import socket,sys s=socket.socket()"),
+        "{message}"
+    );
+    assert_eq!(
+        cause.fix.unwrap(),
+        format!("stop it (`kill {}`) or choose another `local_port`", squatter.id())
+    );
+    squatter.kill().unwrap();
+    squatter.wait().unwrap();
+    wait_healthy(&engine, "echo").await;
+    engine.shutdown(Duration::from_secs(1)).await;
+}

@@ -193,101 +193,17 @@ impl Config {
             path: path.clone(),
             message: e.to_string().trim_end().to_string(),
         })?;
-        let invalid = |span: Range<usize>, key: &str, message: String| ConfigError::Invalid {
-            path: path.clone(),
-            line: line_of(text, span.start),
-            key: key.to_string(),
-            message,
+        let mut validator = Validator {
+            path,
+            text,
+            names: HashMap::new(),
+            ports: HashMap::new(),
         };
-        let mut names: HashMap<String, usize> = HashMap::new();
-        let mut ports: HashMap<(u16, IpAddr), String> = HashMap::new();
-        let mut forwards = Vec::with_capacity(raw.forward.len());
-        for spanned in raw.forward {
-            let span = spanned.span();
-            let raw = spanned.into_inner();
-            let name = raw.name.get_ref().clone();
-            if name.is_empty() {
-                return Err(invalid(raw.name.span(), "name", "must not be empty".into()));
-            }
-            if let Some(first) = names.insert(name.clone(), line_of(text, raw.name.span().start)) {
-                return Err(invalid(
-                    raw.name.span(),
-                    "name",
-                    format!("duplicate forward name `{name}` (first used on line {first})"),
-                ));
-            }
-            let target = match (raw.service, raw.selector) {
-                (Some(service), None) => ServiceTarget::Name(service),
-                (None, Some(selector)) if !selector.is_empty() => ServiceTarget::Selector(selector),
-                (None, Some(_)) => {
-                    return Err(invalid(
-                        span,
-                        "selector",
-                        format!("forward `{name}`: selector must not be empty"),
-                    ));
-                }
-                (Some(_), Some(_)) => {
-                    return Err(invalid(
-                        span,
-                        "service",
-                        format!("forward `{name}` has both `service` and `selector`; keep one"),
-                    ));
-                }
-                (None, None) => {
-                    return Err(invalid(
-                        span,
-                        "service",
-                        format!("forward `{name}` needs `service = \"NAME\"` or `selector = {{ label = \"value\" }}`"),
-                    ));
-                }
-            };
-            let port_span = raw.local_port.span();
-            let local_port = u16::try_from(*raw.local_port.get_ref()).map_err(|_| {
-                invalid(
-                    port_span.clone(),
-                    "local_port",
-                    format!("forward `{name}`: {} is not a port (0-65535)", raw.local_port.get_ref()),
-                )
-            })?;
-            let bind = match &raw.bind {
-                None => IpAddr::V4(Ipv4Addr::LOCALHOST),
-                Some(bind) => bind.get_ref().parse().map_err(|_| {
-                    invalid(
-                        bind.span(),
-                        "bind",
-                        format!("forward `{name}`: `{}` is not an IP address", bind.get_ref()),
-                    )
-                })?,
-            };
-            if local_port != 0
-                && let Some(other) = ports.insert((local_port, bind), name.clone())
-            {
-                return Err(invalid(
-                    port_span,
-                    "local_port",
-                    format!("port {local_port} is used by forwards `{other}` and `{name}`"),
-                ));
-            }
-            if let Probe::Http(path) = &raw.probe
-                && !path.starts_with('/')
-            {
-                return Err(invalid(
-                    span,
-                    "probe",
-                    format!("forward `{name}`: http probe path must start with `/`"),
-                ));
-            }
-            forwards.push(ForwardSpec {
-                name,
-                namespace: raw.namespace,
-                target,
-                local_port,
-                service_port: raw.service_port,
-                bind,
-                probe: raw.probe,
-                enabled: raw.enabled,
-            });
-        }
+        let forwards = raw
+            .forward
+            .into_iter()
+            .map(|f| validator.forward(f))
+            .collect::<Result<_, _>>()?;
         Ok(Config {
             cluster: raw.cluster,
             forwards,
@@ -346,6 +262,104 @@ pub fn preset_text(name: &str) -> Result<&'static str, ConfigError> {
         .find(|(n, _, _)| *n == name)
         .map(|(_, _, text)| *text)
         .ok_or_else(|| ConfigError::UnknownPreset(name.to_string()))
+}
+
+/// Checks forwards one by one, remembering names and ports to report duplicates.
+struct Validator<'t> {
+    path: PathBuf,
+    text: &'t str,
+    /// Name → line of first use.
+    names: HashMap<String, usize>,
+    ports: HashMap<(u16, IpAddr), String>,
+}
+
+impl Validator<'_> {
+    fn invalid(&self, span: Range<usize>, key: &str, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.clone(),
+            line: line_of(self.text, span.start),
+            key: key.to_string(),
+            message,
+        }
+    }
+
+    fn forward(&mut self, spanned: Spanned<RawForward>) -> Result<ForwardSpec, ConfigError> {
+        let span = spanned.span();
+        let raw = spanned.into_inner();
+        let name = raw.name.get_ref().clone();
+        if name.is_empty() {
+            return Err(self.invalid(raw.name.span(), "name", "must not be empty".into()));
+        }
+        if let Some(first) = self
+            .names
+            .insert(name.clone(), line_of(self.text, raw.name.span().start))
+        {
+            let message = format!("duplicate forward name `{name}` (first used on line {first})");
+            return Err(self.invalid(raw.name.span(), "name", message));
+        }
+        let target = self.target(&name, span.clone(), raw.service, raw.selector)?;
+        let port_span = raw.local_port.span();
+        let local_port = u16::try_from(*raw.local_port.get_ref()).map_err(|_| {
+            let message = format!("forward `{name}`: {} is not a port (0-65535)", raw.local_port.get_ref());
+            self.invalid(port_span.clone(), "local_port", message)
+        })?;
+        let bind = match &raw.bind {
+            None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            Some(bind) => bind.get_ref().parse().map_err(|_| {
+                let message = format!("forward `{name}`: `{}` is not an IP address", bind.get_ref());
+                self.invalid(bind.span(), "bind", message)
+            })?,
+        };
+        if local_port != 0
+            && let Some(other) = self.ports.insert((local_port, bind), name.clone())
+        {
+            let message = format!("port {local_port} is used by forwards `{other}` and `{name}`");
+            return Err(self.invalid(port_span, "local_port", message));
+        }
+        if let Probe::Http(path) = &raw.probe
+            && !path.starts_with('/')
+        {
+            let message = format!("forward `{name}`: http probe path must start with `/`");
+            return Err(self.invalid(span, "probe", message));
+        }
+        Ok(ForwardSpec {
+            name,
+            namespace: raw.namespace,
+            target,
+            local_port,
+            service_port: raw.service_port,
+            bind,
+            probe: raw.probe,
+            enabled: raw.enabled,
+        })
+    }
+
+    fn target(
+        &self,
+        name: &str,
+        span: Range<usize>,
+        service: Option<String>,
+        selector: Option<BTreeMap<String, String>>,
+    ) -> Result<ServiceTarget, ConfigError> {
+        match (service, selector) {
+            (Some(service), None) => Ok(ServiceTarget::Name(service)),
+            (None, Some(selector)) if !selector.is_empty() => Ok(ServiceTarget::Selector(selector)),
+            (None, Some(_)) => Err(self.invalid(
+                span,
+                "selector",
+                format!("forward `{name}`: selector must not be empty"),
+            )),
+            (Some(_), Some(_)) => {
+                let message = format!("forward `{name}` has both `service` and `selector`; keep one");
+                Err(self.invalid(span, "service", message))
+            }
+            (None, None) => {
+                let message =
+                    format!("forward `{name}` needs `service = \"NAME\"` or `selector = {{ label = \"value\" }}`");
+                Err(self.invalid(span, "service", message))
+            }
+        }
+    }
 }
 
 fn line_of(text: &str, offset: usize) -> usize {

@@ -194,10 +194,26 @@ impl Engine {
             self.restart_discovery(running, &config.cluster).await;
         }
         let wanted: HashMap<&str, &ForwardSpec> = config.forwards.iter().map(|f| (f.name.as_str(), f)).collect();
+        for (name, handle) in running.forwards.iter_mut() {
+            if let Some(spec) = wanted
+                .get(name.as_str())
+                .filter(|s| ***s != handle.spec && !handle.needs_restart(s))
+            {
+                info!(forward = %name, "retargeting");
+                handle.update((*spec).clone());
+                let service = spec.target.to_string();
+                self.hub.snapshot.send_modify(|s| {
+                    if let Some(entry) = s.forwards.iter_mut().find(|f| f.name == *name) {
+                        entry.namespace = spec.namespace.clone();
+                        entry.service = service;
+                    }
+                });
+            }
+        }
         let stale: Vec<String> = running
             .forwards
             .iter()
-            .filter(|(name, handle)| wanted.get(name.as_str()) != Some(&&handle.spec))
+            .filter(|(name, handle)| wanted.get(name.as_str()).is_none_or(|s| handle.needs_restart(s)))
             .map(|(name, _)| name.clone())
             .collect();
         for name in stale {

@@ -120,6 +120,8 @@ impl Stats {
 /// A running forward. Dropping it does not stop it: call [`ForwardHandle::stop`].
 pub(crate) struct ForwardHandle {
     pub spec: ForwardSpec,
+    /// Changes that do not touch the listener reach the running forward through here.
+    live: watch::Sender<ForwardSpec>,
     pub stats: Arc<Stats>,
     cancel: CancellationToken,
     connections: CancellationToken,
@@ -141,8 +143,10 @@ impl ForwardHandle {
         let stats = Arc::new(Stats::default());
         let cancel = parent.cancel.child_token();
         let connections = parent.connections.child_token();
+        let (live, live_rx) = watch::channel(spec.clone());
         let forward = Forward {
             spec: spec.clone(),
+            live: live_rx,
             hub: parent.hub.clone(),
             stats: stats.clone(),
             preferred: AtomicUsize::new(0),
@@ -153,11 +157,27 @@ impl ForwardHandle {
         let task = tokio::spawn(forward.supervise(parent.view, previous).instrument(span));
         ForwardHandle {
             spec,
+            live,
             stats,
             cancel,
             connections,
             task,
         }
+    }
+
+    /// Whether going from `self.spec` to `new` needs a new listener (and so a restart);
+    /// anything else is applied in place by [`ForwardHandle::update`].
+    pub fn needs_restart(&self, new: &ForwardSpec) -> bool {
+        let old = &self.spec;
+        old.bind != new.bind || old.local_port != new.local_port || old.enabled != new.enabled
+    }
+
+    /// Retargets a running forward (namespace, service, port, probe): its listener and open
+    /// connections stay; new connections follow the new target.
+    pub fn update(&mut self, spec: ForwardSpec) {
+        debug_assert!(!self.needs_restart(&spec));
+        self.spec = spec.clone();
+        self.live.send_replace(spec);
     }
 
     /// Stops accepting at once; open connections get `drain` to finish, then are closed.
@@ -179,7 +199,10 @@ impl ForwardHandle {
 }
 
 struct Forward {
+    /// As started: its name, address and `enabled` never change while it runs.
     spec: ForwardSpec,
+    /// As currently configured: what it resolves and probes.
+    live: watch::Receiver<ForwardSpec>,
     hub: Arc<Hub>,
     stats: Arc<Stats>,
     /// The route target that answered last.
@@ -215,10 +238,10 @@ impl Forward {
         let helpers = TaskTracker::new();
         if this.spec.enabled {
             helpers.spawn(this.clone().listen(bind_tx, route_rx.clone()).in_current_span());
-            let (spec, timeout) = (this.spec.probe.clone(), this.hub.tuning.probe_timeout);
+            let (live, timeout) = (this.live.clone(), this.hub.tuning.probe_timeout);
             let check = move |route: Arc<Route>| {
-                let spec = spec.clone();
-                async move { probe::check(&spec, &route, timeout).await }
+                let probe = live.borrow().probe.clone();
+                async move { probe::check(&probe, &route, timeout).await }
             };
             let (tuning, cancel) = (this.hub.tuning.clone(), this.cancel.clone());
             helpers.spawn(
@@ -229,11 +252,13 @@ impl Forward {
         let mut last = previous;
         let mut local = None;
         let mut generation = view.borrow().generation;
+        let mut live = this.live.clone();
         loop {
             if this.spec.enabled {
+                let spec = live.borrow_and_update().clone();
                 let v = view.borrow_and_update();
                 inputs.cluster = v.status.clone();
-                inputs.target = v.world.as_ref().map(|w| resolve(&this.spec, &v.cluster, w));
+                inputs.target = v.world.as_ref().map(|w| resolve(&spec, &v.cluster, w));
                 let new_generation = std::mem::replace(&mut generation, v.generation) != v.generation;
                 drop(v);
                 let change = this.update_route(&route_tx, &inputs.target, new_generation);
@@ -245,6 +270,13 @@ impl Forward {
             tokio::select! {
                 _ = this.cancel.cancelled() => break,
                 changed = view.changed() => if changed.is_err() { break },
+                changed = live.changed() => {
+                    if changed.is_err() { break }
+                    // Whatever was probed before says nothing of the new target or probe:
+                    // start over, and have the schedule probe at once.
+                    inputs.probe = ProbeRecord::default();
+                    route_tx.send_modify(|_| {});
+                }
                 changed = bind_rx.changed() => {
                     if changed.is_err() { break }
                     let bind = bind_rx.borrow_and_update().clone();

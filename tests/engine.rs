@@ -600,3 +600,36 @@ async fn the_holder_of_a_taken_port_is_named_when_it_is_another_process() {
     wait_healthy(&engine, "echo").await;
     engine.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn retargeting_a_forward_keeps_its_listener_and_open_connections() {
+    let (cluster, _backend) = echo_cluster("retarget").await;
+    let web = Backend::http("the other service").await;
+    cluster.apply_service(service(NS, "web", "NodePort", vec![port("http", 80)]));
+    cluster.add_endpoint(NS, "web", "web-0", web.addr(), true);
+    let engine = start(&cluster, &forward("a", NS, "echo")).await;
+    let addr = local(&wait_healthy(&engine, "a").await);
+    let mut open = TcpStream::connect(addr).await.unwrap();
+    round_trip(&mut open, b"to echo").await.unwrap();
+
+    let retargeted = format!("{}probe = {{ http = \"/\" }}\n", forward("a", NS, "web"));
+    engine.apply(config(&cluster, &retargeted)).await.unwrap();
+    let web_port = cluster.node_port(NS, "web", 0).unwrap();
+    let status = wait_for(&engine, "a", "retargeted and healthy", |f| {
+        f.health.state == State::Healthy && f.route.as_ref().map(|r| r.node_port) == Some(web_port)
+    })
+    .await;
+    assert_eq!(
+        (local(&status), status.service.as_str()),
+        (addr, "web"),
+        "same listener, new service"
+    );
+    round_trip(&mut open, b"old connection, old service").await.unwrap();
+    assert_eq!(http_get(addr).await, "the other service");
+    assert_eq!(
+        engine.status().await.forward("a").unwrap().stats.total,
+        2,
+        "same forward, same counters"
+    );
+    engine.shutdown(Duration::from_secs(1)).await;
+}

@@ -18,7 +18,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::ClusterSpec;
 use crate::health::{Cause, CauseId};
@@ -237,28 +237,99 @@ fn short_error(e: &(dyn std::error::Error + 'static)) -> String {
     inner.to_string()
 }
 
+/// The four stores a [`World`] is read from.
+struct Stores {
+    namespaces: Store<Namespace>,
+    services: Store<Service>,
+    nodes: Store<Node>,
+    slices: Store<EndpointSlice>,
+}
+
+impl Stores {
+    fn world(&self) -> World {
+        World {
+            namespaces: self.namespaces.state(),
+            services: self.services.state(),
+            nodes: self.nodes.state(),
+            endpoint_slices: self.slices.state(),
+        }
+    }
+}
+
+/// What the watches have said so far: which have listed once, which are failing now.
+#[derive(Debug, Default)]
+struct Progress {
+    synced: [bool; KINDS],
+    failures: [Option<ClusterStatus>; KINDS],
+}
+
+impl Progress {
+    /// Records a signal; true if the stores' contents changed.
+    fn record(&mut self, signal: Signal) -> bool {
+        match signal {
+            Signal::Ok { kind, changed, synced } => {
+                self.synced[kind] |= synced;
+                self.failures[kind] = None;
+                changed
+            }
+            Signal::Failed { kind, status } => {
+                debug!(kind, ?status, "watch failed");
+                self.failures[kind] = Some(status);
+                false
+            }
+            Signal::Rechecked => false,
+        }
+    }
+
+    fn failing(&self) -> bool {
+        self.failures.iter().any(Option::is_some)
+    }
+
+    fn all_synced(&self) -> bool {
+        self.synced.iter().all(|s| *s)
+    }
+
+    /// Unauthorized wins over unreachable: it is the one the user must act on.
+    fn status(&self) -> ClusterStatus {
+        let failed = self.failures.iter().flatten();
+        if let Some(status) = failed.clone().find(|s| matches!(s, ClusterStatus::Unauthorized(_))) {
+            return status.clone();
+        }
+        if let Some(status) = failed.into_iter().next() {
+            return status.clone();
+        }
+        if self.all_synced() {
+            ClusterStatus::Connected
+        } else {
+            ClusterStatus::Connecting
+        }
+    }
+}
+
 async fn watch_cluster(client: Client, view: &watch::Sender<ClusterView>, cancel: &CancellationToken) {
     let (namespaces, s0) = reflect(Api::<Namespace>::all(client.clone()), 0);
     let (services, s1) = reflect(Api::<Service>::all(client.clone()), 1);
     let (nodes, s2) = reflect(Api::<Node>::all(client.clone()), 2);
     let (slices, s3) = reflect(Api::<EndpointSlice>::all(client.clone()), 3);
+    let stores = Stores {
+        namespaces,
+        services,
+        nodes,
+        slices,
+    };
     let mut signals = futures::stream::select_all([s0.boxed(), s1.boxed(), s2.boxed(), s3.boxed()]);
-    let mut synced = [false; KINDS];
-    let mut failures: [Option<ClusterStatus>; KINDS] = Default::default();
+    let mut progress = Progress::default();
     let mut recheck = Reconnect::default();
     // A deadline that survives other signals: a busy watch must not starve the recheck.
     let mut recheck_at: Option<tokio::time::Instant> = None;
     loop {
-        let failing = failures.iter().any(Option::is_some);
-        match (failing, recheck_at) {
-            (false, _) => {
-                recheck.reset();
-                recheck_at = None;
-            }
-            (true, None) => recheck_at = Some(tokio::time::Instant::now() + recheck.next().unwrap_or(RECONNECT_MAX)),
-            (true, Some(_)) => {}
+        let failing = progress.failing();
+        if !failing {
+            recheck.reset();
+            recheck_at = None;
         }
-        let deadline = recheck_at.unwrap_or_else(|| tokio::time::Instant::now() + RECONNECT_MAX);
+        let deadline =
+            *recheck_at.get_or_insert_with(|| tokio::time::Instant::now() + recheck.next().unwrap_or(RECONNECT_MAX));
         let signal = tokio::select! {
             _ = cancel.cancelled() => return,
             signal = signals.next() => match signal {
@@ -270,56 +341,38 @@ async fn watch_cluster(client: Client, view: &watch::Sender<ClusterView>, cancel
                 recheck_at = None;
                 tokio::select! {
                     _ = cancel.cancelled() => return,
-                    _ = tokio::time::timeout(RECHECK_TIMEOUT, recover(&client, &mut failures)) => {}
+                    _ = tokio::time::timeout(RECHECK_TIMEOUT, recover(&client, &mut progress.failures)) => {}
                 }
                 Signal::Rechecked
             }
         };
-        let changed = match signal {
-            Signal::Ok {
-                kind,
-                changed,
-                synced: done,
-            } => {
-                synced[kind] |= done;
-                failures[kind] = None;
-                changed
-            }
-            Signal::Failed { kind, status } => {
-                debug!(kind, ?status, "watch failed");
-                failures[kind] = Some(status);
-                false
-            }
-            Signal::Rechecked => false,
-        };
-        let status = combined_status(&synced, &failures);
-        let all_synced = synced.iter().all(|s| *s);
-        view.send_if_modified(|v| {
-            let mut modified = false;
-            if v.status != status {
-                match &status {
-                    ClusterStatus::Connected => info!("cluster connected"),
-                    ClusterStatus::Unreachable(e) => {
-                        warn!(error = %e, "cluster unreachable; serving on the last known routes")
-                    }
-                    ClusterStatus::Unauthorized(e) => warn!(error = %e, "cluster refused the credentials"),
-                    _ => {}
-                }
-                v.status = status;
-                modified = true;
-            }
-            if changed && all_synced {
-                v.world = Some(Arc::new(World {
-                    namespaces: namespaces.state(),
-                    services: services.state(),
-                    nodes: nodes.state(),
-                    endpoint_slices: slices.state(),
-                }));
-                modified = true;
-            }
-            modified
-        });
+        let changed = progress.record(signal);
+        let world = (changed && progress.all_synced()).then(|| stores.world());
+        publish(view, progress.status(), world);
     }
+}
+
+fn publish(view: &watch::Sender<ClusterView>, status: ClusterStatus, world: Option<World>) {
+    view.send_if_modified(|v| {
+        let mut modified = false;
+        if v.status != status {
+            match &status {
+                ClusterStatus::Connected => info!("cluster connected"),
+                ClusterStatus::Unreachable(e) => {
+                    warn!(error = %e, "cluster unreachable; serving on the last known routes")
+                }
+                ClusterStatus::Unauthorized(e) => error!(error = %e, "cluster refused the credentials"),
+                _ => {}
+            }
+            v.status = status;
+            modified = true;
+        }
+        if let Some(world) = world {
+            v.world = Some(Arc::new(world));
+            modified = true;
+        }
+        modified
+    });
 }
 
 /// Clears the failure of every kind that lists again.
@@ -343,21 +396,6 @@ async fn recover(client: &Client, failures: &mut [Option<ClusterStatus>; KINDS])
             // Still failing: that is already recorded, and the watcher will say more.
             Err(_) => return,
         }
-    }
-}
-
-fn combined_status(synced: &[bool; KINDS], failures: &[Option<ClusterStatus>; KINDS]) -> ClusterStatus {
-    let failed = failures.iter().flatten();
-    if let Some(status) = failed.clone().find(|s| matches!(s, ClusterStatus::Unauthorized(_))) {
-        return status.clone();
-    }
-    if let Some(status) = failed.into_iter().next() {
-        return status.clone();
-    }
-    if synced.iter().all(|s| *s) {
-        ClusterStatus::Connected
-    } else {
-        ClusterStatus::Connecting
     }
 }
 
@@ -416,23 +454,32 @@ mod tests {
 
     #[test]
     fn unauthorized_wins_over_unreachable() {
-        let failures = [
-            Some(ClusterStatus::Unreachable("x".into())),
-            None,
-            Some(ClusterStatus::Unauthorized("401".into())),
-            None,
-        ];
-        assert!(matches!(
-            combined_status(&[true; 4], &failures),
-            ClusterStatus::Unauthorized(_)
-        ));
-        assert_eq!(
-            combined_status(&[true, true, true, false], &Default::default()),
-            ClusterStatus::Connecting
-        );
-        assert_eq!(
-            combined_status(&[true; 4], &Default::default()),
-            ClusterStatus::Connected
-        );
+        let mut progress = Progress {
+            synced: [true, true, true, false],
+            ..Default::default()
+        };
+        assert_eq!(progress.status(), ClusterStatus::Connecting);
+        assert!(progress.record(Signal::Ok {
+            kind: 3,
+            changed: true,
+            synced: true
+        }));
+        assert_eq!(progress.status(), ClusterStatus::Connected);
+        progress.record(Signal::Failed {
+            kind: 0,
+            status: ClusterStatus::Unreachable("x".into()),
+        });
+        progress.record(Signal::Failed {
+            kind: 2,
+            status: ClusterStatus::Unauthorized("401".into()),
+        });
+        assert!(matches!(progress.status(), ClusterStatus::Unauthorized(_)));
+        progress.record(Signal::Ok {
+            kind: 2,
+            changed: false,
+            synced: false,
+        });
+        assert!(matches!(progress.status(), ClusterStatus::Unreachable(_)));
+        assert!(progress.failing());
     }
 }

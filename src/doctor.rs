@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::Config;
-use crate::discovery::{list_world, status_of};
+use crate::config::{ClusterSpec, Config, ForwardSpec};
+use crate::discovery::{ClusterStatus, list_world, status_of};
 use crate::health::{Cause, CauseId};
 use crate::holder;
 use crate::kubeconfig::{Loaded, kind_cluster_name};
-use crate::route::resolve;
+use crate::route::{World, resolve};
 
 /// One check and its outcome.
 #[derive(Debug, Clone, Serialize)]
@@ -71,104 +71,102 @@ pub async fn run(config: &Config, timeout: Duration) -> Report {
 }
 
 async fn cluster_checks(config: &Config, timeout: Duration, checks: &mut Vec<Check>) {
+    let Some(world) = reach_cluster(config, timeout, checks).await else {
+        return local_port_checks(config, checks);
+    };
+    for spec in config.forwards.iter().filter(|f| f.enabled) {
+        forward_checks(spec, &config.cluster, &world, timeout, checks).await;
+    }
+}
+
+/// kubeconfig → context → kubectl's context → API: the cluster's objects, or `None` after the
+/// first failed step.
+async fn reach_cluster(config: &Config, timeout: Duration, checks: &mut Vec<Check>) -> Option<World> {
     let loaded = match Loaded::for_cluster(&config.cluster) {
-        Ok(loaded) => {
-            let files: Vec<String> = loaded
-                .files
-                .iter()
-                .filter(|f| f.exists())
-                .map(|f| f.display().to_string())
-                .collect();
-            checks.push(Check::pass("kubeconfig", files.join(", ")));
-            loaded
-        }
-        Err(e) => {
-            checks.push(Check::fail("kubeconfig", e.cause()));
-            return local_port_checks(config, checks);
-        }
+        Ok(loaded) => loaded,
+        Err(e) => return fail(checks, "kubeconfig", e.cause()),
     };
+    let files: Vec<String> = loaded
+        .files
+        .iter()
+        .filter(|f| f.exists())
+        .map(|f| f.display().to_string())
+        .collect();
+    checks.push(Check::pass("kubeconfig", files.join(", ")));
     let context = match loaded.effective_context(&config.cluster) {
-        Ok(context) => {
-            checks.push(Check::pass("context", format!("{context} is in the kubeconfig")));
-            context
-        }
-        Err(e) => {
-            checks.push(Check::fail("context", e.cause()));
-            return local_port_checks(config, checks);
-        }
+        Ok(context) => context,
+        Err(e) => return fail(checks, "context", e.cause()),
     };
+    checks.push(Check::pass("context", format!("{context} is in the kubeconfig")));
     checks.push(kubectl_context_check(&context, loaded.current_context()));
     let client = match loaded.client(&config.cluster).await {
         Ok((client, _)) => client,
-        Err(e) => {
-            checks.push(Check::fail("API server", e.cause()));
-            return local_port_checks(config, checks);
-        }
+        Err(e) => return fail(checks, "API server", e.cause()),
     };
-    let world = match tokio::time::timeout(timeout, list_world(&client)).await {
+    let failure = match tokio::time::timeout(timeout, list_world(&client)).await {
         Ok(Ok(world)) => {
             checks.push(Check::pass("API server", format!("{context} answers")));
-            world
+            return Some(world);
         }
-        Ok(Err(e)) => {
-            let cause = status_of(&e)
-                .cause()
-                .unwrap_or_else(|| Cause::new(CauseId::ClusterUnreachable, e.to_string()));
-            checks.push(Check::fail("API server", cause));
-            return local_port_checks(config, checks);
-        }
-        Err(_) => {
-            let cause = Cause::new(
-                CauseId::ClusterUnreachable,
-                format!("no answer from {context} in {timeout:?}"),
-            )
-            .with_fix("is the cluster running? `docker ps` should list its nodes");
-            checks.push(Check::fail("API server", cause));
-            return local_port_checks(config, checks);
+        Ok(Err(e)) => status_of(&e),
+        Err(_) => ClusterStatus::Unreachable(format!("no answer from {context} in {timeout:?}")),
+    };
+    let cause = failure
+        .cause()
+        .unwrap_or_else(|| Cause::new(CauseId::ClusterUnreachable, "no answer"));
+    fail(checks, "API server", cause)
+}
+
+fn fail<T>(checks: &mut Vec<Check>, check: &str, cause: Cause) -> Option<T> {
+    checks.push(Check::fail(check, cause));
+    None
+}
+
+/// Service, endpoints, node and local port of one forward.
+async fn forward_checks(
+    spec: &ForwardSpec,
+    cluster: &ClusterSpec,
+    world: &World,
+    timeout: Duration,
+    checks: &mut Vec<Check>,
+) {
+    let name = &spec.name;
+    let local = local_port_check(name, SocketAddr::new(spec.bind, spec.local_port));
+    let route = match resolve(spec, cluster, world) {
+        Ok(route) => route,
+        Err(cause) => {
+            checks.push(Check::fail(format!("{name}: service"), cause));
+            return checks.push(local);
         }
     };
-    for spec in config.forwards.iter().filter(|f| f.enabled) {
-        let name = &spec.name;
-        match resolve(spec, &config.cluster, &world) {
-            Ok(route) => {
-                checks.push(Check::pass(
-                    format!("{name}: service"),
-                    format!(
-                        "{} is {}, port {} → nodePort {}",
-                        route.service, route.service_type, route.port, route.node_port
-                    ),
-                ));
-                checks.push(if route.ready_endpoints > 0 {
-                    Check::pass(format!("{name}: endpoints"), format!("{} ready", route.ready_endpoints))
-                } else {
-                    let cause = Cause::new(
-                        CauseId::NoReadyEndpoints,
-                        format!("service {} has no ready endpoints", route.service),
-                    )
-                    .with_fix(format!("check its pods: kubectl get pods -n {}", route.namespace));
-                    Check::fail(format!("{name}: endpoints"), cause)
-                });
-                // With no ready endpoint, kube-proxy refuses the nodePort: nothing more to learn.
-                if route.ready_endpoints > 0 {
-                    checks.push(match route.connect_from(0, timeout).await {
-                        Ok((_, i)) => Check::pass(
-                            format!("{name}: node"),
-                            format!(
-                                "{} ({}:{}) answers",
-                                route.targets[i].node, route.targets[i].host, route.node_port
-                            ),
-                        ),
-                        Err(cause) => Check::fail(format!("{name}: node"), cause),
-                    });
-                }
-            }
-            Err(cause) => checks.push(Check::fail(format!("{name}: service"), cause)),
-        }
-        checks.push(local_port_check(
-            spec.name.as_str(),
-            SocketAddr::new(spec.bind, spec.local_port),
-        ));
+    let service = format!(
+        "{} is {}, port {} → nodePort {}",
+        route.service, route.service_type, route.port, route.node_port
+    );
+    checks.push(Check::pass(format!("{name}: service"), service));
+    if route.ready_endpoints == 0 {
+        let cause = Cause::new(
+            CauseId::NoReadyEndpoints,
+            format!("service {} has no ready endpoints", route.service),
+        )
+        .with_fix(format!("check its pods: kubectl get pods -n {}", route.namespace));
+        checks.push(Check::fail(format!("{name}: endpoints"), cause));
+        // kube-proxy refuses the nodePort of a service with no ready endpoint: no more to learn.
+        return checks.push(local);
     }
+    checks.push(Check::pass(
+        format!("{name}: endpoints"),
+        format!("{} ready", route.ready_endpoints),
+    ));
+    checks.push(match route.connect_from(0, timeout).await {
+        Ok((_, i)) => {
+            let target = &route.targets[i];
+            let detail = format!("{} ({}:{}) answers", target.node, target.host, route.node_port);
+            Check::pass(format!("{name}: node"), detail)
+        }
+        Err(cause) => Check::fail(format!("{name}: node"), cause),
+    });
+    checks.push(local);
 }
 
 fn kubectl_context_check(context: &str, current: Option<&str>) -> Check {

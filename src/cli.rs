@@ -390,7 +390,7 @@ async fn relay(listen: SocketAddr, target: &str) -> anyhow::Result<ExitCode> {
                 Ok(Err(e)) => return warn!(%target, error = %e, "cannot connect"),
                 Err(_) => return warn!(%target, "no answer in 10 s"),
             };
-            let _ = (client.set_nodelay(true), upstream.set_nodelay(true));
+            porthole::relay::prepare(&client, &upstream);
             let (up, down) = Default::default();
             let _ = porthole::relay::relay(&client, &upstream, &up, &down).await;
         });

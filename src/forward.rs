@@ -21,11 +21,6 @@ use crate::health::{Cause, CauseId, Health, Inputs, Listener, ProbeRecord, State
 use crate::route::{Route, resolve};
 use crate::{holder, probe, relay};
 
-/// Keepalive on both sockets of a relayed connection: idle probes after a minute.
-const KEEPALIVE: socket2::TcpKeepalive = socket2::TcpKeepalive::new()
-    .with_time(Duration::from_secs(60))
-    .with_interval(Duration::from_secs(10));
-
 /// How a route changed, for the probe record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RouteChange {
@@ -467,11 +462,7 @@ impl Forward {
                 return;
             }
         };
-        let _ = client.set_nodelay(true);
-        // A peer that vanishes (a deleted node, a sleeping laptop) is noticed, not held forever.
-        for socket in [&client, &upstream] {
-            let _ = socket2::SockRef::from(socket).set_tcp_keepalive(&KEEPALIVE);
-        }
+        relay::prepare(&client, &upstream);
         tokio::select! {
             result = relay::relay(&client, &upstream, &stats.bytes_up, &stats.bytes_down) => {
                 if let Err(e) = result {

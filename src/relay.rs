@@ -12,6 +12,20 @@ use std::sync::atomic::Ordering;
 
 use tokio::net::TcpStream;
 
+/// Keepalive on the upstream socket: a peer that vanishes without a reset (a deleted node
+/// container, a network change) is noticed after about a minute and a half of silence.
+const KEEPALIVE: socket2::TcpKeepalive = socket2::TcpKeepalive::new()
+    .with_time(std::time::Duration::from_secs(60))
+    .with_interval(std::time::Duration::from_secs(10));
+
+/// Socket options every relayed connection gets: no Nagle delay either way, and keepalive on
+/// the upstream side (a local client that dies is reset by the kernel; a remote node may not be).
+pub fn prepare(client: &TcpStream, upstream: &TcpStream) {
+    let _ = client.set_nodelay(true);
+    let _ = upstream.set_nodelay(true);
+    let _ = socket2::SockRef::from(upstream).set_tcp_keepalive(&KEEPALIVE);
+}
+
 /// Relays until both directions have seen end-of-file, or either fails.
 ///
 /// `up` counts bytes from `client` to `upstream`, `down` the reverse. On an error (a reset), both
@@ -194,7 +208,13 @@ mod splice {
                 p.give_back();
                 return super::half_close(dst);
             }
-            pipe = Some(p);
+            if drained > 0 {
+                // The socket is empty and this task is about to wait: an idle connection holds
+                // no pipe.
+                p.give_back();
+            } else {
+                pipe = Some(p);
+            }
         }
     }
 }
@@ -268,6 +288,41 @@ mod tests {
         let (result, ()) = tokio::join!(relay, peers);
         result.unwrap();
         assert_eq!((up.load(Ordering::Relaxed), down.load(Ordering::Relaxed)), (5, 6));
+    }
+
+    #[cfg(target_os = "linux")]
+    fn open_fds() -> usize {
+        std::fs::read_dir("/proc/self/fd").unwrap().count()
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn idle_connections_hold_no_pipes() {
+        const CONNS: usize = 200;
+        let before = open_fds();
+        let mut held = Vec::new();
+        for i in 0..CONNS {
+            let (mut client, client_side) = pair().await;
+            let (upstream_side, mut server) = pair().await;
+            tokio::spawn(async move {
+                let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+                let _ = relay(&client_side, &upstream_side, &up, &down).await;
+            });
+            let msg = [i as u8; 64];
+            client.write_all(&msg).await.unwrap();
+            let mut got = [0u8; 64];
+            server.read_exact(&mut got).await.unwrap();
+            server.write_all(&got).await.unwrap();
+            client.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, msg);
+            held.push((client, server));
+        }
+        // Four sockets per relayed connection; a pipe is two more descriptors each.
+        let extra = open_fds() - before;
+        assert!(
+            extra < CONNS * 4 + 40,
+            "{extra} descriptors for {CONNS} idle connections: pipes are held"
+        );
     }
 
     #[tokio::test]

@@ -107,10 +107,7 @@ impl Route {
                 }
             };
             match attempt {
-                Ok(Ok(stream)) => {
-                    let _ = stream.set_nodelay(true);
-                    return Ok((stream, index));
-                }
+                Ok(Ok(stream)) => return Ok((stream, index)),
                 Ok(Err(e)) => failures.push(format!("{}:{} ({e})", target.host, self.node_port)),
                 Err(_) => failures.push(format!("{}:{} (no answer in {timeout:?})", target.host, self.node_port)),
             }

@@ -222,7 +222,7 @@ fn render(snapshot: &Snapshot) -> String {
         Some(detail) => format!("{} ({detail})", snapshot.cluster.state),
         None => snapshot.cluster.state.clone(),
     };
-    out += &format!("context {context}: {cluster}\n");
+    out += &format!("context {context}: {cluster} (kubectl: {kubectl})\n");
     if snapshot.context_mismatch() {
         out += &format!("warning: kubectl's current-context is {kubectl}, not {context}\n");
     }

@@ -229,9 +229,12 @@ impl Config {
     }
 
     /// Loads from `path`, or the default location; with no file there, the default preset.
+    /// A file named by `--config` or `$PORTHOLE_CONFIG` must exist; only the default location
+    /// may be absent.
     pub fn discover(explicit: Option<&Path>) -> Result<(Config, Source), ConfigError> {
+        let named = explicit.is_some() || std::env::var_os(CONFIG_ENV).is_some_and(|p| !p.is_empty());
         match config_path(explicit) {
-            Some(path) if explicit.is_some() || path.exists() => {
+            Some(path) if named || path.exists() => {
                 let config = Config::load(&path)?;
                 Ok((config, Source::File(path)))
             }

@@ -434,8 +434,31 @@ pub fn status_of(e: &kube::Error) -> ClusterStatus {
         kube::Error::Api(status) if status.code == 401 || status.code == 403 => {
             ClusterStatus::Unauthorized(format!("{} {}", status.code, status.message))
         }
-        other => ClusterStatus::Unreachable(short_error(other)),
+        other => {
+            let detail = short_error(other);
+            // A server that answers with a certificate we do not trust, or rejects ours, is
+            // there: the kubeconfig's credentials are stale (a re-created cluster), not the
+            // cluster gone. The TLS errors arrive boxed several layers deep, as text.
+            if is_certificate_error(&detail) {
+                ClusterStatus::Unauthorized(format!("TLS: {detail}"))
+            } else {
+                ClusterStatus::Unreachable(detail)
+            }
+        }
     }
+}
+
+fn is_certificate_error(detail: &str) -> bool {
+    let detail = detail.to_ascii_lowercase();
+    [
+        "certificate",
+        "unknownissuer",
+        "unknown ca",
+        "bad_certificate",
+        "badcertificate",
+    ]
+    .iter()
+    .any(|needle| detail.contains(needle))
 }
 
 #[cfg(test)]
@@ -450,6 +473,15 @@ mod tests {
         assert_eq!(*delays.last().unwrap(), RECONNECT_MAX);
         r.reset();
         assert_eq!(r.next(), Some(RECONNECT_MIN));
+    }
+
+    #[test]
+    fn certificate_failures_are_credentials_not_outages() {
+        assert!(is_certificate_error("invalid peer certificate: UnknownIssuer"));
+        assert!(is_certificate_error("received fatal alert: BadCertificate"));
+        assert!(is_certificate_error("received fatal alert: CertificateRequired"));
+        assert!(!is_certificate_error("Connection refused (os error 111)"));
+        assert!(!is_certificate_error("tls handshake eof"));
     }
 
     #[test]

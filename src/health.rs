@@ -245,6 +245,11 @@ impl Inputs {
             // NodePorts need no API on the data path: keep serving on the last known route.
             return Health::new(State::Degraded, Some(cause));
         }
+        if route.ready_nodes == 0 {
+            let cause = Cause::new(CauseId::NodeUnreachable, "no node is Ready; trying the others")
+                .with_fix("a cluster waking from sleep is NotReady for a while; else check `kubectl get nodes`");
+            return Health::new(State::Degraded, Some(cause));
+        }
         if self.listener == Listener::Binding || !self.probe.answered {
             return Health::new(State::Starting, None);
         }
@@ -268,6 +273,7 @@ mod tests {
                 node: "w".into(),
                 host: Host::Ip("127.0.0.2".parse().unwrap()),
             }],
+            ready_nodes: 1,
             ready_endpoints: ready,
         }
     }
@@ -338,6 +344,17 @@ mod tests {
         assert_eq!(inputs.health().cause.unwrap().id, CauseId::PortInUse);
         inputs.enabled = false;
         assert_eq!(inputs.health(), Health::new(State::Disabled, None));
+    }
+
+    #[test]
+    fn only_not_ready_nodes_degrade_while_traffic_still_flows() {
+        let mut inputs = healthy_inputs();
+        if let Some(Ok(route)) = &mut inputs.target {
+            route.ready_nodes = 0;
+        }
+        let health = inputs.health();
+        assert_eq!(health.state, State::Degraded);
+        assert_eq!(health.cause.unwrap().id, CauseId::NodeUnreachable);
     }
 
     #[test]

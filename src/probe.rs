@@ -201,6 +201,7 @@ mod tests {
                     host: Host::Ip(a.ip()),
                 })
                 .collect(),
+            ready_nodes: 1,
             ready_endpoints: 1,
         }
     }
@@ -288,6 +289,7 @@ mod schedule_tests {
                 node: "w".into(),
                 host: Host::Ip("127.0.0.2".parse().unwrap()),
             }],
+            ready_nodes: 1,
             ready_endpoints,
         }))
     }
@@ -362,24 +364,40 @@ mod schedule_tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_blip_does_not_take_a_forward_down_and_an_outage_is_confirmed_quickly() {
+        use crate::discovery::ClusterStatus;
+        use crate::health::{Inputs, Listener, State};
         let tuning = Tuning::default();
         let mut h = start(tuning.clone());
-        let mut record = ProbeRecord::default();
-        let down = |r: &ProbeRecord| r.consecutive_failures >= tuning.failure_threshold;
-        record.record(h.results.recv().await.unwrap());
+        // The schedule's outcomes fed to the health rule, as a forward's supervisor does.
+        let mut inputs = Inputs {
+            enabled: true,
+            listener: Listener::Bound,
+            cluster: ClusterStatus::Connected,
+            target: Some(Ok((*route(30080, 1).unwrap()).clone())),
+            probe: ProbeRecord::default(),
+            failure_threshold: tuning.failure_threshold,
+        };
+        inputs.probe.record(h.results.recv().await.unwrap());
+        assert_eq!(inputs.health().state, State::Healthy);
         h.failing.store(true, Ordering::SeqCst);
-        record.record(h.results.recv().await.unwrap());
-        assert!(!down(&record), "one failure is a blip");
+        inputs.probe.record(h.results.recv().await.unwrap());
+        assert_eq!(inputs.health().state, State::Healthy, "one failure is a blip");
         h.failing.store(false, Ordering::SeqCst);
-        record.record(h.results.recv().await.unwrap());
-        assert_eq!(record.consecutive_failures, 0);
+        inputs.probe.record(h.results.recv().await.unwrap());
+        assert_eq!(inputs.health().state, State::Healthy);
         // Wait for a regular probe, then fail from there on.
         h.failing.store(true, Ordering::SeqCst);
         let t0 = Instant::now();
-        for _ in 0..tuning.failure_threshold {
-            record.record(h.results.recv().await.unwrap());
+        for n in 1..=tuning.failure_threshold {
+            inputs.probe.record(h.results.recv().await.unwrap());
+            let expected = if n < tuning.failure_threshold {
+                State::Healthy
+            } else {
+                State::Down
+            };
+            assert_eq!(inputs.health().state, expected, "after {n} failures");
         }
-        assert!(down(&record));
+        assert_eq!(inputs.health().cause.unwrap().id, CauseId::ProbeFailed);
         let confirmed = tuning.probe_interval + tuning.probe_retry * (tuning.failure_threshold - 1);
         assert_eq!(t0.elapsed(), confirmed, "down within one interval and the retries");
         h.cancel.cancel();

@@ -71,7 +71,10 @@ pub struct Route {
     /// The service port, as `name port/protocol`.
     pub port: String,
     pub node_port: u16,
+    /// Ready nodes first, then the others as a fallback.
     pub targets: Vec<NodeTarget>,
+    /// How many of `targets` (the first ones) are Ready.
+    pub ready_nodes: usize,
     pub ready_endpoints: usize,
 }
 
@@ -95,6 +98,7 @@ impl Route {
     /// dead first node costs one timeout, not one per connection); returns the index that answered.
     pub async fn connect_from(&self, first: usize, timeout: Duration) -> Result<(TcpStream, usize), Cause> {
         let mut failures = Vec::new();
+        let mut all_refused = true;
         let count = self.targets.len();
         for index in (0..count).map(|i| (first + i) % count) {
             let target = &self.targets[index];
@@ -108,20 +112,34 @@ impl Route {
             };
             match attempt {
                 Ok(Ok(stream)) => return Ok((stream, index)),
-                Ok(Err(e)) => failures.push(format!("{}:{} ({e})", target.host, self.node_port)),
-                Err(_) => failures.push(format!("{}:{} (no answer in {timeout:?})", target.host, self.node_port)),
+                Ok(Err(e)) => {
+                    all_refused &= e.kind() == std::io::ErrorKind::ConnectionRefused;
+                    failures.push(format!("{}:{} ({e})", target.host, self.node_port));
+                }
+                Err(_) => {
+                    all_refused = false;
+                    failures.push(format!("{}:{} (no answer in {timeout:?})", target.host, self.node_port));
+                }
             }
         }
-        Err(Cause::new(
-            CauseId::NodeUnreachable,
+        let message = format!(
+            "cannot connect to nodePort {} of {}: {}",
+            self.node_port,
+            self.service,
+            failures.join(", ")
+        );
+        let fix = if all_refused && self.ready_endpoints > 0 {
+            // The nodes answer, with a refusal: kube-proxy passed the connection to a pod that
+            // refused it, or has no rule for the port.
             format!(
-                "cannot connect to nodePort {} of {}: {}",
-                self.node_port,
-                self.service,
-                failures.join(", ")
-            ),
-        )
-        .with_fix(crate::probe::node_unreachable_fix()))
+                "the nodes answer but refuse: check that the pods of {} listen on the service's targetPort \
+                 (`kubectl get endpoints -n {}`)",
+                self.service, self.namespace
+            )
+        } else {
+            crate::probe::node_unreachable_fix().to_string()
+        };
+        Err(Cause::new(CauseId::NodeUnreachable, message).with_fix(fix))
     }
 }
 
@@ -171,7 +189,7 @@ pub fn resolve(spec: &ForwardSpec, cluster: &ClusterSpec, world: &World) -> Resu
         )
         .with_fix("set `type: NodePort` (or allocateLoadBalancerNodePorts: true) in the Helm values")
     })?;
-    let targets = node_targets(cluster, world)?;
+    let (targets, ready_nodes) = node_targets(cluster, world)?;
     Ok(Route {
         namespace: ns.to_string(),
         service: name,
@@ -179,6 +197,7 @@ pub fn resolve(spec: &ForwardSpec, cluster: &ClusterSpec, world: &World) -> Resu
         port: describe_port(port),
         node_port,
         targets,
+        ready_nodes,
         ready_endpoints: ready_endpoints(ns, service.metadata.name.as_deref().unwrap_or_default(), world),
     })
 }
@@ -233,7 +252,10 @@ fn list_ports(ports: &[ServicePort]) -> String {
     ports.iter().map(describe_port).collect::<Vec<_>>().join(", ")
 }
 
-fn node_targets(cluster: &ClusterSpec, world: &World) -> Result<Vec<NodeTarget>, Cause> {
+/// The nodes to try, Ready ones first, and how many are Ready. NotReady nodes stay as a
+/// fallback: kube-proxy keeps serving on them, and a cluster waking from a laptop's sleep
+/// reports its nodes NotReady for half a minute while traffic would flow.
+fn node_targets(cluster: &ClusterSpec, world: &World) -> Result<(Vec<NodeTarget>, usize), Cause> {
     let mut nodes: Vec<&Node> = match &cluster.node {
         Some(wanted) => {
             let node = world.nodes.iter().find(|n| n.metadata.name.as_deref() == Some(wanted));
@@ -243,10 +265,11 @@ fn node_targets(cluster: &ClusterSpec, world: &World) -> Result<Vec<NodeTarget>,
             })?;
             vec![node.as_ref()]
         }
-        None => world.nodes.iter().map(|n| n.as_ref()).filter(|n| is_ready(n)).collect(),
+        None => world.nodes.iter().map(|n| n.as_ref()).collect(),
     };
-    // Workers first: on kind they carry the application traffic; then by name, for a stable order.
-    nodes.sort_by_key(|n| (is_control_plane(n), n.metadata.name.clone()));
+    // Ready first; then workers: on kind they carry the application traffic; then by name.
+    nodes.sort_by_key(|n| (!is_ready(n), is_control_plane(n), n.metadata.name.clone()));
+    let ready = nodes.iter().filter(|n| is_ready(n)).count();
     let wanted_type = match cluster.node_address {
         NodeAddressType::InternalIp => "InternalIP",
         NodeAddressType::Hostname => "Hostname",
@@ -269,11 +292,11 @@ fn node_targets(cluster: &ClusterSpec, world: &World) -> Result<Vec<NodeTarget>,
     if targets.is_empty() {
         return Err(Cause::new(
             CauseId::NodeUnreachable,
-            format!("no Ready node has an {wanted_type} address"),
+            format!("no node has an {wanted_type} address"),
         )
         .with_fix("check `kubectl get nodes -o wide`; is the cluster's Docker container running?"));
     }
-    Ok(targets)
+    Ok((targets, ready))
 }
 
 fn is_ready(node: &Node) -> bool {
@@ -391,6 +414,57 @@ mod tests {
         resolve(&spec, &cluster, &world())
     }
 
+    /// A listener whose accept queue is full: the kernel drops new SYNs, so connects hang the
+    /// way they do to a node that is gone without a trace.
+    async fn hanging_listener(ip: &str, port: u16) -> (socket2::Socket, Vec<tokio::net::TcpStream>) {
+        let addr: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.bind(&addr.into()).unwrap();
+        socket.listen(0).unwrap();
+        let mut queued = Vec::new();
+        loop {
+            match tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => queued.push(stream),
+                Ok(Err(e)) => panic!("connect to the filling listener: {e}"),
+                Err(_) => return (socket, queued),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silent_node_costs_one_bounded_wait_then_the_next_node_answers() {
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = live.local_addr().unwrap().port();
+        let silent_ip = format!("127.{}.{}.9", 100 + std::process::id() % 100, port % 250);
+        let _silent = hanging_listener(&silent_ip, port).await;
+        let mut route = resolve_with("service = \"web\"").unwrap();
+        route.node_port = port;
+        route.targets = vec![
+            NodeTarget {
+                node: "gone".into(),
+                host: Host::Ip(silent_ip.parse().unwrap()),
+            },
+            NodeTarget {
+                node: "alive".into(),
+                host: Host::Ip("127.0.0.1".parse().unwrap()),
+            },
+        ];
+        let bound = Duration::from_millis(300);
+        let started = std::time::Instant::now();
+        let (_, index) = route.connect_from(0, bound).await.unwrap();
+        assert_eq!(index, 1, "the next node answered");
+        assert!(
+            started.elapsed() >= bound,
+            "the silent node was given its bound, no more"
+        );
+        // Starting from the node that answered last skips the silent one.
+        assert_eq!(route.connect_from(1, bound).await.unwrap().1, 1);
+        route.targets.truncate(1);
+        let cause = route.connect_from(0, bound).await.unwrap_err();
+        assert_eq!(cause.id, CauseId::NodeUnreachable);
+        assert!(cause.message.contains("no answer in 300ms"), "{}", cause.message);
+    }
+
     #[test]
     fn nodeport_service_resolves_to_ready_workers_first() {
         let route = resolve_with("service = \"web\"").unwrap();
@@ -398,7 +472,12 @@ mod tests {
         assert_eq!(route.port, "http 80/TCP");
         assert_eq!(route.ready_endpoints, 1);
         let nodes: Vec<&str> = route.targets.iter().map(|t| t.node.as_str()).collect();
-        assert_eq!(nodes, vec!["kind-worker", "kind-control-plane"]);
+        assert_eq!(
+            nodes,
+            vec!["kind-worker", "kind-control-plane", "kind-worker2"],
+            "NotReady last"
+        );
+        assert_eq!(route.ready_nodes, 2);
         assert_eq!(route.primary(), "127.0.0.2:30080");
     }
 

@@ -35,6 +35,7 @@ pub struct RouteView {
     pub service_type: String,
     pub port: String,
     pub node_port: u16,
+    pub ready_nodes: usize,
     pub ready_endpoints: usize,
 }
 
@@ -46,6 +47,7 @@ impl From<&Route> for RouteView {
             service_type: route.service_type.clone(),
             port: route.port.clone(),
             node_port: route.node_port,
+            ready_nodes: route.ready_nodes,
             ready_endpoints: route.ready_endpoints,
         }
     }

@@ -52,26 +52,61 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// Starts `porthole up` and returns once its control socket answers (it logs `starting` after binding it).
-async fn up(config: &Path, control: &Path) -> Child {
-    let mut child = porthole(&["--config", path(config), "--control", path(control), "up"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    tokio::time::timeout(WAIT, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("starting") {
-                return;
+/// A running `porthole up` and its log lines.
+struct Up {
+    child: Child,
+    log: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl Up {
+    /// Waits for a log line containing `text`.
+    async fn logged(&mut self, text: &str) {
+        let found = tokio::time::timeout(WAIT, async {
+            while let Some(line) = self.log.recv().await {
+                if line.contains(text) {
+                    return;
+                }
             }
-        }
-        panic!("porthole up exited before starting");
-    })
-    .await
-    .expect("porthole up started");
+            panic!("porthole up exited before logging {text:?}");
+        });
+        found
+            .await
+            .unwrap_or_else(|_| panic!("porthole up never logged {text:?}"));
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let pid = self.child.id().unwrap() as libc::pid_t;
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(pid, signal) };
+    }
+
+    async fn exit_status(&mut self) -> std::process::ExitStatus {
+        tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("porthole up exited")
+            .unwrap()
+    }
+}
+
+/// Starts `porthole up` and returns once its control socket answers (it logs `starting` after
+/// binding it).
+async fn up(config: &Path, control: &Path) -> Up {
+    up_with(porthole(&["--config", path(config), "--control", path(control), "up"])).await
+}
+
+async fn up_with(mut cmd: Command) -> Up {
+    let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (tx, log) = tokio::sync::mpsc::unbounded_channel();
     // Keep draining its log so it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    child
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = tx.send(line);
+        }
+    });
+    let mut up = Up { child, log };
+    up.logged("starting").await;
+    up
 }
 
 fn path(p: &Path) -> &str {
@@ -84,7 +119,7 @@ async fn up_serves_the_preset_and_answers_status_wait_and_disable() {
     let dir = tempfile::tempdir().unwrap();
     let config = preset_config(dir.path(), &cluster);
     let control = dir.path().join("control.sock");
-    let mut child = up(&config, &control).await;
+    let mut up = up(&config, &control).await;
 
     let wait = run(&["--control", path(&control), "wait", "--timeout", "30"]).await;
     assert!(wait.status.success(), "wait: {}", text(&wait.stderr));
@@ -96,7 +131,10 @@ async fn up_serves_the_preset_and_answers_status_wait_and_disable() {
     for f in &snapshot.forwards {
         assert_eq!(f.health.state, State::Healthy, "{}", f.name);
         let route = f.route.as_ref().unwrap();
-        assert!(route.target.ends_with(&format!(":{}", route.node_port)));
+        let spec = support::OpenChoreo::spec(&f.service).unwrap();
+        let node_port = cluster.node_port(spec.namespace, spec.name, 0).unwrap();
+        let worker = cluster.node_ip(support::openchoreo::WORKER).unwrap();
+        assert_eq!(route.target, format!("{worker}:{node_port}"), "{}", f.name);
     }
     assert_eq!(snapshot.context.as_deref(), Some("kind-openchoreo-local"));
     assert_eq!(snapshot.kubectl_context.as_deref(), Some("kind-openchoreo-local"));
@@ -130,10 +168,8 @@ async fn up_serves_the_preset_and_answers_status_wait_and_disable() {
     );
 
     // SIGTERM: a clean stop, exit 0, socket removed.
-    let pid = child.id().unwrap() as libc::pid_t;
-    // SAFETY: sending a signal to our own child process.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let exit = tokio::time::timeout(WAIT, child.wait()).await.unwrap().unwrap();
+    up.signal(libc::SIGTERM);
+    let exit = up.exit_status().await;
     assert!(exit.success(), "{exit:?}");
     assert!(!control.exists());
 }
@@ -145,8 +181,8 @@ async fn wait_times_out_listing_the_causes() {
     let dir = tempfile::tempdir().unwrap();
     let config = preset_config(dir.path(), &cluster);
     let control = dir.path().join("control.sock");
-    let _child = up(&config, &control).await;
-    let wait = run(&["--control", path(&control), "wait", "--timeout", "2", "console"]).await;
+    let _up = up(&config, &control).await;
+    let wait = run(&["--control", path(&control), "wait", "--timeout", "5", "console"]).await;
     assert_eq!(wait.status.code(), Some(1));
     let stderr = text(&wait.stderr);
     assert!(
@@ -233,4 +269,60 @@ async fn init_writes_a_preset_and_never_overwrites_by_accident() {
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "# mine\n", "untouched");
     let presets = run(&["presets"]).await;
     assert!(text(&presets.stdout).contains("openchoreo-data-prepper"));
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_config_and_sigint_stops_cleanly() {
+    let cluster = FakeCluster::openchoreo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = preset_config(dir.path(), &cluster);
+    let control = dir.path().join("control.sock");
+    // The control socket named by the environment, as scripts would.
+    let mut cmd = porthole(&["--config", path(&config), "up"]);
+    cmd.env("PORTHOLE_CONTROL", &control);
+    let mut up = up_with(cmd).await;
+    let mut status = porthole(&["status", "--json"]);
+    status.env("PORTHOLE_CONTROL", &control);
+    let before: Snapshot = serde_json::from_slice(&status.output().await.unwrap().stdout).unwrap();
+    assert_eq!(before.forwards.len(), 5);
+
+    // Drop the gateway forward from the file; a broken edit first, which must change nothing.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}\n[[forward]]\nname = \"console\"\n")).unwrap();
+    up.signal(libc::SIGHUP);
+    up.logged("config not reloaded").await;
+    let gateway = text.find("[[forward]]\nname = \"gateway\"").unwrap();
+    std::fs::write(&config, &text[..gateway]).unwrap();
+    up.signal(libc::SIGHUP);
+    up.logged("reloading").await;
+    // `status` waits for the reload in progress: the engine answers once it is applied.
+    let after: Snapshot = serde_json::from_slice(&status.output().await.unwrap().stdout).unwrap();
+    let names: Vec<&str> = after.forwards.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, vec!["console", "api", "traces-observer", "otel-collector"]);
+    assert_eq!(
+        after.forward("console").unwrap().local,
+        before.forward("console").unwrap().local
+    );
+
+    up.signal(libc::SIGINT);
+    let exit = up.exit_status().await;
+    assert!(exit.success(), "{exit:?}");
+    assert!(!control.exists());
+}
+
+#[tokio::test]
+async fn a_config_named_by_the_environment_must_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.toml");
+    let out = porthole(&["doctor"])
+        .env("PORTHOLE_CONFIG", &missing)
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains(&missing.display().to_string()),
+        "{}",
+        text(&out.stderr)
+    );
 }

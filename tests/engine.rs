@@ -172,11 +172,21 @@ async fn node_port_change_retargets_new_connections_without_a_restart() {
     let mut open = TcpStream::connect(addr).await.unwrap();
     round_trip(&mut open, b"before").await.unwrap();
 
+    let mut events = engine.events();
     let new_port = cluster.change_node_port(NS, "echo", 0);
     let after = wait_for(&engine, "echo", "retargeted", |f| {
         f.route.as_ref().map(|r| r.node_port) == Some(new_port)
     })
     .await;
+    let event = wait_event(&mut events, |e| matches!(e, Event::Route { .. })).await;
+    let Event::Route { from, to, .. } = event else {
+        unreachable!()
+    };
+    assert!(
+        from.unwrap()
+            .ends_with(&format!(":{}", before.route.as_ref().unwrap().node_port))
+    );
+    assert!(to.unwrap().ends_with(&format!(":{new_port}")));
     assert_eq!(local(&after), addr, "same listener");
     assert_ne!(before.route.unwrap().node_port, new_port);
     assert_eq!(echo_once(addr, b"after").await.unwrap(), b"after");
@@ -236,11 +246,28 @@ async fn missing_namespace_and_unready_nodes_are_named() {
     let forwards = format!("{}{}", forward("gone", "nowhere", "echo"), forward("echo", NS, "echo"));
     let engine = start(&cluster, &forwards).await;
     wait_cause(&engine, "gone", State::Down, CauseId::NamespaceMissing).await;
-    wait_healthy(&engine, "echo").await;
+    let addr = local(&wait_healthy(&engine, "echo").await);
+    // Nodes NotReady (a cluster waking from sleep): kube-proxy still serves, so does Porthole.
     cluster.set_node_ready("causes-worker", false);
     cluster.set_node_ready("causes-control-plane", false);
+    let status = wait_cause(&engine, "echo", State::Degraded, CauseId::NodeUnreachable).await;
+    assert!(status.health.cause.unwrap().message.contains("no node is Ready"));
+    assert_eq!(status.route.unwrap().ready_nodes, 0);
+    assert_eq!(echo_once(addr, b"still served").await.unwrap(), b"still served");
+    cluster.set_node_ready("causes-worker", true);
+    wait_healthy(&engine, "echo").await;
+    // No node at all: down.
+    cluster.remove_node("causes-worker");
+    cluster.remove_node("causes-control-plane");
     let status = wait_cause(&engine, "echo", State::Down, CauseId::NodeUnreachable).await;
-    assert!(status.health.cause.unwrap().message.contains("no Ready node"));
+    assert!(
+        status
+            .health
+            .cause
+            .unwrap()
+            .message
+            .contains("no node has an InternalIP address")
+    );
     engine.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -268,13 +295,23 @@ async fn unreachable_api_degrades_but_traffic_still_flows() {
     let (cluster, _backend) = echo_cluster("apidown").await;
     let engine = start(&cluster, &forward("echo", NS, "echo")).await;
     let addr = local(&wait_healthy(&engine, "echo").await);
+    let mut open = TcpStream::connect(addr).await.unwrap();
+    round_trip(&mut open, b"before").await.unwrap();
+    let mut events = engine.events();
     cluster.set_api_reachable(false);
     let degraded = wait_cause(&engine, "echo", State::Degraded, CauseId::ClusterUnreachable).await;
     assert!(degraded.route.is_some(), "the last known route is kept");
+    let event = wait_event(&mut events, |e| matches!(e, Event::Cluster { .. })).await;
+    let Event::Cluster { from, to } = event else {
+        unreachable!()
+    };
+    assert_eq!((from.state.as_str(), to.state.as_str()), ("connected", "unreachable"));
     assert_eq!(echo_once(addr, b"no API needed").await.unwrap(), b"no API needed");
+    round_trip(&mut open, b"open connection too").await.unwrap();
     assert_eq!(engine.status().await.cluster.state, "unreachable");
     cluster.set_api_reachable(true);
     wait_healthy(&engine, "echo").await;
+    round_trip(&mut open, b"and after").await.unwrap();
     engine.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -285,7 +322,54 @@ async fn revoked_credentials_are_unauthorized() {
     let engine = start(&cluster, &forward("echo", NS, "echo")).await;
     wait_cause(&engine, "echo", State::Down, CauseId::Unauthorized).await;
     cluster.set_unauthorized(false);
+    let addr = local(&wait_healthy(&engine, "echo").await);
+    // Revoked while running: the watches fail on their next request; the route is kept.
+    cluster.set_unauthorized(true);
+    cluster.set_api_reachable(false);
+    cluster.set_api_reachable(true);
+    let degraded = wait_cause(&engine, "echo", State::Degraded, CauseId::Unauthorized).await;
+    assert!(degraded.route.is_some());
+    assert_eq!(echo_once(addr, b"still").await.unwrap(), b"still");
+    cluster.set_unauthorized(false);
     wait_healthy(&engine, "echo").await;
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_kubeconfig_with_the_wrong_certificates_is_a_credentials_problem() {
+    let (cluster, _backend) = echo_cluster("stale").await;
+    // Another cluster's CA and client certificate, pointed at this cluster's API server: what a
+    // kubeconfig looks like after the cluster was re-created on the same port.
+    let other = FakeCluster::start("stale").await;
+    let text = std::fs::read_to_string(other.kubeconfig())
+        .unwrap()
+        .replace(&other.api_addr().to_string(), &cluster.api_addr().to_string());
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("config");
+    std::fs::write(&kubeconfig, text).unwrap();
+    let mut config = config(&cluster, &forward("echo", NS, "echo"));
+    config.cluster.kubeconfig = Some(kubeconfig);
+    let engine = Engine::start(config, tuning());
+    let status = wait_cause(&engine, "echo", State::Down, CauseId::Unauthorized).await;
+    let cause = status.health.cause.unwrap();
+    assert!(cause.message.contains("TLS"), "{}", cause.message);
+    assert!(cause.fix.unwrap().contains("kind export kubeconfig"));
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn deletes_missed_during_an_outage_are_seen_after_it() {
+    let (cluster, _backend) = echo_cluster("missed").await;
+    let engine = start(&cluster, &forward("echo", NS, "echo")).await;
+    wait_healthy(&engine, "echo").await;
+    cluster.set_api_reachable(false);
+    wait_cause(&engine, "echo", State::Degraded, CauseId::ClusterUnreachable).await;
+    // Deleted while nobody watched, and the history compacted: no DELETED event will ever come.
+    cluster.delete_service(NS, "echo");
+    cluster.compact();
+    cluster.set_api_reachable(true);
+    let status = wait_cause(&engine, "echo", State::Down, CauseId::ServiceMissing).await;
+    assert!(status.route.is_none());
     engine.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -354,6 +438,7 @@ async fn config_reload_adds_and_removes_one_forward_without_touching_the_others(
     let mut kept = TcpStream::connect(a).await.unwrap();
     round_trip(&mut kept, b"before reload").await.unwrap();
 
+    let mut events = engine.events();
     engine
         .apply(config(
             &cluster,
@@ -370,6 +455,17 @@ async fn config_reload_adds_and_removes_one_forward_without_touching_the_others(
     round_trip(&mut kept, b"after reload").await.unwrap();
     assert!(TcpStream::connect(b).await.is_err(), "b's listener is closed");
     assert_eq!(echo_once(c, b"c works").await.unwrap(), b"c works");
+    let mut seen = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        seen.push(event);
+    }
+    assert!(
+        !seen
+            .iter()
+            .any(|e| matches!(e, Event::Forward { name, .. } | Event::Route { name, .. } if name == "a")),
+        "a was not restarted: {seen:?}"
+    );
+    assert!(seen.contains(&Event::Removed { name: "b".into() }));
     engine.shutdown(Duration::from_secs(1)).await;
 }
 

@@ -76,9 +76,84 @@ impl Discovery {
     }
 }
 
-/// A running engine. Cheap to clone; every clone controls the same engine.
+/// A running engine. Cheap to clone; every clone controls the same engine. Call
+/// [`Engine::shutdown`] to stop it gracefully; if the last clone is dropped instead, everything
+/// stops at once (listeners, connections, watches).
 #[derive(Clone)]
 pub struct Engine {
+    core: Core,
+    _stop: Arc<StopOnDrop>,
+}
+
+/// Cancels everything when the last [`Engine`] handle goes.
+struct StopOnDrop {
+    cancel: CancellationToken,
+    connections: CancellationToken,
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        self.connections.cancel();
+    }
+}
+
+impl Engine {
+    /// Starts every forward of `config`. Must be called within a tokio runtime.
+    pub fn start(config: Config, tuning: Tuning) -> Engine {
+        let core = Core::start(config, tuning);
+        let stop = StopOnDrop {
+            cancel: core.cancel.clone(),
+            connections: core.connections.clone(),
+        };
+        Engine {
+            core,
+            _stop: Arc::new(stop),
+        }
+    }
+
+    /// The snapshot, updated on every change.
+    pub fn snapshot(&self) -> watch::Receiver<Snapshot> {
+        self.core.hub.snapshot.subscribe()
+    }
+
+    /// Every change from now on.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.core.hub.events.subscribe()
+    }
+
+    /// The snapshot with live connection counters and a fresh read of kubectl's current-context.
+    pub async fn status(&self) -> Snapshot {
+        self.core.status().await
+    }
+
+    /// The config in effect (with enable/disable applied).
+    pub async fn config(&self) -> Option<Config> {
+        self.core.running.lock().await.as_ref().map(|r| r.config.clone())
+    }
+
+    /// Applies a new config by diff: unchanged forwards keep their listeners and connections; a
+    /// forward whose service, port or probe changed is retargeted in place. The config's
+    /// `enabled` flags win over earlier `set_enabled` calls.
+    pub async fn apply(&self, config: Config) -> Result<(), EngineError> {
+        self.core.apply(config).await
+    }
+
+    /// Turns one forward on or off, leaving the others alone.
+    pub async fn set_enabled(&self, name: &str, enabled: bool) -> Result<(), EngineError> {
+        self.core.set_enabled(name, enabled).await
+    }
+
+    /// Stops accepting, lets open connections drain for up to `drain`, then closes them.
+    pub async fn shutdown(&self, drain: Duration) {
+        self.core.shutdown(drain).await
+    }
+}
+
+/// The engine's state, shared by its handles and its own tasks (which must not keep it alive:
+/// they hold this, not an [`Engine`]).
+#[derive(Clone)]
+struct Core {
     hub: Arc<Hub>,
     view: watch::Sender<ClusterView>,
     running: Arc<Mutex<Option<Running>>>,
@@ -86,9 +161,8 @@ pub struct Engine {
     connections: CancellationToken,
 }
 
-impl Engine {
-    /// Starts every forward of `config`. Must be called within a tokio runtime.
-    pub fn start(config: Config, tuning: Tuning) -> Engine {
+impl Core {
+    fn start(config: Config, tuning: Tuning) -> Core {
         let (snapshot, _) = watch::channel(Snapshot {
             context: config.cluster.context.clone(),
             kubectl_context: None,
@@ -103,7 +177,7 @@ impl Engine {
             connections: TaskTracker::new(),
         });
         let (view, _) = watch::channel(ClusterView::new(config.cluster.clone()));
-        let engine = Engine {
+        let engine = Core {
             hub,
             view,
             running: Arc::new(Mutex::new(None)),
@@ -131,18 +205,8 @@ impl Engine {
         engine
     }
 
-    /// The snapshot, updated on every change.
-    pub fn snapshot(&self) -> watch::Receiver<Snapshot> {
-        self.hub.snapshot.subscribe()
-    }
-
-    /// Every change from now on.
-    pub fn events(&self) -> broadcast::Receiver<Event> {
-        self.hub.events.subscribe()
-    }
-
     /// The snapshot with live connection counters and a fresh read of kubectl's current-context.
-    pub async fn status(&self) -> Snapshot {
+    async fn status(&self) -> Snapshot {
         let running = self.running.lock().await;
         if let Some(running) = running.as_ref() {
             self.refresh_kubectl_context(&running.config.cluster);
@@ -158,14 +222,9 @@ impl Engine {
         snapshot
     }
 
-    /// The config in effect (with enable/disable applied).
-    pub async fn config(&self) -> Option<Config> {
-        self.running.lock().await.as_ref().map(|r| r.config.clone())
-    }
-
     /// Applies a new config by diff: unchanged forwards keep their listeners and connections.
     /// The config's `enabled` flags win over earlier `set_enabled` calls.
-    pub async fn apply(&self, config: Config) -> Result<(), EngineError> {
+    async fn apply(&self, config: Config) -> Result<(), EngineError> {
         let mut guard = self.running.lock().await;
         let running = guard.as_mut().ok_or(EngineError::Stopped)?;
         self.apply_locked(running, config).await;
@@ -173,7 +232,7 @@ impl Engine {
     }
 
     /// Turns one forward on or off, leaving the others alone.
-    pub async fn set_enabled(&self, name: &str, enabled: bool) -> Result<(), EngineError> {
+    async fn set_enabled(&self, name: &str, enabled: bool) -> Result<(), EngineError> {
         let mut guard = self.running.lock().await;
         let running = guard.as_mut().ok_or(EngineError::Stopped)?;
         let mut config = running.config.clone();
@@ -242,7 +301,7 @@ impl Engine {
     }
 
     /// Stops accepting, lets open connections drain for up to `drain`, then closes them.
-    pub async fn shutdown(&self, drain: Duration) {
+    async fn shutdown(&self, drain: Duration) {
         let Some(running) = self.running.lock().await.take() else {
             return;
         };

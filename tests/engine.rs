@@ -729,3 +729,31 @@ async fn retargeting_a_forward_keeps_its_listener_and_open_connections() {
     );
     engine.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn dropping_the_last_handle_stops_everything() {
+    let (cluster, _backend) = echo_cluster("dropped").await;
+    let engine = start(&cluster, &forward("echo", NS, "echo")).await;
+    let addr = local(&wait_healthy(&engine, "echo").await);
+    let mut open = TcpStream::connect(addr).await.unwrap();
+    round_trip(&mut open, b"hello").await.unwrap();
+    let mut snapshots = engine.snapshot();
+    drop(engine);
+    // The engine's own tasks hold no handle: the listener closes and the connection is cut.
+    let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(WAIT, open.read(&mut buf))
+        .await
+        .expect("connection closed");
+    assert!(matches!(read, Ok(0) | Err(_)));
+    tokio::time::timeout(WAIT, async {
+        while TcpStream::connect(addr).await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("listener closed");
+    // Every task that held the snapshot's sender is gone.
+    tokio::time::timeout(WAIT, async { while snapshots.changed().await.is_ok() {} })
+        .await
+        .expect("engine gone");
+}

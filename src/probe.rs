@@ -57,21 +57,21 @@ pub(crate) async fn schedule<F, Fut>(
     }
 }
 
-/// Runs one probe through the route.
+/// Runs one probe through the route: `tcp` also waits a moment for a refusal relayed by a proxy.
 pub async fn check(probe: &Probe, route: &Route, timeout: Duration) -> Result<(), Cause> {
-    let stream = route.connect(timeout).await?;
+    let (stream, index) = route.connect_from(0, timeout).await?;
+    let via = route
+        .targets
+        .get(index)
+        .map_or_else(|| route.primary(), |t| format!("{}:{}", t.host, route.node_port));
     let failed = |what: String| {
-        Cause::new(
-            CauseId::ProbeFailed,
-            format!("{} via {}: {what}", route.service, route.primary()),
-        )
-        .with_fix(format!(
-            "the service's pods accept connections but do not answer; check `kubectl logs -n {}`",
+        Cause::new(CauseId::ProbeFailed, format!("{} via {via}: {what}", route.service)).with_fix(format!(
+            "the service's pods do not serve it properly; check `kubectl get pods -n {0}` and `kubectl logs -n {0}`",
             route.namespace
         ))
     };
     let outcome = match probe {
-        Probe::Tcp => return Ok(()),
+        Probe::Tcp => tokio::time::timeout(timeout, settled(stream)).await,
         Probe::Http(path) => tokio::time::timeout(timeout, http(stream, path)).await,
         Probe::Tls => tokio::time::timeout(timeout, tls(stream)).await,
     };
@@ -79,6 +79,21 @@ pub async fn check(probe: &Probe, route: &Route, timeout: Duration) -> Result<()
         Ok(Ok(())) => Ok(()),
         Ok(Err(what)) => Err(failed(what)),
         Err(_) => Err(failed(format!("no answer in {timeout:?}"))),
+    }
+}
+
+/// How long a TCP probe waits for a connection to be refused after it was accepted.
+const SETTLE: Duration = Duration::from_millis(150);
+
+/// A TCP probe's connect can succeed at a proxy in front of the pod (docker-proxy for kind's
+/// port mappings, a userspace kube-proxy), which then closes or resets when the pod refuses.
+/// A connection still open after a moment, or one that says something, is served.
+async fn settled(mut stream: TcpStream) -> Result<(), String> {
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(SETTLE, stream.read(&mut byte)).await {
+        Err(_) | Ok(Ok(1..)) => Ok(()),
+        Ok(Ok(0)) => Err("accepted, then closed at once: nothing serves behind the nodePort".into()),
+        Ok(Err(e)) => Err(format!("accepted, then {e}: nothing serves behind the nodePort")),
     }
 }
 

@@ -757,3 +757,20 @@ async fn dropping_the_last_handle_stops_everything() {
         .await
         .expect("engine gone");
 }
+
+#[tokio::test]
+async fn tcp_probe_sees_a_pod_that_refuses_behind_the_node_port() {
+    let (cluster, backend) = echo_cluster("refuses").await;
+    let engine = start(&cluster, &forward("echo", NS, "echo")).await;
+    wait_healthy(&engine, "echo").await;
+    // The process dies; its endpoint still says ready: the node port accepts, the pod refuses.
+    backend.stop().await;
+    let down = wait_cause(&engine, "echo", State::Down, CauseId::ProbeFailed).await;
+    let cause = down.health.cause.unwrap();
+    assert!(
+        cause.message.contains("nothing serves behind the nodePort"),
+        "{}",
+        cause.message
+    );
+    engine.shutdown(Duration::from_secs(1)).await;
+}

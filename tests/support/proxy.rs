@@ -125,6 +125,8 @@ async fn accept_loop(
         let Ok((client, _)) = accepted else { return };
         let backends = ready_backends(&shared.lock().store, &service.0, &service.1);
         if backends.is_empty() {
+            // Between the last endpoint going and the listener closing: REJECT, as iptables does.
+            let _ = socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
             continue;
         }
         let backend = backends[turn.fetch_add(1, Ordering::Relaxed) % backends.len()];
@@ -134,8 +136,10 @@ async fn accept_loop(
 
 async fn relay(mut client: TcpStream, backend: SocketAddr, cut: CancellationToken) {
     let connect = tokio::time::timeout(BACKEND_CONNECT_TIMEOUT, TcpStream::connect(backend));
-    // A backend that cannot be reached closes the client connection.
+    // A pod that refuses: with iptables' DNAT the client itself would get the pod's reset, so
+    // the client connection is reset too, not closed cleanly.
     let Ok(Ok(mut upstream)) = connect.await else {
+        let _ = socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
         return;
     };
     tokio::select! {

@@ -3,6 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod edit;
+pub mod write;
+
 use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError as KubeError};
 use tokio::sync::mpsc;
 
@@ -225,7 +228,8 @@ fn invalid(path: &Path, e: KubeError) -> KubeconfigError {
     let message = match e {
         // The read error repeats the path; keep only the cause.
         KubeError::ReadConfig(io, _) => io.to_string(),
-        other => other.to_string(),
+        // The parser adds a source excerpt on further lines; the first names line and column.
+        other => other.to_string().lines().next().unwrap_or_default().to_string(),
     };
     KubeconfigError::Invalid {
         path: path.to_path_buf(),

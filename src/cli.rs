@@ -11,6 +11,9 @@ use porthole::config::{self, Config, PRESETS, Source};
 use porthole::control::{self, Client};
 use porthole::engine::{ForwardStatus, Snapshot};
 use porthole::health::State;
+use porthole::kubeconfig::state;
+use porthole::kubeconfig::tools::Tools;
+use porthole::kubeconfig::write::LockWait;
 use porthole::{Engine, Tuning, doctor};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -58,6 +61,17 @@ enum Command {
     Doctor {
         #[arg(long)]
         json: bool,
+    },
+    /// Print Porthole's context and kubectl's in one line; exit 0 only if they agree
+    Context {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Point kubectl at Porthole's context, as `kind export kubeconfig --name NAME` does (backup, lock, atomic)
+    FixKubeconfig {
+        /// Print the change as a unified diff and write nothing
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Write a preset config file
     Init {
@@ -139,6 +153,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Enable { name } => toggle(&control_path, &name, true).await,
         Command::Disable { name } => toggle(&control_path, &name, false).await,
         Command::Doctor { json } => run_doctor(args.config.as_deref(), json).await,
+        Command::Context { json } => context(args.config.as_deref(), json).await,
+        Command::FixKubeconfig { dry_run } => fix_kubeconfig(args.config.as_deref(), dry_run).await,
         Command::Init { preset, force, file } => init(&preset, force, file.as_deref().or(args.config.as_deref())),
         Command::Presets => {
             for (name, description, _) in PRESETS {
@@ -342,6 +358,68 @@ async fn run_doctor(config_arg: Option<&Path>, json: bool) -> anyhow::Result<Exi
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The kubeconfig as seen from the configured context.
+async fn inspect_kubeconfig(config_arg: Option<&Path>) -> anyhow::Result<(Config, state::Inspection)> {
+    let (config, _) = Config::discover(config_arg)?;
+    let expected =
+        config.cluster.context.clone().context(
+            "the config sets no `cluster.context`: Porthole follows kubectl's, so there is nothing to compare",
+        )?;
+    let files = porthole::kubeconfig::files(&config.cluster);
+    let inspection = state::inspect(files, &expected, &Tools::from_env()).await?;
+    Ok((config, inspection))
+}
+
+async fn context(config_arg: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
+    let (_, inspection) = inspect_kubeconfig(config_arg).await?;
+    let state = &inspection.state;
+    if json {
+        println!("{}", serde_json::to_string(state)?);
+    } else {
+        match state.fix() {
+            Some(fix) => println!("{}: {} (fix: {fix})", state.id(), state.sentence()),
+            None => println!("{}: {}", state.id(), state.sentence()),
+        }
+    }
+    Ok(if state.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn fix_kubeconfig(config_arg: Option<&Path>, dry_run: bool) -> anyhow::Result<ExitCode> {
+    let tools = Tools::from_env();
+    let (_, inspection) = inspect_kubeconfig(config_arg).await?;
+    let Some(plan) = state::plan(&inspection, &tools).await? else {
+        println!("nothing to fix: {}", inspection.state.sentence());
+        return Ok(ExitCode::SUCCESS);
+    };
+    if dry_run {
+        print!("{}", plan.diff());
+        println!("would {} in {} (nothing written)", plan.summary, plan.file.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let applied = tokio::task::spawn_blocking(move || {
+        let written = plan.apply(LockWait::default());
+        (plan, written)
+    })
+    .await?;
+    match applied {
+        (plan, Ok(Some(written))) => {
+            println!(
+                "{} in {} (backup: {})",
+                plan.summary,
+                written.target.display(),
+                written.backup.display()
+            )
+        }
+        (plan, Ok(None)) => println!("{} was already right", plan.file.display()),
+        (_, Err(e)) => bail!(e),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn init(preset: &str, force: bool, file: Option<&Path>) -> anyhow::Result<ExitCode> {

@@ -194,7 +194,10 @@ pub fn merge(text: &str, fresh: &str, entries: &Entries) -> Result<String, EditE
         }
     }
     map.insert(KEY.into(), Value::String(entries.context.clone()));
-    serde_saphyr::to_string(&doc).map_err(|e| EditError::Unexpected(e.to_string()))
+    // Plain scalars, as kubectl and kind write them: no folding of long certificate data.
+    let mut options = serde_saphyr::SerializerOptions::default();
+    options.prefer_block_scalars = false;
+    serde_saphyr::to_string_with_options(&doc, options).map_err(|e| EditError::Unexpected(e.to_string()))
 }
 
 fn default_of(key: &str) -> &'static str {

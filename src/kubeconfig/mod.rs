@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 
 pub mod edit;
+pub mod state;
+pub mod tools;
 pub mod write;
 
 use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError as KubeError};

@@ -1,0 +1,387 @@
+//! Is kubectl pointed at the cluster Porthole is configured for, and if not, the one fix that
+//! makes it so: what `kind export kubeconfig --name NAME` does, and nothing more.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::edit::{self, EditError, Entries};
+use super::tools::{Origin, ToolError, Tools};
+use super::write::{self, LockWait, WriteError, Written};
+use super::{KubeconfigError, Loaded};
+
+/// Bound on asking the API server's address whether it answers, to tell a stale entry from a
+/// good one.
+const API_CHECK: Duration = Duration::from_secs(3);
+
+/// The kubeconfig as seen from Porthole's configured context.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum KubeconfigState {
+    Ok {
+        context: String,
+    },
+    /// current-context is another context.
+    ContextMismatch {
+        expected: String,
+        current: String,
+    },
+    /// No current-context (what `kind delete cluster` leaves).
+    ContextUnset {
+        expected: String,
+    },
+    /// The context is in no kubeconfig file.
+    ContextMissing {
+        expected: String,
+    },
+    /// The context's API server does not answer, and its tool has a newer definition.
+    ContextStale {
+        expected: String,
+        server: String,
+        fresh_server: String,
+    },
+}
+
+impl KubeconfigState {
+    pub fn id(&self) -> &'static str {
+        match self {
+            KubeconfigState::Ok { .. } => "ok",
+            KubeconfigState::ContextMismatch { .. } => "context-mismatch",
+            KubeconfigState::ContextUnset { .. } => "context-unset",
+            KubeconfigState::ContextMissing { .. } => "context-missing",
+            KubeconfigState::ContextStale { .. } => "context-stale",
+        }
+    }
+
+    pub fn is_ok(&self) -> bool {
+        matches!(self, KubeconfigState::Ok { .. })
+    }
+
+    /// One sentence for a human.
+    pub fn sentence(&self) -> String {
+        match self {
+            KubeconfigState::Ok { context } => format!("kubectl uses {context}"),
+            KubeconfigState::ContextMismatch { expected, current } => {
+                format!("kubectl's current-context is {current}, not {expected}")
+            }
+            KubeconfigState::ContextUnset { expected } => {
+                format!("kubectl has no current-context; expected {expected}")
+            }
+            KubeconfigState::ContextMissing { expected } => format!("context {expected} is in no kubeconfig file"),
+            KubeconfigState::ContextStale {
+                expected,
+                server,
+                fresh_server,
+            } => format!(
+                "context {expected} points at {server}, which does not answer; the cluster now listens at {fresh_server}"
+            ),
+        }
+    }
+
+    /// The fix that `porthole fix-kubeconfig` would apply.
+    pub fn fix(&self) -> Option<String> {
+        match self {
+            KubeconfigState::Ok { .. } => None,
+            KubeconfigState::ContextMismatch { expected, .. } | KubeconfigState::ContextUnset { expected } => {
+                Some(format!("set current-context to {expected}"))
+            }
+            KubeconfigState::ContextMissing { expected } | KubeconfigState::ContextStale { expected, .. } => {
+                Some(match Origin::of(expected) {
+                    Some(origin) => format!("`{}`", origin.export_hint()),
+                    None => format!("add the {expected} context to the kubeconfig"),
+                })
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FixError {
+    #[error(transparent)]
+    Kubeconfig(#[from] KubeconfigError),
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    #[error("kubeconfig {path}: {error}")]
+    Edit { path: PathBuf, error: EditError },
+    #[error(transparent)]
+    Write(#[from] WriteError),
+}
+
+/// What was found, and where kubectl keeps it.
+#[derive(Debug, Clone)]
+pub struct Inspection {
+    pub state: KubeconfigState,
+    pub files: Vec<PathBuf>,
+}
+
+/// Reads the kubeconfig files and compares them with `expected`; asks the API server (boundedly)
+/// and the cluster's tool only when the context exists but may be stale.
+pub async fn inspect(files: Vec<PathBuf>, expected: &str, tools: &Tools) -> Result<Inspection, KubeconfigError> {
+    let loaded = match Loaded::read(files.clone()) {
+        Ok(loaded) => loaded,
+        Err(KubeconfigError::NotFound(_)) => {
+            let state = KubeconfigState::ContextMissing {
+                expected: expected.into(),
+            };
+            return Ok(Inspection { state, files });
+        }
+        Err(e) => return Err(e),
+    };
+    let state = if !loaded.has_context(expected) {
+        KubeconfigState::ContextMissing {
+            expected: expected.into(),
+        }
+    } else if let Some(stale) = staleness(&loaded, expected, tools).await {
+        stale
+    } else {
+        match loaded.current_context() {
+            Some(current) if current == expected => KubeconfigState::Ok {
+                context: current.into(),
+            },
+            Some(current) => KubeconfigState::ContextMismatch {
+                expected: expected.into(),
+                current: current.into(),
+            },
+            None => KubeconfigState::ContextUnset {
+                expected: expected.into(),
+            },
+        }
+    };
+    Ok(Inspection { state, files })
+}
+
+/// `Some(ContextStale)` when the API server of `context` does not answer and the cluster's tool
+/// reports another server for it. The tool is asked only then: it may take a while (`kind`
+/// reads the file from the control-plane container).
+async fn staleness(loaded: &Loaded, context: &str, tools: &Tools) -> Option<KubeconfigState> {
+    let server = server_of(&loaded.merged, context)?;
+    if answers(&server).await {
+        return None;
+    }
+    let fresh = tools.fresh_kubeconfig(context).await.ok()?;
+    let fresh: kube::config::Kubeconfig = serde_saphyr::from_str(&fresh).ok()?;
+    let fresh_server = server_of(&fresh, context)?;
+    (fresh_server != server).then(|| KubeconfigState::ContextStale {
+        expected: context.into(),
+        server,
+        fresh_server,
+    })
+}
+
+/// Whether something accepts connections at a server URL's host and port (credentials aside:
+/// a stale entry points where nothing listens any more).
+async fn answers(server: &str) -> bool {
+    let rest = server.split_once("://").map_or(server, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or_default();
+    let default_port = if server.starts_with("http://") { 80 } else { 443 };
+    let has_port = authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        && !authority.ends_with(']');
+    let target = if has_port {
+        authority.to_string()
+    } else {
+        format!("{authority}:{default_port}")
+    };
+    let target = target.replace(['[', ']'], "");
+    let connect = tokio::net::TcpStream::connect(target);
+    matches!(tokio::time::timeout(API_CHECK, connect).await, Ok(Ok(_)))
+}
+
+fn server_of(kubeconfig: &kube::config::Kubeconfig, context: &str) -> Option<String> {
+    let named = kubeconfig.contexts.iter().find(|c| c.name == context)?;
+    let cluster = &named.context.as_ref()?.cluster;
+    let entry = kubeconfig.clusters.iter().find(|c| c.name == *cluster)?;
+    entry.cluster.as_ref()?.server.clone()
+}
+
+/// The file kubectl writes current-context to: the first that sets it; else the first that
+/// exists; else the last of the list.
+pub fn current_context_file(files: &[PathBuf]) -> PathBuf {
+    let sets_it = |path: &&PathBuf| {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| edit::parse(&text).ok())
+            .and_then(|doc| {
+                doc.get("current-context")
+                    .and_then(|v| v.as_str())
+                    .map(|c| !c.is_empty())
+            })
+            .unwrap_or(false)
+    };
+    files
+        .iter()
+        .find(sets_it)
+        .or_else(|| files.iter().find(|p| p.exists()))
+        .or_else(|| files.last())
+        .cloned()
+        .unwrap_or_else(|| PathBuf::from("config"))
+}
+
+/// The file kind merges entries into: the first that exists, else the first of the list.
+fn merge_file(files: &[PathBuf]) -> PathBuf {
+    files
+        .iter()
+        .find(|p| p.exists())
+        .or_else(|| files.first())
+        .cloned()
+        .unwrap_or_else(|| PathBuf::from("config"))
+}
+
+/// A fix ready to apply: the file, its contents now and after.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub file: PathBuf,
+    pub before: String,
+    pub after: String,
+    pub summary: String,
+    /// For a merge: the fresh document the entries come from.
+    fresh: Option<(String, Entries)>,
+    context: String,
+}
+
+impl Plan {
+    /// A unified diff of the change, as `--dry-run` shows it.
+    pub fn diff(&self) -> String {
+        let name = self.file.display().to_string();
+        similar::TextDiff::from_lines(&self.before, &self.after)
+            .unified_diff()
+            .context_radius(3)
+            .header(&name, &name)
+            .to_string()
+    }
+
+    /// Applies the fix under the lock, re-doing the edit on the bytes read there (another
+    /// writer's change since the plan is kept, not overwritten). Blocking.
+    pub fn apply(&self, wait: LockWait) -> Result<Option<Written>, FixError> {
+        let edited = write::replace(&self.file, wait, |current| match &self.fresh {
+            Some((fresh, entries)) => edit::merge(current, fresh, entries),
+            None => edit::set_current_context(current, &self.context),
+        })?;
+        edited.map_err(|error| FixError::Edit {
+            path: self.file.clone(),
+            error,
+        })
+    }
+}
+
+/// The fix for what `inspection` found; `None` when there is nothing to fix.
+pub async fn plan(inspection: &Inspection, tools: &Tools) -> Result<Option<Plan>, FixError> {
+    let files = &inspection.files;
+    let (file, fresh, context) = match &inspection.state {
+        KubeconfigState::Ok { .. } => return Ok(None),
+        KubeconfigState::ContextMismatch { expected, .. } | KubeconfigState::ContextUnset { expected } => {
+            (current_context_file(files), None, expected.clone())
+        }
+        KubeconfigState::ContextMissing { expected } | KubeconfigState::ContextStale { expected, .. } => {
+            let fresh = tools.fresh_kubeconfig(expected).await?;
+            let entries = Entries {
+                cluster: expected.clone(),
+                user: expected.clone(),
+                context: expected.clone(),
+            };
+            (merge_file(files), Some((fresh, entries)), expected.clone())
+        }
+    };
+    let before = read_or_empty(&file)?;
+    let after = match &fresh {
+        Some((fresh, entries)) => edit::merge(&before, fresh, entries),
+        None => edit::set_current_context(&before, &context),
+    }
+    .map_err(|error| FixError::Edit {
+        path: file.clone(),
+        error,
+    })?;
+    let summary = match &fresh {
+        Some(_) => format!("merged the {context} cluster, user and context from its tool and set current-context"),
+        None => format!("set current-context to {context}"),
+    };
+    Ok(Some(Plan {
+        file,
+        before,
+        after,
+        summary,
+        fresh,
+        context,
+    }))
+}
+
+fn read_or_empty(path: &Path) -> Result<String, FixError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // kind creates the file when there is none; so do we, through the same safe write.
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .create(dir)
+                    .map_err(|error| write_io(path, error))?;
+            }
+            create_private(path).map_err(|error| write_io(path, error))?;
+            Ok(String::new())
+        }
+        Err(error) => Err(write_io(path, error)),
+    }
+}
+
+fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
+}
+
+fn write_io(path: &Path, error: std::io::Error) -> FixError {
+    FixError::Write(WriteError::Io {
+        path: path.to_path_buf(),
+        what: "cannot read it",
+        error,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubectl_writes_current_context_where_it_is_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        let b = dir.path().join("b");
+        let c = dir.path().join("c");
+        std::fs::write(&a, "current-context: \"\"\nclusters: []\n").unwrap();
+        std::fs::write(&b, "current-context: rancher-desktop\n").unwrap();
+        assert_eq!(current_context_file(&[a.clone(), b.clone(), c.clone()]), b);
+        assert_eq!(
+            current_context_file(&[c.clone(), a.clone()]),
+            a,
+            "else the first that exists"
+        );
+        assert_eq!(current_context_file(std::slice::from_ref(&c)), c, "else the last");
+    }
+
+    #[test]
+    fn sentences_and_fixes() {
+        let state = KubeconfigState::ContextMismatch {
+            expected: "kind-openchoreo-local".into(),
+            current: "rancher-desktop".into(),
+        };
+        assert_eq!(state.id(), "context-mismatch");
+        assert_eq!(
+            state.sentence(),
+            "kubectl's current-context is rancher-desktop, not kind-openchoreo-local"
+        );
+        assert_eq!(state.fix().unwrap(), "set current-context to kind-openchoreo-local");
+        let missing = KubeconfigState::ContextMissing {
+            expected: "kind-openchoreo-local".into(),
+        };
+        assert_eq!(
+            missing.fix().unwrap(),
+            "`kind export kubeconfig --name openchoreo-local`"
+        );
+    }
+}

@@ -1,0 +1,179 @@
+//! The `kind` and `k3d` binaries: found where an app started from the macOS Dock can find them
+//! (it does not get the shell's PATH), run with arguments, never through a shell.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Bound on one `kind get kubeconfig`; it reads a file from the control-plane container.
+const RUN_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    #[error("context `{0}` is not a kind (`kind-NAME`) or k3d (`k3d-NAME`) context: Porthole cannot fetch it")]
+    Unknown(String),
+    #[error("`{tool}` is not installed (looked in {})", .searched.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
+    NotInstalled { tool: &'static str, searched: Vec<PathBuf> },
+    #[error("`{command}` failed: {message}")]
+    Failed { command: String, message: String },
+}
+
+/// Which tool made a context, and the cluster's name in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Kind(String),
+    K3d(String),
+}
+
+impl Origin {
+    pub fn of(context: &str) -> Option<Origin> {
+        if let Some(name) = context.strip_prefix("kind-") {
+            return Some(Origin::Kind(name.to_string()));
+        }
+        context.strip_prefix("k3d-").map(|name| Origin::K3d(name.to_string()))
+    }
+
+    fn tool(&self) -> &'static str {
+        match self {
+            Origin::Kind(_) => "kind",
+            Origin::K3d(_) => "k3d",
+        }
+    }
+
+    fn args(&self) -> Vec<String> {
+        match self {
+            Origin::Kind(name) => vec!["get".into(), "kubeconfig".into(), "--name".into(), name.clone()],
+            Origin::K3d(name) => vec!["kubeconfig".into(), "get".into(), name.clone()],
+        }
+    }
+
+    /// What the user would run to do the same by hand.
+    pub fn export_hint(&self) -> String {
+        match self {
+            Origin::Kind(name) => format!("kind export kubeconfig --name {name}"),
+            Origin::K3d(name) => format!("k3d kubeconfig merge {name} --kubeconfig-switch-context"),
+        }
+    }
+}
+
+/// Where binaries are looked for.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    pub search: Vec<PathBuf>,
+}
+
+impl Tools {
+    /// `$PATH`, then the usual install directories (Homebrew on Apple silicon and Intel, Go,
+    /// pipx-style user installs).
+    pub fn from_env() -> Tools {
+        let mut search: Vec<PathBuf> = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).collect())
+            .unwrap_or_default();
+        let home = directories::BaseDirs::new().map(|d| d.home_dir().to_path_buf());
+        let usual = [
+            Some(PathBuf::from("/opt/homebrew/bin")),
+            Some(PathBuf::from("/usr/local/bin")),
+        ]
+        .into_iter()
+        .chain([
+            home.as_ref().map(|h| h.join("go/bin")),
+            home.as_ref().map(|h| h.join(".local/bin")),
+        ]);
+        for dir in usual.flatten() {
+            if !search.contains(&dir) {
+                search.push(dir);
+            }
+        }
+        Tools { search }
+    }
+
+    pub fn find(&self, tool: &str) -> Option<PathBuf> {
+        self.search
+            .iter()
+            .map(|dir| dir.join(tool))
+            .find(|path| is_executable(path))
+    }
+
+    /// The cluster's current kubeconfig from the tool that made it (`kind get kubeconfig`).
+    pub async fn fresh_kubeconfig(&self, context: &str) -> Result<String, ToolError> {
+        let origin = Origin::of(context).ok_or_else(|| ToolError::Unknown(context.to_string()))?;
+        let tool = origin.tool();
+        let path = self.find(tool).ok_or_else(|| ToolError::NotInstalled {
+            tool,
+            searched: self.search.clone(),
+        })?;
+        let args = origin.args();
+        let command = format!("{tool} {}", args.join(" "));
+        let run = tokio::process::Command::new(&path)
+            .args(&args)
+            .kill_on_drop(true)
+            .output();
+        let failed = |message: String| ToolError::Failed {
+            command: command.clone(),
+            message,
+        };
+        let output = match tokio::time::timeout(RUN_TIMEOUT, run).await {
+            Ok(Ok(output)) => output,
+            Ok(Err(e)) => return Err(failed(e.to_string())),
+            Err(_) => return Err(failed(format!("no answer in {RUN_TIMEOUT:?}"))),
+        };
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let message = stderr
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("no message")
+                .trim();
+            return Err(failed(format!("{message} ({})", output.status)));
+        }
+        String::from_utf8(output.stdout).map_err(|_| failed("its output is not text".into()))
+    }
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins() {
+        assert_eq!(
+            Origin::of("kind-openchoreo-local"),
+            Some(Origin::Kind("openchoreo-local".into()))
+        );
+        assert_eq!(Origin::of("k3d-dev"), Some(Origin::K3d("dev".into())));
+        assert_eq!(Origin::of("rancher-desktop"), None);
+        assert_eq!(
+            Origin::Kind("x".into()).export_hint(),
+            "kind export kubeconfig --name x"
+        );
+    }
+
+    #[test]
+    fn the_usual_dirs_are_searched_after_path() {
+        let tools = Tools::from_env();
+        assert!(tools.search.contains(&PathBuf::from("/opt/homebrew/bin")));
+        assert!(tools.search.contains(&PathBuf::from("/usr/local/bin")));
+    }
+
+    #[tokio::test]
+    async fn a_missing_tool_is_named_with_where_it_was_looked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let tools = Tools {
+            search: vec![dir.path().to_path_buf()],
+        };
+        let err = tools.fresh_kubeconfig("kind-x").await.unwrap_err();
+        assert!(
+            err.to_string().starts_with("`kind` is not installed (looked in "),
+            "{err}"
+        );
+        assert!(matches!(
+            tools.fresh_kubeconfig("minikube").await,
+            Err(ToolError::Unknown(_))
+        ));
+    }
+}

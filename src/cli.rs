@@ -239,8 +239,19 @@ fn render(snapshot: &Snapshot) -> String {
         None => snapshot.cluster.state.clone(),
     };
     out += &format!("context {context}: {cluster} (kubectl: {kubectl})\n");
-    if snapshot.context_mismatch() {
-        out += &format!("warning: kubectl's current-context is {kubectl}, not {context}\n");
+    match &snapshot.kubeconfig {
+        Some(state) if !state.is_ok() => {
+            out += &format!(
+                "warning: {}: {} (fix: `porthole fix-kubeconfig`)\n",
+                state.id(),
+                state.sentence()
+            );
+        }
+        Some(_) => {}
+        None if snapshot.context_mismatch() => {
+            out += &format!("warning: kubectl's current-context is {kubectl}, not {context}\n");
+        }
+        None => {}
     }
     out += &format!(
         "{:<18} {:<22} {:<10} {:<22} {:>9} {:>12}\n",

@@ -174,8 +174,8 @@ fn kubectl_context_check(context: &str, current: Option<&str>) -> Check {
         return Check::pass("kubectl context", format!("current-context is {context}"));
     }
     let fix = match kind_cluster_name(context) {
-        Some(name) => format!("`kubectl config use-context {context}` or `kind export kubeconfig --name {name}`"),
-        None => format!("`kubectl config use-context {context}`"),
+        Some(name) => format!("`porthole fix-kubeconfig` (what `kind export kubeconfig --name {name}` does)"),
+        None => format!("`porthole fix-kubeconfig` or `kubectl config use-context {context}`"),
     };
     let message = match current {
         Some(current) => format!(

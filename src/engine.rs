@@ -17,6 +17,7 @@ use crate::config::{ClusterSpec, Config, ForwardSpec};
 use crate::discovery::{self, ClusterStatus, ClusterView};
 use crate::forward::{ForwardHandle, Parent, StatsView, Tuning};
 use crate::health::{Health, State};
+use crate::kubeconfig::tools::Tools;
 use crate::kubeconfig::{self, Loaded};
 pub use crate::status::{ClusterStatusView, Event, ForwardStatus, RouteView, Snapshot};
 
@@ -166,6 +167,7 @@ impl Core {
         let (snapshot, _) = watch::channel(Snapshot {
             context: config.cluster.context.clone(),
             kubectl_context: None,
+            kubeconfig: None,
             cluster: (&ClusterStatus::Connecting).into(),
             forwards: Vec::new(),
         });
@@ -337,11 +339,8 @@ impl Core {
             discovery::run(cluster.clone(), self.view.clone(), cancel.clone()).instrument(info_span!("discovery")),
         );
         let files = kubeconfig::files(cluster);
-        tokio::spawn(
-            self.clone()
-                .follow_kubeconfig(files, cancel.clone())
-                .instrument(info_span!("kubeconfig")),
-        );
+        let follow = self.clone().follow_kubeconfig(files, cluster.clone(), cancel.clone());
+        tokio::spawn(follow.instrument(info_span!("kubeconfig")));
         Discovery {
             cancel,
             task,
@@ -364,11 +363,12 @@ impl Core {
     /// Re-reads the kubeconfig when its files change: kubectl's current-context for the
     /// snapshot, and a new client when the context's own entries changed (a re-created kind
     /// cluster listens on a new port, with new certificates) or the context appeared.
-    async fn follow_kubeconfig(self, files: Vec<PathBuf>, cancel: CancellationToken) {
+    async fn follow_kubeconfig(self, files: Vec<PathBuf>, cluster: ClusterSpec, cancel: CancellationToken) {
         let (_watcher, mut changes) = match kubeconfig::watch(&files) {
             Ok(watching) => watching,
             Err(e) => return warn!(error = %e, "cannot watch the kubeconfig; changes are seen on `status` only"),
         };
+        self.refresh_kubeconfig_state(&cluster).await;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -380,10 +380,11 @@ impl Core {
                 _ = tokio::time::sleep(KUBECONFIG_SETTLE) => {}
             }
             while changes.try_recv().is_ok() {}
+            let Some(cluster) = self.cluster().await else { return };
+            self.refresh_kubeconfig_state(&cluster).await;
             let mut guard = self.running.lock().await;
             let Some(running) = guard.as_mut() else { return };
             self.refresh_kubectl_context(&running.config.cluster);
-            let cluster = running.config.cluster.clone();
             if fingerprint(&cluster) != running.discovery.fingerprint {
                 info!("the kubeconfig entries of the context changed: reconnecting");
                 // This task belongs to the old generation: the new one has its own watcher.
@@ -391,6 +392,11 @@ impl Core {
                 return;
             }
         }
+    }
+
+    /// The cluster settings in effect, `None` once stopped.
+    async fn cluster(&self) -> Option<ClusterSpec> {
+        self.running.lock().await.as_ref().map(|r| r.config.cluster.clone())
     }
 
     fn add_forward(&self, running: &mut Running, spec: ForwardSpec) {
@@ -463,12 +469,9 @@ impl Core {
         self.set_contexts(context, Some(current));
     }
 
-    /// Updates Porthole's and kubectl's contexts (`None`: unchanged) and reports a change of
-    /// (mis)match.
+    /// Updates Porthole's and kubectl's contexts (`None`: unchanged).
     fn set_contexts(&self, context: Option<Option<String>>, kubectl: Option<Option<String>>) {
-        let mut event = None;
         self.hub.snapshot.send_if_modified(|s| {
-            let was = s.context_mismatch();
             let before = (s.context.clone(), s.kubectl_context.clone());
             if let Some(context) = context {
                 s.context = context;
@@ -476,28 +479,38 @@ impl Core {
             if let Some(kubectl) = kubectl {
                 s.kubectl_context = kubectl;
             }
-            if (s.context.clone(), s.kubectl_context.clone()) == before {
+            (s.context.clone(), s.kubectl_context.clone()) != before
+        });
+    }
+
+    /// Inspects the kubeconfig from Porthole's context and reports a change of state.
+    async fn refresh_kubeconfig_state(&self, cluster: &ClusterSpec) {
+        let Some(expected) = cluster.context.clone() else {
+            return;
+        };
+        let files = kubeconfig::files(cluster);
+        let state = match kubeconfig::state::inspect(files, &expected, &Tools::from_env()).await {
+            Ok(inspection) => inspection.state,
+            Err(e) => return warn!(error = %e, "cannot read the kubeconfig"),
+        };
+        let mut previous = None;
+        let changed = self.hub.snapshot.send_if_modified(|s| {
+            if s.kubeconfig.as_ref() == Some(&state) {
                 return false;
             }
-            let mismatch = s.context_mismatch();
-            if mismatch {
-                warn!(
-                    porthole = s.context.as_deref().unwrap_or("-"),
-                    kubectl = s.kubectl_context.as_deref().unwrap_or("(none)"),
-                    "kubectl's current-context is not Porthole's context (Porthole keeps using its own)"
-                );
-            }
-            if was != mismatch || mismatch {
-                event = Some(Event::Context {
-                    expected: s.context.clone(),
-                    current: s.kubectl_context.clone(),
-                    matches: !mismatch,
-                });
-            }
+            previous = s.kubeconfig.replace(state.clone());
             true
         });
-        if let Some(event) = event {
-            let _ = self.hub.events.send(event);
+        if !changed {
+            return;
         }
+        match state.fix() {
+            Some(fix) => warn!(state = state.id(), %fix, "{} (Porthole keeps using its own context)", state.sentence()),
+            None => info!(state = state.id(), "{}", state.sentence()),
+        }
+        let _ = self.hub.events.send(Event::Kubeconfig {
+            from: previous,
+            to: state,
+        });
     }
 }

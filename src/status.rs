@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::discovery::ClusterStatus;
 use crate::forward::StatsView;
 use crate::health::Health;
+use crate::kubeconfig::state::KubeconfigState;
 use crate::route::Route;
 
 /// Everything about one forward at one moment.
@@ -60,6 +61,9 @@ pub struct Snapshot {
     pub context: Option<String>,
     /// kubectl's current-context; differing from `context` is reported, never acted on.
     pub kubectl_context: Option<String>,
+    /// The kubeconfig as seen from Porthole's context (when the config names one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<KubeconfigState>,
     pub cluster: ClusterStatusView,
     pub forwards: Vec<ForwardStatus>,
 }
@@ -117,10 +121,10 @@ pub enum Event {
     },
     /// A forward was taken out of the config.
     Removed { name: String },
-    /// kubectl's current-context started or stopped matching Porthole's context.
-    Context {
-        expected: Option<String>,
-        current: Option<String>,
-        matches: bool,
+    /// The kubeconfig's state changed, in either direction (a context switched elsewhere, and
+    /// back; a context gone stale, and fixed).
+    Kubeconfig {
+        from: Option<KubeconfigState>,
+        to: KubeconfigState,
     },
 }

@@ -7,6 +7,9 @@ use std::time::Duration;
 use porthole::Event;
 use porthole::engine::Engine;
 use porthole::health::{CauseId, State};
+use porthole::kubeconfig::state::{self, KubeconfigState};
+use porthole::kubeconfig::tools::Tools;
+use porthole::kubeconfig::write::LockWait;
 use support::porthole::*;
 use support::{Backend, FakeCluster, port, service};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -562,33 +565,56 @@ async fn the_quick_start_preset_serves_all_five_ports() {
 }
 
 #[tokio::test]
-async fn kubectl_switching_context_is_pushed_as_an_event() {
+async fn kubeconfig_drift_is_pushed_as_events_in_both_directions() {
     let (cluster, _backend) = echo_cluster("ctxevent").await;
     let engine = start(&cluster, &forward("echo", NS, "echo")).await;
     wait_healthy(&engine, "echo").await;
+    wait_snapshot(&engine, "kubeconfig inspected", |s| {
+        s.kubeconfig.as_ref().is_some_and(|k| k.is_ok())
+    })
+    .await;
     let mut events = engine.events();
-    // Like `kubectl config use-context rancher-desktop`: the file is rewritten by rename.
+    // Like `kubectl config use-context rancher-desktop`: the file is replaced by rename.
     cluster.set_current_context("rancher-desktop");
-    let event = wait_event(&mut events, |e| matches!(e, Event::Context { .. })).await;
-    let Event::Context {
-        expected,
-        current,
-        matches,
-    } = event
-    else {
+    let event = wait_event(&mut events, |e| matches!(e, Event::Kubeconfig { .. })).await;
+    let Event::Kubeconfig { from, to } = event else {
         unreachable!()
     };
+    assert_eq!(from.map(|f| f.id()), Some("ok"));
     assert_eq!(
-        (expected.as_deref(), current.as_deref(), matches),
-        (Some("kind-ctxevent"), Some("rancher-desktop"), false)
+        to,
+        KubeconfigState::ContextMismatch {
+            expected: "kind-ctxevent".into(),
+            current: "rancher-desktop".into()
+        }
     );
     assert_eq!(
         engine.snapshot().borrow().kubectl_context.as_deref(),
         Some("rancher-desktop")
     );
-    cluster.set_current_context("kind-ctxevent");
-    let event = wait_event(&mut events, |e| matches!(e, Event::Context { .. })).await;
-    assert!(matches!(event, Event::Context { matches: true, .. }), "{event:?}");
+    // Fixed with the same function the CLI and the tray use, and the recovery is an event too.
+    let inspection = state::inspect(vec![cluster.kubeconfig()], "kind-ctxevent", &Tools::from_env())
+        .await
+        .unwrap();
+    let plan = state::plan(&inspection, &Tools::from_env())
+        .await
+        .unwrap()
+        .expect("a fix");
+    tokio::task::spawn_blocking(move || plan.apply(LockWait::default()))
+        .await
+        .unwrap()
+        .unwrap();
+    let event = wait_event(&mut events, |e| matches!(e, Event::Kubeconfig { .. })).await;
+    assert!(
+        matches!(
+            &event,
+            Event::Kubeconfig {
+                to: KubeconfigState::Ok { .. },
+                ..
+            }
+        ),
+        "{event:?}"
+    );
     // Porthole's own forwards never moved.
     assert_eq!(
         engine.status().await.forward("echo").unwrap().health.state,

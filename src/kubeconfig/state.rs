@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::edit::{self, EditError, Entries};
 use super::tools::{Origin, ToolError, Tools};
@@ -16,7 +16,7 @@ use super::{KubeconfigError, Loaded};
 const API_CHECK: Duration = Duration::from_secs(3);
 
 /// The kubeconfig as seen from Porthole's configured context.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "kebab-case")]
 pub enum KubeconfigState {
     Ok {

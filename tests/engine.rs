@@ -615,6 +615,22 @@ async fn kubeconfig_drift_is_pushed_as_events_in_both_directions() {
         ),
         "{event:?}"
     );
+    // An editor writing the file in place is seen too.
+    let text = std::fs::read_to_string(cluster.kubeconfig()).unwrap();
+    std::fs::write(
+        cluster.kubeconfig(),
+        text.replace("current-context: kind-ctxevent", "current-context: \"\""),
+    )
+    .unwrap();
+    let event = wait_event(&mut events, |e| matches!(e, Event::Kubeconfig { .. })).await;
+    let unset = matches!(
+        &event,
+        Event::Kubeconfig {
+            to: KubeconfigState::ContextUnset { .. },
+            ..
+        }
+    );
+    assert!(unset, "{event:?}");
     // Porthole's own forwards never moved.
     assert_eq!(
         engine.status().await.forward("echo").unwrap().health.state,

@@ -293,3 +293,60 @@ fn a_malformed_kubeconfig_is_named_with_its_line() {
         "{err}"
     );
 }
+
+#[test]
+fn another_writers_lock_makes_the_fix_wait_then_give_up_clearly() {
+    let home = Home::new();
+    let file = home.kubeconfig("config", "commented.yaml");
+    // kubectl holds `<file>.lock` while it writes; here it never lets go.
+    let lock = home.path("config.lock");
+    std::fs::write(&lock, "").unwrap();
+    let started = std::time::Instant::now();
+    let out = home.run(&[&file], &["fix-kubeconfig"]);
+    assert!(!out.status.success());
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(5),
+        "it waited for the lock"
+    );
+    assert!(
+        stderr(&out).contains(&format!("({}.lock exists)", file.display())),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), fixture("commented.yaml"));
+    assert!(lock.exists(), "someone else's lock is left alone");
+    assert!(backups_of(&file).is_empty());
+}
+
+#[test]
+fn the_owner_of_the_file_is_kept() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return; // only root can hand a file to another user; CI runs as root
+    }
+    let home = Home::new();
+    let file = home.kubeconfig("config", "commented.yaml");
+    std::os::unix::fs::chown(&file, Some(1000), Some(1000)).unwrap();
+    assert!(home.run(&[&file], &["fix-kubeconfig"]).status.success());
+    let meta = std::fs::metadata(&file).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o777), (1000, 1000, 0o600));
+}
+
+#[test]
+fn a_cluster_that_kind_does_not_know_is_said_plainly() {
+    let home = Home::new();
+    let file = home.kubeconfig("config", "only-rancher.yaml");
+    // kind's own words when the cluster was deleted.
+    let kind = home.path("bin/kind");
+    std::fs::write(&kind, "#!/bin/sh\necho 'ERROR: could not locate any control plane nodes for cluster named '\"'\"'openchoreo-local'\"'\"'' >&2\nexit 1\n").unwrap();
+    std::fs::set_permissions(&kind, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = home.run(&[&file], &["fix-kubeconfig"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("`kind get kubeconfig --name openchoreo-local` failed: ERROR: could not locate any control plane nodes for cluster named 'openchoreo-local'"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), fixture("only-rancher.yaml"));
+}

@@ -10,6 +10,8 @@ use crate::config::{ClusterSpec, Config, ForwardSpec};
 use crate::discovery::{ClusterStatus, list_world, status_of};
 use crate::health::{Cause, CauseId};
 use crate::holder;
+use crate::kubeconfig::state::{self, KubeconfigState};
+use crate::kubeconfig::tools::Tools;
 use crate::kubeconfig::{Loaded, kind_cluster_name};
 use crate::route::{World, resolve};
 
@@ -111,9 +113,16 @@ async fn reach_cluster(config: &Config, timeout: Duration, checks: &mut Vec<Chec
         Ok(Err(e)) => status_of(&e),
         Err(_) => ClusterStatus::Unreachable(format!("no answer from {context} in {timeout:?}")),
     };
-    let cause = failure
+    let mut cause = failure
         .cause()
         .unwrap_or_else(|| Cause::new(CauseId::ClusterUnreachable, "no answer"));
+    // A cluster that was re-created elsewhere is not down: its kubeconfig entry is stale.
+    if let Ok(inspection) = state::inspect(loaded.files.clone(), &context, &Tools::from_env()).await
+        && let KubeconfigState::ContextStale { .. } = &inspection.state
+    {
+        cause = Cause::new(CauseId::ContextStale, inspection.state.sentence())
+            .with_fix("`porthole fix-kubeconfig` (it fetches the new entry from kind or k3d)");
+    }
     fail(checks, "API server", cause)
 }
 

@@ -43,6 +43,8 @@ pub enum CauseId {
     ContextMissing,
     /// kubectl's current-context is another context: reported, never a cause of a forward's state.
     ContextMismatch,
+    /// The context's entry points where its cluster no longer is (a re-created kind cluster).
+    ContextStale,
     ClusterUnreachable,
     Unauthorized,
     NamespaceMissing,
@@ -70,6 +72,7 @@ impl CauseId {
             CauseId::KubeconfigInvalid => "kubeconfig-invalid",
             CauseId::ContextMissing => "context-missing",
             CauseId::ContextMismatch => "context-mismatch",
+            CauseId::ContextStale => "context-stale",
             CauseId::ClusterUnreachable => "cluster-unreachable",
             CauseId::Unauthorized => "unauthorized",
             CauseId::NamespaceMissing => "namespace-missing",

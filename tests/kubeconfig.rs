@@ -350,3 +350,26 @@ fn a_cluster_that_kind_does_not_know_is_said_plainly() {
     );
     assert_eq!(std::fs::read_to_string(&file).unwrap(), fixture("only-rancher.yaml"));
 }
+
+#[test]
+fn doctor_names_a_stale_context_and_its_fix() {
+    let home = Home::new();
+    let file = home.kubeconfig("config", "kind.yaml");
+    std::fs::write(
+        &file,
+        fixture("kind.yaml").replace("https://127.0.0.1:41234", "https://127.0.0.1:1"),
+    )
+    .unwrap();
+    home.fake_kind(&fixture("kind.yaml"));
+    let out = home.run(&[&file], &["doctor", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let api = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "API server")
+        .unwrap();
+    assert_eq!(api["cause"], "context-stale");
+    assert!(api["fix"].as_str().unwrap().contains("porthole fix-kubeconfig"));
+}

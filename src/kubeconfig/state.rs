@@ -276,11 +276,13 @@ pub async fn plan(inspection: &Inspection, tools: &Tools) -> Result<Option<Plan>
         }
         KubeconfigState::ContextMissing { expected } | KubeconfigState::ContextStale { expected, .. } => {
             let fresh = tools.fresh_kubeconfig(expected).await?;
-            let entries = Entries {
-                cluster: expected.clone(),
-                user: expected.clone(),
-                context: expected.clone(),
-            };
+            let entries = entries_of(&fresh, expected).map_err(|error| FixError::Edit {
+                path: PathBuf::from(format!(
+                    "<output of {}>",
+                    Origin::of(expected).map_or(String::new(), |o| o.export_hint())
+                )),
+                error,
+            })?;
             (merge_file(files), Some((fresh, entries)), expected.clone())
         }
     };
@@ -305,6 +307,21 @@ pub async fn plan(inspection: &Inspection, tools: &Tools) -> Result<Option<Plan>
         fresh,
         context,
     }))
+}
+
+/// The entries a context uses in a fresh document: kind names all three `kind-NAME`, k3d
+/// names its user `admin@k3d-NAME`.
+fn entries_of(fresh: &str, context: &str) -> Result<Entries, EditError> {
+    let doc: kube::config::Kubeconfig = serde_saphyr::from_str(fresh).map_err(|e| EditError::Parse(e.to_string()))?;
+    let named = doc.contexts.iter().find(|c| c.name == context);
+    let inner = named
+        .and_then(|c| c.context.as_ref())
+        .ok_or_else(|| EditError::Unexpected(format!("the cluster's tool printed no context named {context}")))?;
+    Ok(Entries {
+        cluster: inner.cluster.clone(),
+        user: inner.user.clone().unwrap_or_else(|| context.to_string()),
+        context: context.to_string(),
+    })
 }
 
 fn read_or_empty(path: &Path) -> Result<String, FixError> {
@@ -362,6 +379,18 @@ mod tests {
             "else the first that exists"
         );
         assert_eq!(current_context_file(std::slice::from_ref(&c)), c, "else the last");
+    }
+
+    #[test]
+    fn k3d_names_its_user_differently() {
+        let fresh = "apiVersion: v1\nkind: Config\nclusters:\n- name: k3d-dev\n  cluster: {server: 'https://0.0.0.0:6550'}\nusers:\n- name: admin@k3d-dev\n  user: {client-certificate-data: X}\ncontexts:\n- name: k3d-dev\n  context: {cluster: k3d-dev, user: admin@k3d-dev}\ncurrent-context: k3d-dev\n";
+        let entries = entries_of(fresh, "k3d-dev").unwrap();
+        assert_eq!(
+            (entries.cluster.as_str(), entries.user.as_str()),
+            ("k3d-dev", "admin@k3d-dev")
+        );
+        assert!(edit::merge("", fresh, &entries).unwrap().contains("admin@k3d-dev"));
+        assert!(entries_of(fresh, "k3d-other").is_err());
     }
 
     #[test]

@@ -139,10 +139,10 @@ fn a_mismatch_is_fixed_by_changing_one_value_and_nothing_else() {
 }
 
 #[test]
-fn with_a_list_of_three_the_file_that_sets_current_context_is_written() {
+fn with_a_list_of_three_kubectl_s_file_is_written_and_the_others_are_untouched() {
     let home = Home::new();
     let first = home.kubeconfig("first", "kind.yaml");
-    // The first file sets none: only the second one does.
+    // Only the second file sets current-context.
     let text = fixture("kind.yaml").replace("current-context: kind-openchoreo-local\n", "");
     std::fs::write(&first, &text).unwrap();
     let second = home.kubeconfig("second", "only-rancher.yaml");
@@ -156,16 +156,53 @@ fn with_a_list_of_three_the_file_that_sets_current_context_is_written() {
     );
     let fix = home.run(&files, &["fix-kubeconfig"]);
     assert!(fix.status.success(), "{}", stderr(&fix));
-    assert_eq!(std::fs::read_to_string(&first).unwrap(), text);
+    // Where `kubectl config use-context` writes it: the first file of the list that exists.
     assert_eq!(
-        std::fs::read_to_string(&second).unwrap(),
-        fixture("only-rancher.yaml").replace(
-            "current-context: rancher-desktop",
-            "current-context: kind-openchoreo-local"
-        )
+        std::fs::read_to_string(&first).unwrap(),
+        format!("{text}current-context: kind-openchoreo-local\n")
     );
+    assert_eq!(std::fs::read_to_string(&second).unwrap(), fixture("only-rancher.yaml"));
     assert_eq!(std::fs::read_to_string(&third).unwrap(), fixture("unset.yaml"));
     assert_eq!(home.run(&files, &["context"]).status.code(), Some(0));
+}
+
+#[test]
+fn an_empty_current_context_sets_nothing_for_the_files_after_it() {
+    let home = Home::new();
+    let emptied = home.kubeconfig("emptied", "unset.yaml");
+    let rancher = home.kubeconfig("rancher", "only-rancher.yaml");
+    let files = [emptied.as_path(), rancher.as_path()];
+    // kubectl skips the empty value: its current-context is rancher-desktop.
+    let out = home.run(&files, &["context", "--json"]);
+    assert_eq!(
+        stdout(&out).trim(),
+        r#"{"state":"context-mismatch","expected":"kind-openchoreo-local","current":"rancher-desktop"}"#
+    );
+    assert!(home.run(&files, &["fix-kubeconfig"]).status.success());
+    assert_eq!(home.run(&files, &["context"]).status.code(), Some(0), "fixed for good");
+    assert_eq!(std::fs::read_to_string(&rancher).unwrap(), fixture("only-rancher.yaml"));
+}
+
+#[test]
+fn a_dry_run_shows_no_credentials_and_creates_nothing() {
+    let home = Home::new();
+    home.fake_kind(&fixture("kind.yaml"));
+    let file = home.kubeconfig("config", "only-rancher.yaml");
+    let dry = home.run(&[&file], &["fix-kubeconfig", "--dry-run"]);
+    assert!(dry.status.success(), "{}", stderr(&dry));
+    let shown = stdout(&dry);
+    let kind: serde_json::Value = serde_saphyr::from_str(&fixture("kind.yaml")).unwrap();
+    let key = kind["users"][0]["user"]["client-key-data"].as_str().unwrap();
+    assert!(!shown.contains(key) && !shown.contains("rd-token"), "{shown}");
+    assert!(shown.contains("client-key-data: <redacted>"), "{shown}");
+    // With no kubeconfig at all, a dry run leaves none behind.
+    let absent = home.path("kube/config");
+    let dry = home.run(&[&absent], &["fix-kubeconfig", "--dry-run"]);
+    assert!(dry.status.success(), "{}", stderr(&dry));
+    assert!(!absent.exists() && !home.path("kube").exists());
+    assert!(home.run(&[&absent], &["fix-kubeconfig"]).status.success());
+    assert_eq!(std::fs::metadata(&absent).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(home.run(&[&absent], &["context"]).status.code(), Some(0));
 }
 
 #[test]

@@ -36,13 +36,25 @@ fn first_line(message: &str) -> String {
 /// Sets the top-level `current-context`, touching nothing else.
 pub fn set_current_context(text: &str, context: &str) -> Result<String, EditError> {
     let before = parse(text)?;
+    let first = text
+        .trim_start_matches('\u{feff}')
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'));
+    if first.is_some_and(|l| l.starts_with('{') || l.starts_with("---") || l.starts_with('?')) {
+        return Err(EditError::Unsupported(
+            "not a plain YAML mapping (JSON, a document marker or complex keys): use `kubectl config use-context`"
+                .into(),
+        ));
+    }
     let found = top_level_lines(text, KEY);
     let edited = match found.as_slice() {
         [] => append(text, context),
         [(start, end)] => replace_value(text, *start, *end, context)?,
         _ => return Err(EditError::Parse(format!("`{KEY}` appears more than once"))),
     };
-    let after = parse(&edited)?;
+    // The input parsed: if the output does not, the edit is at fault, not the user's file.
+    let after = parse(&edited).map_err(|e| EditError::Unexpected(e.to_string()))?;
     check_only_current_context_changed(&before, &after, context)?;
     Ok(edited)
 }
@@ -53,12 +65,18 @@ fn top_level_lines(text: &str, key: &str) -> Vec<(usize, usize)> {
     let mut start = 0;
     for line in text.split_inclusive('\n') {
         let end = start + line.len();
-        let bare = line
-            .strip_prefix('"')
-            .and_then(|l| l.strip_prefix(key))
-            .and_then(|l| l.strip_prefix('"'));
-        let rest = bare.or_else(|| line.strip_prefix(key));
-        if rest.is_some_and(|r| r.starts_with(':')) {
+        let bare = if start == 0 {
+            line.trim_start_matches('\u{feff}')
+        } else {
+            line
+        };
+        let quoted = |q: char| {
+            bare.strip_prefix(q)
+                .and_then(|l| l.strip_prefix(key))
+                .and_then(|l| l.strip_prefix(q))
+        };
+        let rest = quoted('"').or_else(|| quoted('\'')).or_else(|| bare.strip_prefix(key));
+        if rest.is_some_and(|r| r.trim_start_matches([' ', '\t']).starts_with(':')) {
             found.push((start, end));
         }
         start = end;
@@ -68,6 +86,7 @@ fn top_level_lines(text: &str, key: &str) -> Vec<(usize, usize)> {
 
 fn replace_value(text: &str, start: usize, end: usize, context: &str) -> Result<String, EditError> {
     let line = &text[start..end];
+    let bom = if line.starts_with('\u{feff}') { "\u{feff}" } else { "" };
     let colon = line.find(':').unwrap_or(0);
     let after_colon = &line[colon + 1..];
     let body = after_colon.trim_end_matches(['\n', '\r']);
@@ -88,7 +107,7 @@ fn replace_value(text: &str, start: usize, end: usize, context: &str) -> Result<
     }
     let spacing = if comment.is_empty() { "" } else { " " };
     Ok(format!(
-        "{}{KEY}: {}{spacing}{comment}{ending}{}",
+        "{}{bom}{KEY}: {}{spacing}{comment}{ending}{}",
         &text[..start],
         scalar(context),
         &text[end..]
@@ -96,12 +115,13 @@ fn replace_value(text: &str, start: usize, end: usize, context: &str) -> Result<
 }
 
 fn append(text: &str, context: &str) -> String {
+    let newline = if text.contains("\r\n") { "\r\n" } else { "\n" };
     let separator = if text.is_empty() || text.ends_with('\n') {
         ""
     } else {
-        "\n"
+        newline
     };
-    format!("{text}{separator}{KEY}: {}\n", scalar(context))
+    format!("{text}{separator}{KEY}: {}{newline}", scalar(context))
 }
 
 /// A context name as a YAML scalar: plain when that is unambiguous, else double-quoted.
@@ -184,6 +204,10 @@ pub fn merge(text: &str, fresh: &str, entries: &Entries) -> Result<String, EditE
     }
     for (section, entry) in wanted {
         let items = map.entry(section).or_insert_with(|| Value::Array(Vec::new()));
+        // kubectl writes an empty list as `null`.
+        if items.is_null() {
+            *items = Value::Array(Vec::new());
+        }
         let items = items
             .as_array_mut()
             .ok_or_else(|| EditError::Parse(format!("`{section}` is not a list")))?;
@@ -197,7 +221,14 @@ pub fn merge(text: &str, fresh: &str, entries: &Entries) -> Result<String, EditE
     // Plain scalars, as kubectl and kind write them: no folding of long certificate data.
     let mut options = serde_saphyr::SerializerOptions::default();
     options.prefer_block_scalars = false;
-    serde_saphyr::to_string_with_options(&doc, options).map_err(|e| EditError::Unexpected(e.to_string()))
+    let merged =
+        serde_saphyr::to_string_with_options(&doc, options).map_err(|e| EditError::Unexpected(e.to_string()))?;
+    if parse(&merged).map_err(|e| EditError::Unexpected(e.to_string()))? != doc {
+        return Err(EditError::Unexpected(
+            "the merged document does not read back the same".into(),
+        ));
+    }
+    Ok(merged)
 }
 
 fn default_of(key: &str) -> &'static str {
@@ -239,6 +270,51 @@ mod tests {
         assert_eq!(set_current_context("", "yes").unwrap(), "current-context: \"yes\"\n");
         let odd = set_current_context("kind: Config\n", "a b: #c").unwrap();
         assert_eq!(parse(&odd).unwrap()["current-context"], "a b: #c");
+    }
+
+    #[test]
+    fn bom_spaced_and_single_quoted_keys_and_json() {
+        assert_eq!(
+            set_current_context("\u{feff}current-context: a\n", "kind-x").unwrap(),
+            "\u{feff}current-context: kind-x\n"
+        );
+        assert_eq!(
+            set_current_context("current-context : a\nkind: Config\n", "kind-x").unwrap(),
+            "current-context: kind-x\nkind: Config\n"
+        );
+        assert_eq!(
+            set_current_context("'current-context': a\n", "kind-x").unwrap(),
+            "current-context: kind-x\n"
+        );
+        let json = "{\n  \"kind\": \"Config\",\n  \"current-context\": \"a\"\n}\n";
+        assert!(matches!(
+            set_current_context(json, "kind-x"),
+            Err(EditError::Unsupported(_))
+        ));
+        assert_eq!(
+            set_current_context("kind: Config\r\n", "kind-x").unwrap(),
+            "kind: Config\r\ncurrent-context: kind-x\r\n"
+        );
+    }
+
+    #[test]
+    fn merge_into_null_sections() {
+        let fresh = "clusters:\n- name: kind-x\n  cluster: {server: 'https://127.0.0.1:1'}\nusers:\n- name: kind-x\n  user: {token: t}\ncontexts:\n- name: kind-x\n  context: {cluster: kind-x, user: kind-x}\n";
+        let entries = Entries {
+            cluster: "kind-x".into(),
+            user: "kind-x".into(),
+            context: "kind-x".into(),
+        };
+        let merged = parse(
+            &merge(
+                "apiVersion: v1\nclusters: null\nusers: null\ncontexts: null\n",
+                fresh,
+                &entries,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(merged["contexts"][0]["name"], "kind-x");
     }
 
     #[test]

@@ -96,7 +96,12 @@ impl Loaded {
             if !path.exists() {
                 continue;
             }
-            let next = Kubeconfig::read_from(path).map_err(|e| invalid(path, e))?;
+            let mut next = Kubeconfig::read_from(path).map_err(|e| invalid(path, e))?;
+            // `current-context: ""` (what `kind delete cluster` leaves) sets nothing: kubectl
+            // skips empty values when merging, so a later file's value still counts.
+            if next.current_context.as_deref() == Some("") {
+                next.current_context = None;
+            }
             merged = Some(match merged {
                 None => next,
                 Some(m) => m.merge(next).map_err(|e| invalid(path, e))?,

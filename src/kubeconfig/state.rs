@@ -128,7 +128,8 @@ pub async fn inspect(files: Vec<PathBuf>, expected: &str, tools: &Tools) -> Resu
         }
         Err(e) => return Err(e),
     };
-    let state = if !loaded.has_context(expected) {
+    // A context whose cluster entry is gone is as good as missing: kubectl cannot connect.
+    let state = if !loaded.has_context(expected) || server_of(&loaded.merged, expected).is_none() {
         KubeconfigState::ContextMissing {
             expected: expected.into(),
         }
@@ -196,35 +197,22 @@ fn server_of(kubeconfig: &kube::config::Kubeconfig, context: &str) -> Option<Str
     entry.cluster.as_ref()?.server.clone()
 }
 
-/// The file kubectl writes current-context to: the first that sets it; else the first that
-/// exists; else the last of the list.
+/// The file kubectl writes a current-context to (client-go's `GetDefaultFilename`): the only
+/// file of the list; else the first that exists; else the last.
 pub fn current_context_file(files: &[PathBuf]) -> PathBuf {
-    let sets_it = |path: &&PathBuf| {
-        std::fs::read_to_string(path)
-            .ok()
-            .and_then(|text| edit::parse(&text).ok())
-            .and_then(|doc| {
-                doc.get("current-context")
-                    .and_then(|v| v.as_str())
-                    .map(|c| !c.is_empty())
-            })
-            .unwrap_or(false)
-    };
-    files
-        .iter()
-        .find(sets_it)
-        .or_else(|| files.iter().find(|p| p.exists()))
-        .or_else(|| files.last())
-        .cloned()
-        .unwrap_or_else(|| PathBuf::from("config"))
+    first_existing_else_last(files)
 }
 
-/// The file kind merges entries into: the first that exists, else the first of the list.
+/// The file kind merges entries into (`pathForMerge`): the same rule.
 fn merge_file(files: &[PathBuf]) -> PathBuf {
+    first_existing_else_last(files)
+}
+
+fn first_existing_else_last(files: &[PathBuf]) -> PathBuf {
     files
         .iter()
-        .find(|p| p.exists())
-        .or_else(|| files.first())
+        .find(|p| p.is_file())
+        .or_else(|| files.last())
         .cloned()
         .unwrap_or_else(|| PathBuf::from("config"))
 }
@@ -242,10 +230,11 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// A unified diff of the change, as `--dry-run` shows it.
+    /// A unified diff of the change, as `--dry-run` shows it, with credentials masked.
     pub fn diff(&self) -> String {
         let name = self.file.display().to_string();
-        similar::TextDiff::from_lines(&self.before, &self.after)
+        let (before, after) = (redact(&self.before), redact(&self.after));
+        similar::TextDiff::from_lines(&before, &after)
             .unified_diff()
             .context_radius(3)
             .header(&name, &name)
@@ -255,6 +244,7 @@ impl Plan {
     /// Applies the fix under the lock, re-doing the edit on the bytes read there (another
     /// writer's change since the plan is kept, not overwritten). Blocking.
     pub fn apply(&self, wait: LockWait) -> Result<Option<Written>, FixError> {
+        ensure_exists(&self.file).map_err(|error| write_io(&self.file, error))?;
         let edited = write::replace(&self.file, wait, |current| match &self.fresh {
             Some((fresh, entries)) => edit::merge(current, fresh, entries),
             None => edit::set_current_context(current, &self.context),
@@ -264,6 +254,56 @@ impl Plan {
             error,
         })
     }
+}
+
+/// Keys whose values are credentials: never shown, not even in a diff.
+const SECRET_KEYS: &[&str] = &[
+    "token",
+    "client-key-data",
+    "password",
+    "id-token",
+    "refresh-token",
+    "access-token",
+    "client-secret",
+    "secret",
+];
+
+/// The text with the value of every secret key replaced (block and flow style alike).
+fn redact(text: &str) -> String {
+    text.split_inclusive('\n').map(redact_line).collect()
+}
+
+fn redact_line(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    'scan: while !rest.is_empty() {
+        for key in SECRET_KEYS {
+            let at_key = rest.starts_with(key)
+                && rest[key.len()..]
+                    .trim_start_matches([' ', '\t', '"', '\''])
+                    .starts_with(':');
+            let boundary = out.is_empty() || out.ends_with([' ', '\t', '{', ',', '-', '"', '\'']);
+            if at_key && boundary {
+                let colon = key.len() + rest[key.len()..].find(':').unwrap_or(0);
+                out.push_str(&rest[..=colon]);
+                let value = &rest[colon + 1..];
+                let end = value.find([',', '}', '\n', '\r']).unwrap_or(value.len());
+                if value[..end].trim().is_empty() {
+                    rest = value;
+                } else {
+                    out.push_str(" <redacted>");
+                    rest = &value[end..];
+                }
+                continue 'scan;
+            }
+        }
+        let mut chars = rest.chars();
+        if let Some(c) = chars.next() {
+            out.push(c);
+        }
+        rest = chars.as_str();
+    }
+    out
 }
 
 /// The fix for what `inspection` found; `None` when there is nothing to fix.
@@ -312,7 +352,9 @@ pub async fn plan(inspection: &Inspection, tools: &Tools) -> Result<Option<Plan>
 /// The entries a context uses in a fresh document: kind names all three `kind-NAME`, k3d
 /// names its user `admin@k3d-NAME`.
 fn entries_of(fresh: &str, context: &str) -> Result<Entries, EditError> {
-    let doc: kube::config::Kubeconfig = serde_saphyr::from_str(fresh).map_err(|e| EditError::Parse(e.to_string()))?;
+    // Only the first line of a parse error: the rest quotes the document, which holds keys.
+    let doc: kube::config::Kubeconfig = serde_saphyr::from_str(fresh)
+        .map_err(|e| EditError::Parse(e.to_string().lines().next().unwrap_or_default().to_string()))?;
     let named = doc.contexts.iter().find(|c| c.name == context);
     let inner = named
         .and_then(|c| c.context.as_ref())
@@ -327,29 +369,29 @@ fn entries_of(fresh: &str, context: &str) -> Result<Entries, EditError> {
 fn read_or_empty(path: &Path) -> Result<String, FixError> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(text),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            // kind creates the file when there is none; so do we, through the same safe write.
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .create(dir)
-                    .map_err(|error| write_io(path, error))?;
-            }
-            create_private(path).map_err(|error| write_io(path, error))?;
-            Ok(String::new())
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
         Err(error) => Err(write_io(path, error)),
     }
 }
 
-fn create_private(path: &Path) -> std::io::Result<()> {
+/// kind creates the file when there is none; so does the fix, private, right before writing.
+fn ensure_exists(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
+    if path.exists() {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new().recursive(true).create(dir)?;
+    }
+    match std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .map(drop)
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
+    }
 }
 
 fn write_io(path: &Path, error: std::io::Error) -> FixError {
@@ -365,20 +407,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn kubectl_writes_current_context_where_it_is_set() {
+    fn kubectl_writes_current_context_to_the_first_file_that_exists() {
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("a");
         let b = dir.path().join("b");
         let c = dir.path().join("c");
-        std::fs::write(&a, "current-context: \"\"\nclusters: []\n").unwrap();
         std::fs::write(&b, "current-context: rancher-desktop\n").unwrap();
+        std::fs::write(&c, "kind: Config\n").unwrap();
         assert_eq!(current_context_file(&[a.clone(), b.clone(), c.clone()]), b);
+        std::fs::create_dir(&a).unwrap();
         assert_eq!(
-            current_context_file(&[c.clone(), a.clone()]),
-            a,
-            "else the first that exists"
+            current_context_file(&[a.clone(), c.clone()]),
+            c,
+            "a directory is not a kubeconfig"
         );
-        assert_eq!(current_context_file(std::slice::from_ref(&c)), c, "else the last");
+        let (x, y) = (dir.path().join("x"), dir.path().join("y"));
+        assert_eq!(current_context_file(&[x, y.clone()]), y, "else the last");
     }
 
     #[test]
@@ -391,6 +435,23 @@ mod tests {
         );
         assert!(edit::merge("", fresh, &entries).unwrap().contains("admin@k3d-dev"));
         assert!(entries_of(fresh, "k3d-other").is_err());
+    }
+
+    #[test]
+    fn diffs_never_show_credentials() {
+        let text = "users:\n- name: a\n  user:\n    token: s3cr3t\n    client-key-data: S0VZ\n- name: b\n  user: {token: t0k, username: bob, password: 'pw'}\n";
+        let redacted = redact(text);
+        assert!(
+            !redacted.contains("s3cr3t")
+                && !redacted.contains("S0VZ")
+                && !redacted.contains("t0k")
+                && !redacted.contains("pw'")
+        );
+        assert!(
+            redacted.contains("    token: <redacted>\n") && redacted.contains("username: bob"),
+            "{redacted}"
+        );
+        assert_eq!(redact("current-context: kind-x\n"), "current-context: kind-x\n");
     }
 
     #[test]

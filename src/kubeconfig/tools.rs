@@ -103,8 +103,12 @@ impl Tools {
         })?;
         let args = origin.args();
         let command = format!("{tool} {}", args.join(" "));
+        // The tool runs `docker` (or `podman`) in turn: give it the same search list, which an
+        // app started from the macOS Dock would otherwise not have.
+        let search = std::env::join_paths(&self.search).unwrap_or_default();
         let run = tokio::process::Command::new(&path)
             .args(&args)
+            .env("PATH", search)
             .kill_on_drop(true)
             .output();
         let failed = |message: String| ToolError::Failed {

@@ -53,6 +53,16 @@ pub struct Written {
     pub backup: PathBuf,
 }
 
+/// Whether this process may write the file (the mode bits alone do not say, for other owners).
+fn writable(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `c_path` is a valid NUL-terminated string for the duration of the call.
+    unsafe { libc::access(c_path.as_ptr(), libc::W_OK) == 0 }
+}
+
 /// `<path>.lock`, created exclusively, as client-go and kubectl do; removed on drop.
 struct Lock(PathBuf);
 
@@ -111,7 +121,7 @@ pub fn replace<E>(
     // Through a symlink to the file itself: the link stays a link.
     let target = fs::canonicalize(path).map_err(|e| io_error(path, "cannot resolve it", e))?;
     let meta = fs::metadata(&target).map_err(|e| io_error(&target, "cannot read its metadata", e))?;
-    if meta.permissions().mode() & 0o200 == 0 {
+    if meta.permissions().mode() & 0o200 == 0 || !writable(&target) {
         return Err(WriteError::ReadOnly { path: target });
     }
     let old = fs::read_to_string(&target).map_err(|e| io_error(&target, "cannot read it", e))?;
@@ -137,6 +147,8 @@ fn backup(target: &Path, old: &str, meta: &fs::Metadata) -> Result<PathBuf, Writ
     name.push(format!("{BACKUP_INFIX}{:020}", stamp.as_nanos()));
     let path = PathBuf::from(name);
     write_new(&path, old.as_bytes(), meta.mode() & 0o777).map_err(|e| io_error(target, "cannot write a backup", e))?;
+    // The backup belongs to whoever owns the file (`sudo` must not leave root-owned copies).
+    let _ = std::os::unix::fs::chown(&path, Some(meta.uid()), Some(meta.gid()));
     Ok(path)
 }
 
@@ -182,12 +194,20 @@ fn write_atomically(target: &Path, bytes: &[u8], meta: &fs::Metadata) -> Result<
     let _ = fs::remove_file(&tmp);
     let result = (|| {
         write_new(&tmp, bytes, meta.mode() & 0o777)?;
-        // Keep the owner when we can (as root, editing a user's file); otherwise it is ours anyway.
-        let _ = std::os::unix::fs::chown(&tmp, Some(meta.uid()), Some(meta.gid()));
+        // Keep the owner. If it is not ours and we cannot give it back, stop: replacing the file
+        // would hand another user's kubeconfig to us.
+        if let Err(e) = std::os::unix::fs::chown(&tmp, Some(meta.uid()), Some(meta.gid()))
+            && tmp.metadata().map(|m| (m.uid(), m.gid())).ok() != Some((meta.uid(), meta.gid()))
+        {
+            return Err(e);
+        }
         fs::set_permissions(&tmp, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
-        fs::rename(&tmp, target)?;
-        File::open(dir)?.sync_all()
+        fs::rename(&tmp, target)
     })();
+    // Durability of the rename itself; the file is already replaced either way.
+    if result.is_ok() {
+        let _ = File::open(dir).and_then(|d| d.sync_all());
+    }
     result.map_err(|e| {
         let _ = fs::remove_file(&tmp);
         io_error(target, "cannot replace it", e)

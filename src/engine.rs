@@ -31,6 +31,8 @@ pub enum EngineError {
 
 /// How long a burst of kubeconfig writes may take before it is read.
 const KUBECONFIG_SETTLE: Duration = Duration::from_millis(100);
+/// How often changed connection counters are pushed into the snapshot.
+const STATS_PUSH: Duration = Duration::from_secs(1);
 /// Bound on a discovery task noticing its cancellation.
 const DISCOVERY_STOP: Duration = Duration::from_secs(2);
 
@@ -187,6 +189,7 @@ impl Core {
             connections: CancellationToken::new(),
         };
         tokio::spawn(engine.clone().follow_cluster().instrument(info_span!("cluster")));
+        tokio::spawn(engine.clone().follow_stats().instrument(info_span!("stats")));
         let mut running = Running {
             config: Config {
                 cluster: config.cluster.clone(),
@@ -427,6 +430,39 @@ impl Core {
         };
         let handle = ForwardHandle::spawn(spec.clone(), previous, parent);
         running.forwards.insert(spec.name, handle);
+    }
+
+    /// Copies the connection counters into the snapshot, at most once per `STATS_PUSH` and only
+    /// when they changed: subscribers see traffic without asking, an idle engine stays quiet.
+    async fn follow_stats(self) {
+        let mut tick = tokio::time::interval(STATS_PUSH);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let counters: Vec<(String, StatsView)> = match self.running.lock().await.as_ref() {
+                Some(running) => running
+                    .forwards
+                    .iter()
+                    .map(|(name, h)| (name.clone(), h.stats.view()))
+                    .collect(),
+                None => return,
+            };
+            self.hub.snapshot.send_if_modified(|s| {
+                let mut modified = false;
+                for status in &mut s.forwards {
+                    if let Some((_, view)) = counters.iter().find(|(name, _)| *name == status.name)
+                        && status.stats != *view
+                    {
+                        status.stats = *view;
+                        modified = true;
+                    }
+                }
+                modified
+            });
+        }
     }
 
     /// Mirrors the cluster view into the snapshot and events.

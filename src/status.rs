@@ -23,7 +23,7 @@ pub struct ForwardStatus {
     pub enabled: bool,
     pub health: Health,
     pub route: Option<RouteView>,
-    /// As of the last state change in the watched snapshot; live from [`Engine::status`].
+    /// Pushed into the watched snapshot within a second of changing; exact from `Engine::status`.
     pub stats: StatsView,
 }
 

@@ -816,3 +816,21 @@ async fn tcp_probe_sees_a_pod_that_refuses_behind_the_node_port() {
     );
     engine.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn connection_counters_are_pushed_without_asking() {
+    let (cluster, _backend) = echo_cluster("counters").await;
+    let engine = start(&cluster, &forward("echo", NS, "echo")).await;
+    let addr = local(&wait_healthy(&engine, "echo").await);
+    let mut open = TcpStream::connect(addr).await.unwrap();
+    round_trip(&mut open, b"12345").await.unwrap();
+    // Only the watched snapshot: no `status()` call refreshes it.
+    let pushed = wait_for(&engine, "echo", "counting", |f| {
+        f.stats.active == 1 && f.stats.bytes_down == 5
+    })
+    .await;
+    assert_eq!((pushed.stats.total, pushed.stats.bytes_up), (1, 5));
+    drop(open);
+    wait_for(&engine, "echo", "closed", |f| f.stats.active == 0).await;
+    engine.shutdown(Duration::from_secs(1)).await;
+}

@@ -3,6 +3,10 @@
 
 mod support;
 
+// Pods and their portforward subresource.
+#[path = "fake_cluster/pods.rs"]
+mod pods;
+
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;

@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use super::cluster::Shared;
+use super::portforward;
 use super::selector::Selector;
 use super::store::Kind;
 use super::watch::{self, WatchRequest};
@@ -50,7 +51,10 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Sha
                     let shared = shared.clone();
                     async move { respond(&shared, req) }
                 });
-                let _ = http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .with_upgrades()
+                    .await;
             };
             // Cancelling the epoch drops the connection, and with it any live watch.
             tokio::select! {
@@ -69,6 +73,13 @@ fn respond(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body
     if shared.unauthorized.load(Ordering::SeqCst) {
         return Ok(status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized", None));
     }
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    if let ["api", "v1", "namespaces", ns, "pods", name, "portforward"] = segments[..]
+        && matches!(*req.method(), Method::GET | Method::POST)
+    {
+        return Ok(portforward::handle(shared, req, ns, name));
+    }
     if req.method() != Method::GET {
         let message = "the server does not allow this method on the requested resource";
         return Ok(status(
@@ -79,7 +90,6 @@ fn respond(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body
         ));
     }
     let query = parse_query(req.uri().query().unwrap_or(""));
-    let segments: Vec<&str> = req.uri().path().split('/').filter(|s| !s.is_empty()).collect();
     if segments == ["version"] {
         return Ok(json_response(StatusCode::OK, &version()));
     }
@@ -134,9 +144,15 @@ fn route<'a>(segments: &[&'a str]) -> Option<Target<'a>> {
 }
 
 fn kind_of(plural: &str) -> Option<Kind> {
-    [Kind::Namespace, Kind::Node, Kind::Service, Kind::EndpointSlice]
-        .into_iter()
-        .find(|k| k.plural() == plural)
+    [
+        Kind::Namespace,
+        Kind::Node,
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::Pod,
+    ]
+    .into_iter()
+    .find(|k| k.plural() == plural)
 }
 
 fn get(shared: &Shared, kind: Kind, namespace: Option<&str>, name: &str) -> Response<Body> {
@@ -261,7 +277,7 @@ pub fn status_object(code: u16, reason: &str, message: &str, details: Option<Val
     status
 }
 
-fn status(code: StatusCode, reason: &str, message: &str, details: Option<Value>) -> Response<Body> {
+pub fn status(code: StatusCode, reason: &str, message: &str, details: Option<Value>) -> Response<Body> {
     json_response(code, &status_object(code.as_u16(), reason, message, details))
 }
 
@@ -305,7 +321,7 @@ fn parse_query(query: &str) -> HashMap<String, String> {
         .collect()
 }
 
-fn percent_decode(s: &str) -> String {
+pub fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -22,6 +22,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::kubeconfig::{self, Entry};
 use super::pki::Pki;
+use super::portforward;
 use super::proxy::{self, Proxy};
 use super::store::{self, Kind, Store};
 
@@ -54,6 +55,7 @@ pub struct Shared {
     epoch: Mutex<CancellationToken>,
     pub shutdown: CancellationToken,
     pub runtime: tokio::runtime::Handle,
+    pub port_forwards: portforward::Controls,
 }
 
 impl Shared {
@@ -78,12 +80,23 @@ pub struct State {
     next_node_host: u8,
 }
 
-/// A pod backing a service, as the endpointslice controller sees it.
+/// A pod backing a service: what the endpointslice controller sees, plus what the kubelet
+/// reports for its Pod object (`pods.rs`) and needs for port forwarding (`portforward.rs`).
 #[derive(Clone, Debug)]
 pub struct Pod {
     pub service: String,
     pub backend: SocketAddr,
     pub ready: bool,
+    /// Copied from the service's selector when the pod is registered, as a Deployment would.
+    pub labels: BTreeMap<String, String>,
+    /// The container port's name: the service's first named targetPort (or port name).
+    pub port_name: Option<String>,
+    /// The node the pod is bound to; `None` while Pending unscheduled.
+    pub node: Option<String>,
+    /// `Pending`, `Running`, `Succeeded` or `Failed`.
+    pub phase: String,
+    /// The CRI sandbox id, which the kubelet names in port-forward errors.
+    pub sandbox: String,
 }
 
 impl State {
@@ -124,6 +137,7 @@ impl FakeCluster {
             epoch: Mutex::new(shutdown.child_token()),
             shutdown: shutdown.clone(),
             runtime: tokio::runtime::Handle::current(),
+            port_forwards: portforward::Controls::new(&shutdown),
         });
         tokio::spawn(super::api::serve(listener, acceptor, shared.clone()));
         tokio::spawn(tick_bookmarks(shared.clone()));
@@ -290,7 +304,7 @@ impl FakeCluster {
             ns.metadata.deletion_timestamp = Some(now());
             ns.status.get_or_insert_default().phase = Some("Terminating".to_string());
             state.store.put(Kind::Namespace, to_value(&ns));
-            for kind in [Kind::Service, Kind::EndpointSlice] {
+            for kind in [Kind::Service, Kind::EndpointSlice, Kind::Pod] {
                 for object in state.store.list(kind, Some(namespace)) {
                     let name = object["metadata"]["name"].as_str().unwrap_or_default();
                     state.store.delete(kind, namespace, name);

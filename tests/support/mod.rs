@@ -2,7 +2,8 @@
 //! simulated kube-proxy on 127.0.0.0/8) and backends that stand in for pods.
 //!
 //! Map: `cluster` (FakeCluster, faults, kubeconfig, namespaces, nodes), `services`
-//! (services, node ports, endpoints), `proxy` (kube-proxy), `api` and `watch` (the HTTP
+//! (services, node ports, endpoints), `pods` (Pod objects), `portforward` (the pods'
+//! portforward subresource and its faults), `proxy` (kube-proxy), `api` and `watch` (the HTTP
 //! API), `store` (objects, resourceVersions, history), `selector`, `pki`, `kubeconfig`,
 //! `backend`, `openchoreo` (the quick-start cluster).
 #![allow(dead_code)]
@@ -13,6 +14,8 @@ pub mod cluster;
 pub mod kubeconfig;
 pub mod openchoreo;
 pub mod pki;
+pub mod pods;
+pub mod portforward;
 pub mod porthole;
 pub mod proxy;
 pub mod selector;

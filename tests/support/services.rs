@@ -14,6 +14,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::backend::Backend;
 use super::cluster::{FakeCluster, Pod, State, from_value, internal_ip, to_value, used_node_ports};
+use super::pods::sync_pod;
 use super::store::Kind;
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -85,16 +86,17 @@ impl FakeCluster {
 
     // ---- endpoints (pods) ----
 
-    /// Registers a pod backing `service`; while the service exists it has an EndpointSlice
-    /// `<service>-<pod>` with one endpoint at `backend`.
+    /// Registers a Running pod backing `service` (a Pod object, see `pods.rs`); while the
+    /// service exists it has an EndpointSlice `<service>-<pod>` with one endpoint at `backend`.
     pub fn add_endpoint(&self, namespace: &str, service: &str, pod: &str, backend: SocketAddr, ready: bool) {
         self.mutate(|state| {
             let pod_state = Pod {
-                service: service.to_string(),
                 backend,
                 ready,
+                ..self.new_pod(state, namespace, service)
             };
             state.pods.insert((namespace.to_string(), pod.to_string()), pod_state);
+            sync_pod(state, namespace, pod);
             sync_slices(state, namespace, service);
         });
     }
@@ -110,8 +112,9 @@ impl FakeCluster {
 
     pub fn remove_endpoint(&self, namespace: &str, pod: &str) {
         self.mutate(|state| {
-            if let Some(pod) = state.pods.remove(&(namespace.to_string(), pod.to_string())) {
-                sync_slices(state, namespace, &pod.service);
+            if let Some(removed) = state.pods.remove(&(namespace.to_string(), pod.to_string())) {
+                sync_pod(state, namespace, pod);
+                sync_slices(state, namespace, &removed.service);
             }
         });
     }
@@ -125,7 +128,7 @@ impl FakeCluster {
         self.set_endpoint_ready(namespace, pod, true);
     }
 
-    fn update_pod(&self, namespace: &str, pod: &str, edit: impl FnOnce(&mut Pod)) {
+    pub(super) fn update_pod(&self, namespace: &str, pod: &str, edit: impl FnOnce(&mut Pod)) {
         self.mutate(|state| {
             let key = (namespace.to_string(), pod.to_string());
             let entry = state
@@ -134,6 +137,7 @@ impl FakeCluster {
                 .unwrap_or_else(|| panic!("pod {namespace}/{pod} not found"));
             edit(entry);
             let service = entry.service.clone();
+            sync_pod(state, namespace, pod);
             sync_slices(state, namespace, &service);
         });
     }
@@ -170,11 +174,12 @@ pub fn service(namespace: &str, name: &str, type_: &str, ports: Vec<ServicePort>
     }
 }
 
-/// A named TCP service port.
+/// A named TCP service port whose targetPort is the pods' container port of the same name.
 pub fn port(name: &str, port: i32) -> ServicePort {
     ServicePort {
         name: Some(name.to_string()),
         port,
+        target_port: Some(IntOrString::String(name.to_string())),
         ..Default::default()
     }
 }

@@ -15,6 +15,7 @@ pub enum Kind {
     Node,
     Service,
     EndpointSlice,
+    Pod,
 }
 
 impl Kind {
@@ -24,6 +25,7 @@ impl Kind {
             Kind::Node => "Node",
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
+            Kind::Pod => "Pod",
         }
     }
 
@@ -40,11 +42,12 @@ impl Kind {
             Kind::Node => "nodes",
             Kind::Service => "services",
             Kind::EndpointSlice => "endpointslices",
+            Kind::Pod => "pods",
         }
     }
 
     pub fn namespaced(self) -> bool {
-        matches!(self, Kind::Service | Kind::EndpointSlice)
+        matches!(self, Kind::Service | Kind::EndpointSlice | Kind::Pod)
     }
 }
 

@@ -210,8 +210,10 @@ async fn reload(engine: &Engine, source: &Source) {
     match Config::load(path) {
         Ok(config) => {
             info!(config = %path.display(), "reloading");
-            if let Err(e) = engine.apply(config).await {
-                warn!(error = %e, "reload failed");
+            let forwards = config.forwards.len();
+            match engine.apply(config).await {
+                Ok(()) => info!(forwards, "config reloaded"),
+                Err(e) => warn!(error = %e, "reload failed"),
             }
         }
         // Keep running the old config: a typo must not take every forward down.

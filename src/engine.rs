@@ -188,9 +188,15 @@ impl Core {
             cancel: CancellationToken::new(),
             connections: CancellationToken::new(),
         };
+        let running = engine.running.clone();
+        // Held until the engine is set up: its tasks start now and wait for it. A mutex made
+        // just above has no other holder, so `try_lock` cannot fail.
+        let Ok(mut slot) = running.try_lock() else {
+            unreachable!("a new mutex is unlocked")
+        };
         tokio::spawn(engine.clone().follow_cluster().instrument(info_span!("cluster")));
         tokio::spawn(engine.clone().follow_stats().instrument(info_span!("stats")));
-        let mut running = Running {
+        let mut setup = Running {
             config: Config {
                 cluster: config.cluster.clone(),
                 forwards: Vec::new(),
@@ -199,14 +205,12 @@ impl Core {
             discovery: engine.spawn_discovery(&config.cluster),
         };
         for spec in &config.forwards {
-            engine.add_forward(&mut running, spec.clone());
+            engine.add_forward(&mut setup, spec.clone());
         }
-        running.config = config;
-        engine.refresh_kubectl_context(&running.config.cluster);
-        // Nothing else holds the lock yet: `try_lock` cannot fail here.
-        if let Ok(mut slot) = engine.running.try_lock() {
-            *slot = Some(running);
-        }
+        setup.config = config;
+        engine.refresh_kubectl_context(&setup.config.cluster);
+        *slot = Some(setup);
+        drop(slot);
         engine
     }
 
@@ -448,7 +452,8 @@ impl Core {
                     .iter()
                     .map(|(name, h)| (name.clone(), h.stats.view()))
                     .collect(),
-                None => return,
+                // Not started yet (or stopping: then the cancellation ends this loop).
+                None => continue,
             };
             self.hub.snapshot.send_if_modified(|s| {
                 let mut modified = false;

@@ -81,6 +81,22 @@ pub struct ClusterSpec {
     pub node: Option<String>,
     #[serde(default)]
     pub node_address: NodeAddressType,
+    /// The path forwards take unless they say otherwise.
+    #[serde(default)]
+    pub mode: Mode,
+}
+
+/// The path from the local port to the service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Straight to the service's nodePort on a node: fast, needs no API on the data path, needs
+    /// the node addresses to be reachable from here.
+    #[default]
+    Nodeport,
+    /// Through the API server's port-forward to a ready pod: works where node addresses do not
+    /// answer (macOS with Docker Desktop or Colima) and for ClusterIP services.
+    Tunnel,
 }
 
 /// Which of a node's addresses to connect to.
@@ -104,6 +120,7 @@ pub struct ForwardSpec {
     pub bind: IpAddr,
     pub probe: Probe,
     pub enabled: bool,
+    pub mode: Mode,
 }
 
 /// How a forward finds its service.
@@ -179,6 +196,7 @@ struct RawForward {
     probe: Probe,
     #[serde(default = "enabled_by_default")]
     enabled: bool,
+    mode: Option<Mode>,
 }
 
 fn enabled_by_default() -> bool {
@@ -198,6 +216,7 @@ impl Config {
             text,
             names: HashMap::new(),
             ports: HashMap::new(),
+            mode: raw.cluster.mode,
         };
         let forwards = raw
             .forward
@@ -274,6 +293,8 @@ struct Validator<'t> {
     /// Name → line of first use.
     names: HashMap<String, usize>,
     ports: HashMap<(u16, IpAddr), String>,
+    /// `[cluster] mode`: the default of every forward.
+    mode: Mode,
 }
 
 impl Validator<'_> {
@@ -334,6 +355,7 @@ impl Validator<'_> {
             bind,
             probe: raw.probe,
             enabled: raw.enabled,
+            mode: raw.mode.unwrap_or(self.mode),
         })
     }
 
@@ -503,6 +525,25 @@ enabled = false
         assert!(err.starts_with("/etc/porthole.toml"), "{err}");
         assert!(err.contains(place), "{err} lacks {place}");
         assert!(err.contains(message), "{err} lacks {message}");
+    }
+
+    #[test]
+    fn mode_defaults_to_the_clusters_and_a_forward_may_override_it() {
+        let text = "[cluster]\nmode = \"tunnel\"\n[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 1\n[[forward]]\nname = \"b\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 2\nmode = \"nodeport\"\n";
+        let config = parse(text).unwrap();
+        assert_eq!(
+            (config.forwards[0].mode, config.forwards[1].mode),
+            (Mode::Tunnel, Mode::Nodeport)
+        );
+        assert_eq!(
+            parse("[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 1\n")
+                .unwrap()
+                .forwards[0]
+                .mode,
+            Mode::Nodeport
+        );
+        let err = parse("[cluster]\nmode = \"auto\"\n").unwrap_err().to_string();
+        assert!(err.contains("unknown variant `auto`"), "{err}");
     }
 
     #[test]

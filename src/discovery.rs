@@ -73,6 +73,18 @@ pub struct ClusterView {
     pub status: ClusterStatus,
     /// `None` until every watch has listed once; afterwards, the last known objects.
     pub world: Option<Arc<World>>,
+    /// The client discovery uses, for tunnels through the API server.
+    pub client: Option<ApiClient>,
+}
+
+/// A [`kube::Client`] that can sit in a `Debug` struct.
+#[derive(Clone)]
+pub struct ApiClient(pub kube::Client);
+
+impl std::fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiClient")
+    }
 }
 
 impl ClusterView {
@@ -83,6 +95,7 @@ impl ClusterView {
             context: None,
             status: ClusterStatus::Connecting,
             world: None,
+            client: None,
         }
     }
 
@@ -155,7 +168,10 @@ pub async fn run(cluster: ClusterSpec, view: watch::Sender<ClusterView>, cancel:
         match attempt.await {
             Ok((client, context)) => {
                 info!(%context, "watching cluster");
-                view.send_modify(|v| v.context = Some(context));
+                view.send_modify(|v| {
+                    v.context = Some(context);
+                    v.client = Some(ApiClient(client.clone()));
+                });
                 watch_cluster(client, &view, &cancel).await;
                 return;
             }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::{ClusterSpec, Config, ForwardSpec};
+use crate::config::{ClusterSpec, Config, ForwardSpec, Mode};
 use crate::discovery::{ClusterStatus, list_world, status_of};
 use crate::health::{Cause, CauseId};
 use crate::holder;
@@ -148,10 +148,16 @@ async fn forward_checks(
             return checks.push(local);
         }
     };
-    let service = format!(
-        "{} is {}, port {} → nodePort {}",
-        route.service, route.service_type, route.port, route.node_port
-    );
+    let service = match route.mode {
+        Mode::Nodeport => format!(
+            "{} is {}, port {} → nodePort {}",
+            route.service, route.service_type, route.port, route.node_port
+        ),
+        Mode::Tunnel => format!(
+            "{} is {}, port {} → tunnel through the API server",
+            route.service, route.service_type, route.port
+        ),
+    };
     checks.push(Check::pass(format!("{name}: service"), service));
     if route.ready_endpoints == 0 {
         let cause = Cause::new(
@@ -167,6 +173,10 @@ async fn forward_checks(
         format!("{name}: endpoints"),
         format!("{} ready", route.ready_endpoints),
     ));
+    if route.mode == Mode::Tunnel {
+        // Tunnels are opened per connection by the engine; the pods being ready is what can be checked.
+        return checks.push(local);
+    }
     checks.push(match route.connect_from(0, timeout).await {
         Ok((_, i)) => {
             let target = &route.targets[i];

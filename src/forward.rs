@@ -14,12 +14,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span, error, info, info_span, warn};
 
-use crate::config::ForwardSpec;
+use crate::config::{ForwardSpec, Mode};
 use crate::discovery::ClusterView;
 use crate::engine::{Event, Hub, RouteView};
 use crate::health::{Cause, CauseId, Health, Inputs, Listener, ProbeRecord, State};
 use crate::route::{Route, resolve};
-use crate::{holder, probe, relay};
+use crate::{holder, probe, relay, tunnel};
 
 /// How a route changed, for the probe record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +145,7 @@ impl ForwardHandle {
             hub: parent.hub.clone(),
             stats: stats.clone(),
             preferred: AtomicUsize::new(0),
+            api: std::sync::Mutex::new(None),
             cancel: cancel.clone(),
             connections: connections.clone(),
         };
@@ -202,6 +203,8 @@ struct Forward {
     stats: Arc<Stats>,
     /// The route target that answered last.
     preferred: AtomicUsize,
+    /// The API client, for tunnels; follows the cluster view.
+    api: std::sync::Mutex<Option<kube::Client>>,
     cancel: CancellationToken,
     connections: CancellationToken,
 }
@@ -233,10 +236,11 @@ impl Forward {
         let helpers = TaskTracker::new();
         if this.spec.enabled {
             helpers.spawn(this.clone().listen(bind_tx, route_rx.clone()).in_current_span());
-            let (live, timeout) = (this.live.clone(), this.hub.tuning.probe_timeout);
+            let (live, timeout, forward) = (this.live.clone(), this.hub.tuning.probe_timeout, this.clone());
             let check = move |route: Arc<Route>| {
                 let probe = live.borrow().probe.clone();
-                async move { probe::check(&probe, &route, timeout).await }
+                let client = forward.client();
+                async move { probe::check(&probe, &route, client.as_ref(), timeout).await }
             };
             let (tuning, cancel) = (this.hub.tuning.clone(), this.cancel.clone());
             helpers.spawn(
@@ -252,6 +256,7 @@ impl Forward {
             if this.spec.enabled {
                 let spec = live.borrow_and_update().clone();
                 let v = view.borrow_and_update();
+                this.set_client(v.client.as_ref().map(|c| c.0.clone()));
                 inputs.cluster = v.status.clone();
                 inputs.target = v.world.as_ref().map(|w| resolve(&spec, &v.cluster, w));
                 let new_generation = std::mem::replace(&mut generation, v.generation) != v.generation;
@@ -449,6 +454,9 @@ impl Forward {
             return;
         };
         let first = self.preferred.load(Ordering::Relaxed);
+        if route.mode == Mode::Tunnel {
+            return self.tunnel(client, &route, first).await;
+        }
         let upstream = match route.connect_from(first, self.hub.tuning.connect_timeout).await {
             Ok((upstream, index)) => {
                 if index != first {
@@ -471,6 +479,42 @@ impl Forward {
             }
             _ = self.connections.cancelled() => debug!("closed by shutdown"),
         }
+    }
+
+    /// The tunnel path of one connection: a port-forward stream to a ready pod.
+    async fn tunnel(&self, client: TcpStream, route: &Route, first: usize) {
+        let stats = &self.stats;
+        let Some(api) = self.client() else {
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+            return debug!("no API connection yet: closing");
+        };
+        let (tunnel, index) = match tunnel::open(&api, route, first, self.hub.tuning.connect_timeout).await {
+            Ok(opened) => opened,
+            Err(cause) => {
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+                return debug!(%cause, "closing");
+            }
+        };
+        if index != first {
+            self.preferred.store(index, Ordering::Relaxed);
+        }
+        debug!(target = %tunnel.target, "tunnel open");
+        tokio::select! {
+            result = tunnel::relay(client, tunnel, &stats.bytes_up, &stats.bytes_down) => {
+                if let Err(e) = result {
+                    debug!(error = %e, "tunnel ended with an error");
+                }
+            }
+            _ = self.connections.cancelled() => debug!("closed by shutdown"),
+        }
+    }
+
+    fn client(&self) -> Option<kube::Client> {
+        self.api.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_client(&self, client: Option<kube::Client>) {
+        *self.api.lock().unwrap_or_else(|p| p.into_inner()) = client;
     }
 }
 

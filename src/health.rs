@@ -4,6 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::Mode;
 use crate::discovery::ClusterStatus;
 use crate::route::Route;
 
@@ -55,6 +56,8 @@ pub enum CauseId {
     NodeUnreachable,
     PortInUse,
     ListenFailed,
+    /// The API server would not open a port-forward to any ready pod.
+    TunnelFailed,
     ProbeFailed,
 }
 
@@ -83,6 +86,7 @@ impl CauseId {
             CauseId::NodeUnreachable => "node-unreachable",
             CauseId::PortInUse => "port-in-use",
             CauseId::ListenFailed => "listen-failed",
+            CauseId::TunnelFailed => "tunnel-failed",
             CauseId::ProbeFailed => "probe-failed",
         }
     }
@@ -248,7 +252,7 @@ impl Inputs {
             // NodePorts need no API on the data path: keep serving on the last known route.
             return Health::new(State::Degraded, Some(cause));
         }
-        if route.ready_nodes == 0 {
+        if route.mode == Mode::Nodeport && route.ready_nodes == 0 {
             let cause = Cause::new(CauseId::NodeUnreachable, "no node is Ready; trying the others")
                 .with_fix("a cluster waking from sleep is NotReady for a while; else check `kubectl get nodes`");
             return Health::new(State::Degraded, Some(cause));
@@ -277,6 +281,8 @@ mod tests {
                 host: Host::Ip("127.0.0.2".parse().unwrap()),
             }],
             ready_nodes: 1,
+            mode: crate::config::Mode::Nodeport,
+            pods: Vec::new(),
             ready_endpoints: ready,
         }
     }

@@ -7,6 +7,7 @@
 //! - [`route`]: a forward resolved to node addresses and a nodePort, or the [`health::Cause`] in the way.
 //! - [`forward`]: one forward at run time: listener, connections, probe, health.
 //! - [`relay`]: the byte pump (`splice(2)` on Linux).
+//! - [`tunnel`]: the path through the API server's port-forward to a ready pod.
 //! - [`probe`]: active health checks through a route.
 //! - [`health`]: states, causes and the rule between them.
 //! - [`engine`]: runs forwards, pushes snapshots and events, applies configs by diff.
@@ -29,6 +30,7 @@ pub mod probe;
 pub mod relay;
 pub mod route;
 pub mod status;
+pub mod tunnel;
 
 pub use config::Config;
 pub use engine::{Engine, Event, Snapshot};

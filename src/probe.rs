@@ -3,18 +3,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Probe;
+use crate::config::{Mode, Probe};
 use crate::health::{Cause, CauseId};
 use crate::route::Route;
 
 pub(crate) fn node_unreachable_fix() -> &'static str {
     if cfg!(target_os = "macos") {
-        "node addresses are not reachable from macOS under Docker Desktop or Colima; run Porthole in a container on kind's network (`node_address = \"hostname\"`), or map the nodePort with kind's extraPortMappings"
+        "node addresses are not reachable from macOS under Docker Desktop or Colima: set `mode = \"tunnel\"` in `[cluster]` to go through the API server"
     } else {
         "check that the node's container is running (`docker ps`) and that the nodePort answers"
     }
@@ -57,12 +56,34 @@ pub(crate) async fn schedule<F, Fut>(
 }
 
 /// Runs one probe through the route: `tcp` also waits a moment for a refusal relayed by a proxy.
-pub async fn check(probe: &Probe, route: &Route, timeout: Duration) -> Result<(), Cause> {
+pub async fn check(
+    probe: &Probe,
+    route: &Route,
+    client: Option<&kube::Client>,
+    timeout: Duration,
+) -> Result<(), Cause> {
+    if route.mode == Mode::Tunnel {
+        let client =
+            client.ok_or_else(|| Cause::new(CauseId::ClusterUnreachable, "no connection to the API server yet"))?;
+        let (tunnel, _) = crate::tunnel::open(client, route, 0, timeout).await?;
+        let via = tunnel.target.clone();
+        // Keeps the port-forward open while the probe talks through it.
+        let (io, _keep) = tunnel.split();
+        return speak(probe, io, route, &via, timeout).await;
+    }
     let (stream, index) = route.connect_from(0, timeout).await?;
     let via = route
         .targets
         .get(index)
         .map_or_else(|| route.primary(), |t| format!("{}:{}", t.host, route.node_port));
+    speak(probe, stream, route, &via, timeout).await
+}
+
+/// The probe's part of the conversation, over whichever path is in use.
+async fn speak<S>(probe: &Probe, stream: S, route: &Route, via: &str, timeout: Duration) -> Result<(), Cause>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let failed = |what: String| {
         Cause::new(CauseId::ProbeFailed, format!("{} via {via}: {what}", route.service)).with_fix(format!(
             "the service's pods do not serve it properly; check `kubectl get pods -n {0}` and `kubectl logs -n {0}`",
@@ -87,7 +108,7 @@ const SETTLE: Duration = Duration::from_millis(150);
 /// A TCP probe's connect can succeed at a proxy in front of the pod (docker-proxy for kind's
 /// port mappings, a userspace kube-proxy), which then closes or resets when the pod refuses.
 /// A connection still open after a moment, or one that says something, is served.
-async fn settled(mut stream: TcpStream) -> Result<(), String> {
+async fn settled<S: AsyncRead + Unpin>(mut stream: S) -> Result<(), String> {
     let mut byte = [0u8; 1];
     match tokio::time::timeout(SETTLE, stream.read(&mut byte)).await {
         Err(_) | Ok(Ok(1..)) => Ok(()),
@@ -96,7 +117,7 @@ async fn settled(mut stream: TcpStream) -> Result<(), String> {
     }
 }
 
-async fn http(mut stream: TcpStream, path: &str) -> Result<(), String> {
+async fn http<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, path: &str) -> Result<(), String> {
     let request =
         format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: porthole-probe\r\nConnection: close\r\n\r\n");
     stream
@@ -124,7 +145,7 @@ async fn http(mut stream: TcpStream, path: &str) -> Result<(), String> {
     Ok(())
 }
 
-async fn tls(stream: TcpStream) -> Result<(), String> {
+async fn tls<S: AsyncRead + AsyncWrite + Unpin>(stream: S) -> Result<(), String> {
     let connector = tokio_rustls::TlsConnector::from(Arc::new(insecure::config()));
     let name = rustls::pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
     connector
@@ -216,6 +237,8 @@ mod tests {
                 })
                 .collect(),
             ready_nodes: 1,
+            mode: crate::config::Mode::Nodeport,
+            pods: Vec::new(),
             ready_endpoints: 1,
         }
     }
@@ -236,13 +259,14 @@ mod tests {
     async fn http_probe_reads_the_status() {
         let ok = serve_once(b"HTTP/1.1 204 No Content\r\n\r\n").await;
         assert_eq!(
-            check(&Probe::Http("/".into()), &route_to(&[ok]), Duration::from_secs(5)).await,
+            check(&Probe::Http("/".into()), &route_to(&[ok]), None, Duration::from_secs(5)).await,
             Ok(())
         );
         let bad = serve_once(b"HTTP/1.1 503 Service Unavailable\r\n\r\n").await;
         let cause = check(
             &Probe::Http("/healthz".into()),
             &route_to(&[bad]),
+            None,
             Duration::from_secs(5),
         )
         .await
@@ -254,7 +278,7 @@ mod tests {
     #[tokio::test]
     async fn tls_probe_fails_on_plain_tcp() {
         let plain = serve_once(b"SSH-2.0-nope\r\n").await;
-        let cause = check(&Probe::Tls, &route_to(&[plain]), Duration::from_secs(5))
+        let cause = check(&Probe::Tls, &route_to(&[plain]), None, Duration::from_secs(5))
             .await
             .unwrap_err();
         assert_eq!(cause.id, CauseId::ProbeFailed);
@@ -304,6 +328,8 @@ mod schedule_tests {
                 host: Host::Ip("127.0.0.2".parse().unwrap()),
             }],
             ready_nodes: 1,
+            mode: crate::config::Mode::Nodeport,
+            pods: Vec::new(),
             ready_endpoints,
         }))
     }

@@ -15,7 +15,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Serialize;
 use tokio::net::TcpStream;
 
-use crate::config::{ClusterSpec, ForwardSpec, NodeAddressType, PortRef, ServiceTarget};
+use crate::config::{ClusterSpec, ForwardSpec, Mode, NodeAddressType, PortRef, ServiceTarget};
 use crate::health::{Cause, CauseId};
 
 /// The label EndpointSlices carry to name their service.
@@ -61,6 +61,13 @@ pub struct NodeTarget {
     pub host: Host,
 }
 
+/// A ready pod and the container port behind the service port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct PodTarget {
+    pub name: String,
+    pub port: u16,
+}
+
 /// Where new connections of a forward go: the nodePort on each usable node, in order.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct Route {
@@ -70,17 +77,27 @@ pub struct Route {
     pub service_type: String,
     /// The service port, as `name port/protocol`.
     pub port: String,
+    pub mode: Mode,
+    /// The nodePort (0 for a tunnel).
     pub node_port: u16,
-    /// Ready nodes first, then the others as a fallback.
+    /// Ready nodes first, then the others as a fallback (none for a tunnel).
     pub targets: Vec<NodeTarget>,
     /// How many of `targets` (the first ones) are Ready.
     pub ready_nodes: usize,
+    /// For a tunnel: the ready pods, each with its port for the service port.
+    pub pods: Vec<PodTarget>,
     pub ready_endpoints: usize,
 }
 
 impl Route {
     /// `host:nodePort` of the first node, as shown in status lines.
     pub fn primary(&self) -> String {
+        if self.mode == Mode::Tunnel {
+            return match self.pods.first() {
+                Some(pod) => format!("pod {}/{}:{}", self.namespace, pod.name, pod.port),
+                None => "pod -".into(),
+            };
+        }
         match self.targets.first() {
             Some(t) => format!("{}:{}", t.host, self.node_port),
             None => format!("-:{}", self.node_port),
@@ -160,12 +177,12 @@ pub fn resolve(spec: &ForwardSpec, cluster: &ClusterSpec, world: &World) -> Resu
     let service_type = svc_spec
         .and_then(|s| s.type_.clone())
         .unwrap_or_else(|| "ClusterIP".into());
-    if service_type != "NodePort" && service_type != "LoadBalancer" {
+    if spec.mode == Mode::Nodeport && service_type != "NodePort" && service_type != "LoadBalancer" {
         return Err(Cause::new(
             CauseId::WrongServiceType,
             format!("service {name} is of type {service_type}, which has no nodePort"),
         )
-        .with_fix("set `type: NodePort` for this service in the Helm values and upgrade the release"));
+        .with_fix("set `type: NodePort` for this service in the Helm values and upgrade the release, or use `mode = \"tunnel\"`"));
     }
     let ports = svc_spec.and_then(|s| s.ports.as_deref()).unwrap_or_default();
     let port = find_port(spec.service_port.as_ref(), ports).ok_or_else(|| {
@@ -179,6 +196,27 @@ pub fn resolve(spec: &ForwardSpec, cluster: &ClusterSpec, world: &World) -> Resu
         )
         .with_fix(format!("set `service_port` of forward `{}` to one of those", spec.name))
     })?;
+    let service_name = service.metadata.name.as_deref().unwrap_or_default();
+    let base = Route {
+        namespace: ns.to_string(),
+        service: name.clone(),
+        service_type: service_type.clone(),
+        port: describe_port(port),
+        mode: spec.mode,
+        node_port: 0,
+        targets: Vec::new(),
+        ready_nodes: 0,
+        pods: Vec::new(),
+        ready_endpoints: 0,
+    };
+    if spec.mode == Mode::Tunnel {
+        let pods = ready_pods(ns, service_name, port, world);
+        return Ok(Route {
+            ready_endpoints: pods.len(),
+            pods,
+            ..base
+        });
+    }
     let node_port = port.node_port.and_then(|p| u16::try_from(p).ok()).ok_or_else(|| {
         Cause::new(
             CauseId::WrongServiceType,
@@ -191,14 +229,50 @@ pub fn resolve(spec: &ForwardSpec, cluster: &ClusterSpec, world: &World) -> Resu
     })?;
     let (targets, ready_nodes) = node_targets(cluster, world)?;
     Ok(Route {
-        namespace: ns.to_string(),
-        service: name,
-        service_type,
-        port: describe_port(port),
         node_port,
         targets,
         ready_nodes,
-        ready_endpoints: ready_endpoints(ns, service.metadata.name.as_deref().unwrap_or_default(), world),
+        ready_endpoints: ready_endpoints(ns, service_name, world),
+        ..base
+    })
+}
+
+/// The ready pods behind a service port, from its EndpointSlices: each pod with the port number
+/// the endpoint controller resolved for that service port (named targetPorts included).
+fn ready_pods(ns: &str, service: &str, port: &ServicePort, world: &World) -> Vec<PodTarget> {
+    let wanted = port.name.as_deref().unwrap_or_default();
+    let mut pods: Vec<PodTarget> = Vec::new();
+    for slice in slices_of(ns, service, world) {
+        let number = slice
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref().unwrap_or_default() == wanted);
+        let Some(number) = number.and_then(|p| p.port).and_then(|p| u16::try_from(p).ok()) else {
+            continue;
+        };
+        for endpoint in &slice.endpoints {
+            let ready = endpoint.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            let pod = endpoint
+                .target_ref
+                .as_ref()
+                .filter(|r| r.kind.as_deref() == Some("Pod"));
+            if let Some(name) = pod.and_then(|r| r.name.clone()).filter(|_| ready)
+                && !pods.iter().any(|p| p.name == name)
+            {
+                pods.push(PodTarget { name, port: number });
+            }
+        }
+    }
+    pods.sort_by(|a, b| a.name.cmp(&b.name));
+    pods
+}
+
+fn slices_of<'w>(ns: &'w str, service: &'w str, world: &'w World) -> impl Iterator<Item = &'w EndpointSlice> + 'w {
+    world.endpoint_slices.iter().map(|s| s.as_ref()).filter(move |slice| {
+        let labels = slice.metadata.labels.as_ref();
+        slice.metadata.namespace.as_deref() == Some(ns)
+            && labels.and_then(|l| l.get(SERVICE_NAME_LABEL)).map(String::as_str) == Some(service)
     })
 }
 
@@ -314,13 +388,7 @@ fn is_control_plane(node: &Node) -> bool {
 /// Ready endpoints across the service's EndpointSlices (an unset `ready` condition means ready).
 fn ready_endpoints(ns: &str, service: &str, world: &World) -> usize {
     let mut ready = BTreeSet::new();
-    for slice in &world.endpoint_slices {
-        let labels = slice.metadata.labels.as_ref();
-        if slice.metadata.namespace.as_deref() != Some(ns)
-            || labels.and_then(|l| l.get(SERVICE_NAME_LABEL)).map(String::as_str) != Some(service)
-        {
-            continue;
-        }
+    for slice in slices_of(ns, service, world) {
         for endpoint in &slice.endpoints {
             let is_ready = endpoint.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
             if is_ready && let Some(address) = endpoint.addresses.first() {

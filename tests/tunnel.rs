@@ -1,0 +1,180 @@
+//! Forwards in `mode = "tunnel"`: through the API server's port-forward to a ready pod, over
+//! real sockets and the fake cluster's WebSocket port-forward.
+
+mod support;
+
+use std::time::Duration;
+
+use porthole::engine::Engine;
+use porthole::health::{CauseId, State};
+use support::porthole::*;
+use support::{Backend, FakeCluster, port, service};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const NS: &str = "apps";
+
+/// A one-node cluster with an echo service `echo` of `type_`, backed by pod `echo-0`.
+async fn echo_cluster(name: &str, type_: &str) -> (FakeCluster, Backend) {
+    let cluster = FakeCluster::start(name).await;
+    cluster.add_node(&format!("{name}-worker"));
+    cluster.add_namespace(NS);
+    let backend = Backend::echo().await;
+    cluster.apply_service(service(NS, "echo", type_, vec![port("tcp", 7000)]));
+    cluster.add_endpoint(NS, "echo", "echo-0", backend.addr(), true);
+    (cluster, backend)
+}
+
+fn tunnel_forward() -> String {
+    format!("{}mode = \"tunnel\"\n", forward("echo", NS, "echo"))
+}
+
+async fn start(cluster: &FakeCluster) -> Engine {
+    Engine::start(config(cluster, &tunnel_forward()), tuning())
+}
+
+fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    })
+}
+
+#[tokio::test]
+async fn bytes_arrive_intact_both_ways_through_the_tunnel() {
+    const SIZE: usize = 10 << 20;
+    let (cluster, _backend) = echo_cluster("tunbulk", "NodePort").await;
+    let engine = start(&cluster).await;
+    let status = wait_healthy(&engine, "echo").await;
+    let route = status.route.clone().unwrap();
+    assert_eq!(route.target, format!("pod {NS}/echo-0:{}", _backend.addr().port()));
+    let data: Vec<u8> = (0..SIZE).map(|i| (i * 31 % 251) as u8).collect();
+    let sent = checksum(&data);
+    let stream = TcpStream::connect(local(&status)).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        write.write_all(&data).await.unwrap();
+        write
+    });
+    let mut back = vec![0u8; SIZE];
+    tokio::time::timeout(Duration::from_secs(120), read.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(checksum(&back), sent, "10 MiB each way, unchanged");
+    drop(writer.await.unwrap());
+    drop(read);
+    let stats = wait_for(&engine, "echo", "counted", |f| f.stats.bytes_up == SIZE as u64)
+        .await
+        .stats;
+    assert_eq!(stats.bytes_down, SIZE as u64);
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_cluster_ip_service_is_served_through_the_tunnel() {
+    let (cluster, _backend) = echo_cluster("tunclusterip", "ClusterIP").await;
+    let engine = start(&cluster).await;
+    let status = wait_healthy(&engine, "echo").await;
+    assert_eq!(status.route.as_ref().unwrap().service_type, "ClusterIP");
+    assert_eq!(
+        echo_once(local(&status), b"no nodePort needed").await.unwrap(),
+        b"no nodePort needed"
+    );
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_replaced_pod_takes_the_new_connections() {
+    let (cluster, mut backend) = echo_cluster("tunrestart", "NodePort").await;
+    let engine = start(&cluster).await;
+    let addr = local(&wait_healthy(&engine, "echo").await);
+    let old_port = backend.addr().port();
+    cluster.restart_pod(NS, "echo-0", &mut backend).await;
+    let new_target = format!("pod {NS}/echo-0:{}", backend.addr().port());
+    assert_ne!(backend.addr().port(), old_port);
+    wait_for(&engine, "echo", "on the new pod", |f| {
+        f.health.state == State::Healthy && f.route.as_ref().is_some_and(|r| r.target == new_target)
+    })
+    .await;
+    assert_eq!(echo_once(addr, b"new pod").await.unwrap(), b"new pod");
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn no_ready_pod_is_named_then_recovers() {
+    let (cluster, _backend) = echo_cluster("tunready", "ClusterIP").await;
+    let engine = start(&cluster).await;
+    let addr = local(&wait_healthy(&engine, "echo").await);
+    cluster.set_endpoint_ready(NS, "echo-0", false);
+    wait_cause(&engine, "echo", State::Down, CauseId::NoReadyEndpoints).await;
+    cluster.set_endpoint_ready(NS, "echo-0", true);
+    wait_healthy(&engine, "echo").await;
+    assert_eq!(echo_once(addr, b"back").await.unwrap(), b"back");
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_stream_cut_mid_transfer_closes_that_connection_and_the_next_one_works() {
+    let (cluster, _backend) = echo_cluster("tuncut", "NodePort").await;
+    let engine = start(&cluster).await;
+    let addr = local(&wait_healthy(&engine, "echo").await);
+    let mut open = TcpStream::connect(addr).await.unwrap();
+    round_trip(&mut open, b"before the cut").await.unwrap();
+    cluster.cut_port_forwards();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(WAIT, open.read(&mut buf))
+        .await
+        .expect("closed, not hanging");
+    assert!(matches!(read, Ok(0) | Err(_)), "the cut connection is closed: {read:?}");
+    assert_eq!(echo_once(addr, b"next one").await.unwrap(), b"next one");
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_tunnelled_connections() {
+    raise_fd_limit();
+    let (cluster, _backend) = echo_cluster("tunmany", "ClusterIP").await;
+    let engine = start(&cluster).await;
+    let addr = local(&wait_healthy(&engine, "echo").await);
+    let mut conns = Vec::new();
+    for _ in 0..100 {
+        conns.push(TcpStream::connect(addr).await.unwrap());
+    }
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut s)| {
+            tokio::spawn(async move {
+                let msg = vec![i as u8; 2048];
+                round_trip(&mut s, &msg).await.unwrap();
+                s
+            })
+        })
+        .collect();
+    let mut open = Vec::new();
+    for t in tasks {
+        open.push(t.await.unwrap());
+    }
+    let active = wait_for(&engine, "echo", "100 active", |f| f.stats.active == 100).await;
+    assert_eq!(active.stats.failed, 0);
+    drop(open);
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn the_probe_through_the_tunnel_sees_a_pod_that_refuses() {
+    let (cluster, backend) = echo_cluster("tunrefuse", "ClusterIP").await;
+    let engine = start(&cluster).await;
+    wait_healthy(&engine, "echo").await;
+    // The process dies; the endpoint still says ready: only the kubelet's refusal tells.
+    backend.stop().await;
+    let down = wait_cause(&engine, "echo", State::Down, CauseId::ProbeFailed).await;
+    assert!(
+        down.health
+            .cause
+            .unwrap()
+            .message
+            .contains(&format!("via {NS}/echo-0:"))
+    );
+    engine.shutdown(Duration::from_secs(1)).await;
+}

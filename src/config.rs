@@ -97,6 +97,9 @@ pub enum Mode {
     /// Through the API server's port-forward to a ready pod: works where node addresses do not
     /// answer (macOS with Docker Desktop or Colima) and for ClusterIP services.
     Tunnel,
+    /// `nodeport` while the service has a nodePort and a node answers from here, else `tunnel`;
+    /// decided again when either changes.
+    Auto,
 }
 
 /// Which of a node's addresses to connect to.
@@ -542,8 +545,9 @@ enabled = false
                 .mode,
             Mode::Nodeport
         );
-        let err = parse("[cluster]\nmode = \"auto\"\n").unwrap_err().to_string();
-        assert!(err.contains("unknown variant `auto`"), "{err}");
+        let err = parse("[cluster]\nmode = \"fast\"\n").unwrap_err().to_string();
+        assert!(err.contains("unknown variant `fast`"), "{err}");
+        assert_eq!(parse("[cluster]\nmode = \"auto\"\n").unwrap().cluster.mode, Mode::Auto);
     }
 
     #[test]

@@ -148,12 +148,19 @@ async fn forward_checks(
             return checks.push(local);
         }
     };
+    // `auto`: the path the engine would take now.
+    let route = if route.mode == Mode::Auto {
+        let answers = route.node_port != 0 && route.connect(timeout).await.is_ok();
+        route.choose(Some(answers))
+    } else {
+        route
+    };
     let service = match route.mode {
         Mode::Nodeport => format!(
             "{} is {}, port {} → nodePort {}",
             route.service, route.service_type, route.port, route.node_port
         ),
-        Mode::Tunnel => format!(
+        Mode::Tunnel | Mode::Auto => format!(
             "{} is {}, port {} → tunnel through the API server",
             route.service, route.service_type, route.port
         ),

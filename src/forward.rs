@@ -247,6 +247,24 @@ impl Forward {
                 async move { probe::schedule(&tuning, route_rx, &cancel, check, probe_tx).await }.in_current_span(),
             );
         }
+        // `auto`: whether a node answers on the nodePort, checked on the probe's schedule.
+        let (candidate_tx, candidate_rx) = watch::channel::<Option<Arc<Route>>>(None);
+        let (reach_tx, mut reach_rx) = mpsc::channel(4);
+        if this.spec.enabled && this.spec.mode == Mode::Auto {
+            let timeout = this.hub.tuning.probe_timeout;
+            let check = move |route: Arc<Route>| async move {
+                if route.node_port == 0 {
+                    return Err(Cause::new(CauseId::NodeUnreachable, "no nodePort"));
+                }
+                route.connect(timeout).await.map(drop)
+            };
+            let (tuning, cancel) = (this.hub.tuning.clone(), this.cancel.clone());
+            helpers.spawn(
+                async move { probe::schedule(&tuning, candidate_rx, &cancel, check, reach_tx).await }.in_current_span(),
+            );
+        }
+        let mut nodes_answer: Option<bool> = None;
+        let mut path: Option<Mode> = None;
         helpers.close();
         let mut last = previous;
         let mut local = None;
@@ -259,6 +277,26 @@ impl Forward {
                 this.set_client(v.client.as_ref().map(|c| c.0.clone()));
                 inputs.cluster = v.status.clone();
                 inputs.target = v.world.as_ref().map(|w| resolve(&spec, &v.cluster, w));
+                if spec.mode == Mode::Auto
+                    && let Some(Ok(candidates)) = &mut inputs.target
+                {
+                    let raw = Arc::new(candidates.clone());
+                    candidate_tx.send_if_modified(|c| {
+                        let changed = c.as_deref() != Some(&*raw);
+                        *c = Some(raw.clone());
+                        changed
+                    });
+                    *candidates = candidates.choose(nodes_answer);
+                    if path.replace(candidates.mode) != Some(candidates.mode) {
+                        let reason = match (candidates.mode, candidates.node_port) {
+                            (Mode::Nodeport, _) => "a node answers on the nodePort",
+                            (_, 0) => "the service has no nodePort",
+                            _ if nodes_answer.is_none() => "checking whether a node answers",
+                            _ => "no node answers on the nodePort",
+                        };
+                        info!(path = ?candidates.mode, "{reason}");
+                    }
+                }
                 let new_generation = std::mem::replace(&mut generation, v.generation) != v.generation;
                 drop(v);
                 let change = this.update_route(&route_tx, &inputs.target, new_generation);
@@ -286,6 +324,7 @@ impl Forward {
                         Bind::Failed(cause) => Listener::Failed(cause),
                     };
                 }
+                Some(reached) = reach_rx.recv() => nodes_answer = Some(reached.is_ok()),
                 Some(outcome) = probe_rx.recv() => {
                     if let Err(cause) = &outcome {
                         debug!(%cause, "probe failed");

@@ -90,6 +90,28 @@ pub struct Route {
 }
 
 impl Route {
+    /// For `auto`: the path to use, given whether a node answered on the nodePort lately
+    /// (`None`: not known yet, so the tunnel, which needs no node).
+    pub fn choose(&self, nodes_answer: Option<bool>) -> Route {
+        if self.mode != Mode::Auto {
+            return self.clone();
+        }
+        if self.node_port != 0 && nodes_answer == Some(true) {
+            return Route {
+                mode: Mode::Nodeport,
+                pods: Vec::new(),
+                ..self.clone()
+            };
+        }
+        Route {
+            mode: Mode::Tunnel,
+            node_port: 0,
+            targets: Vec::new(),
+            ready_nodes: 0,
+            ..self.clone()
+        }
+    }
+
     /// `host:nodePort` of the first node, as shown in status lines.
     pub fn primary(&self) -> String {
         if self.mode == Mode::Tunnel {
@@ -212,6 +234,24 @@ pub fn resolve(spec: &ForwardSpec, cluster: &ClusterSpec, world: &World) -> Resu
     if spec.mode == Mode::Tunnel {
         let pods = ready_pods(ns, service_name, port, world);
         return Ok(Route {
+            ready_endpoints: pods.len(),
+            pods,
+            ..base
+        });
+    }
+    if spec.mode == Mode::Auto {
+        // Both candidates; the forward picks one by whether a node answers (`Route::choose`).
+        let pods = ready_pods(ns, service_name, port, world);
+        let node_port = port
+            .node_port
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|_| service_type != "ClusterIP");
+        let nodes = node_port.and_then(|_| node_targets(cluster, world).ok());
+        let (targets, ready_nodes) = nodes.unwrap_or_default();
+        return Ok(Route {
+            node_port: node_port.filter(|_| !targets.is_empty()).unwrap_or(0),
+            targets,
+            ready_nodes,
             ready_endpoints: pods.len(),
             pods,
             ..base

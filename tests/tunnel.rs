@@ -178,3 +178,59 @@ async fn the_probe_through_the_tunnel_sees_a_pod_that_refuses() {
     );
     engine.shutdown(Duration::from_secs(1)).await;
 }
+
+fn auto_forward() -> String {
+    format!("{}mode = \"auto\"\n", forward("echo", NS, "echo"))
+}
+
+#[tokio::test]
+async fn auto_takes_the_node_port_when_a_node_answers() {
+    let (cluster, _backend) = echo_cluster("autonode", "NodePort").await;
+    let engine = Engine::start(config(&cluster, &auto_forward()), tuning());
+    let node_port = cluster.node_port(NS, "echo", 0).unwrap();
+    let status = wait_for(&engine, "echo", "healthy on the node port", |f| {
+        f.health.state == State::Healthy && f.route.as_ref().is_some_and(|r| r.node_port == node_port)
+    })
+    .await;
+    assert_eq!(echo_once(local(&status), b"direct").await.unwrap(), b"direct");
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn auto_takes_the_tunnel_where_node_addresses_do_not_answer_and_switches_back() {
+    let (cluster, _backend) = echo_cluster("automac", "NodePort").await;
+    // As under Docker Desktop on macOS: the nodes' addresses do not answer from here.
+    cluster.set_node_addresses_reachable(false);
+    let engine = Engine::start(config(&cluster, &auto_forward()), tuning());
+    let status = wait_for(&engine, "echo", "healthy through the tunnel", |f| {
+        f.health.state == State::Healthy && f.route.as_ref().is_some_and(|r| r.target.starts_with("pod "))
+    })
+    .await;
+    let addr = local(&status);
+    assert_eq!(echo_once(addr, b"tunnelled").await.unwrap(), b"tunnelled");
+    let mut events = engine.events();
+    cluster.set_node_addresses_reachable(true);
+    let node_port = cluster.node_port(NS, "echo", 0).unwrap();
+    let event = wait_event(&mut events, |e| matches!(e, porthole::Event::Route { .. })).await;
+    let porthole::Event::Route { from, to, .. } = event else {
+        unreachable!()
+    };
+    assert!(from.unwrap().starts_with("pod "));
+    assert!(to.unwrap().ends_with(&format!(":{node_port}")));
+    wait_healthy(&engine, "echo").await;
+    assert_eq!(echo_once(addr, b"direct now").await.unwrap(), b"direct now");
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn auto_serves_a_cluster_ip_service_through_the_tunnel() {
+    let (cluster, _backend) = echo_cluster("autoclusterip", "ClusterIP").await;
+    let engine = Engine::start(config(&cluster, &auto_forward()), tuning());
+    let status = wait_healthy(&engine, "echo").await;
+    assert!(status.route.as_ref().unwrap().target.starts_with("pod apps/echo-0:"));
+    assert_eq!(
+        echo_once(local(&status), b"no error, a tunnel").await.unwrap(),
+        b"no error, a tunnel"
+    );
+    engine.shutdown(Duration::from_secs(1)).await;
+}

@@ -200,6 +200,12 @@ impl FakeCluster {
 
     // ---- faults ----
 
+    /// `false`: the node addresses stop answering from this host, as under Docker Desktop or
+    /// Colima on macOS (nothing listens there; open connections are cut). `true`: they answer.
+    pub fn set_node_addresses_reachable(&self, reachable: bool) {
+        self.mutate(|state| state.proxy.hidden = !reachable);
+    }
+
     /// `false`: keep the port but accept-and-close every connection and drop the open ones
     /// (docker-proxy in front of a stopped kind node). `true`: serve again.
     pub fn set_api_reachable(&self, reachable: bool) {

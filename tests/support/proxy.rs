@@ -27,6 +27,8 @@ type ServiceKey = (String, String);
 #[derive(Default)]
 pub struct Proxy {
     listeners: BTreeMap<SocketAddr, Listener>,
+    /// The node addresses do not answer from the host (Docker Desktop, Colima): no listeners.
+    pub hidden: bool,
 }
 
 struct Listener {
@@ -52,8 +54,16 @@ impl Listener {
 
 /// Brings the listeners in line with the store: opens what is missing, closes what is not wanted.
 pub fn reconcile(shared: &Arc<Shared>, state: &mut State) {
-    let desired = desired(&state.store);
-    let node_ips: BTreeSet<IpAddr> = desired_node_ips(&state.store);
+    let desired = if state.proxy.hidden {
+        BTreeMap::new()
+    } else {
+        desired(&state.store)
+    };
+    let node_ips: BTreeSet<IpAddr> = if state.proxy.hidden {
+        BTreeSet::new()
+    } else {
+        desired_node_ips(&state.store)
+    };
     let stale: Vec<SocketAddr> = state
         .proxy
         .listeners

@@ -61,6 +61,9 @@ pub struct Tuning {
     pub bind_retry: Duration,
     /// How long open connections may drain when a forward is removed or the engine stops.
     pub drain_timeout: Duration,
+    /// How long a new connection is held, instead of refused, while the forward has no usable
+    /// path (a rollout replacing the only pod, a service being re-created).
+    pub hold: Duration,
 }
 
 impl Default for Tuning {
@@ -73,6 +76,7 @@ impl Default for Tuning {
             connect_timeout: Duration::from_secs(3),
             bind_retry: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(5),
+            hold: Duration::from_secs(5),
         }
     }
 }
@@ -88,6 +92,8 @@ pub struct Stats {
     pub bytes_up: AtomicU64,
     /// Bytes from the cluster to local clients.
     pub bytes_down: AtomicU64,
+    /// Connections that arrived while there was no usable path and were held for one.
+    pub held: AtomicU64,
 }
 
 /// A copy of [`Stats`] at one moment.
@@ -98,6 +104,8 @@ pub struct StatsView {
     pub failed: u64,
     pub bytes_up: u64,
     pub bytes_down: u64,
+    #[serde(default)]
+    pub held: u64,
 }
 
 impl Stats {
@@ -108,6 +116,7 @@ impl Stats {
             failed: self.failed.load(Ordering::Relaxed),
             bytes_up: self.bytes_up.load(Ordering::Relaxed),
             bytes_down: self.bytes_down.load(Ordering::Relaxed),
+            held: self.held.load(Ordering::Relaxed),
         }
     }
 }
@@ -468,7 +477,7 @@ impl Forward {
                     continue;
                 }
             };
-            let route = routes.borrow().clone();
+            let routes = routes.clone();
             // Counted from accept, so a forward stopped meanwhile waits for it to drain.
             self.stats.total.fetch_add(1, Ordering::Relaxed);
             self.stats.active.fetch_add(1, Ordering::Relaxed);
@@ -476,11 +485,28 @@ impl Forward {
             let this = self.clone();
             self.hub
                 .connections
-                .spawn(async move { this.serve(client, route).await }.instrument(span));
+                .spawn(async move { this.serve(client, routes).await }.instrument(span));
         }
     }
 
-    async fn serve(self: Arc<Self>, client: TcpStream, route: Option<Arc<Route>>) {
+    async fn serve(self: Arc<Self>, client: TcpStream, mut routes: watch::Receiver<Option<Arc<Route>>>) {
+        let usable = |route: &Option<Arc<Route>>| route.as_ref().is_some_and(|r| r.ready_endpoints > 0);
+        let mut route = routes.borrow_and_update().clone();
+        if !usable(&route) {
+            // No path right now: wait a little for one rather than reset the client at once.
+            self.stats.held.fetch_add(1, Ordering::Relaxed);
+            debug!("no usable path: holding the connection");
+            let ready = tokio::select! {
+                waited = tokio::time::timeout(self.hub.tuning.hold, routes.wait_for(usable)) => match waited {
+                    Ok(Ok(ready)) => Some(ready.clone()),
+                    _ => None,
+                },
+                _ = self.cancel.cancelled() => None,
+            };
+            if let Some(ready) = ready {
+                route = ready;
+            }
+        }
         self.relay(client, route).await;
         self.stats.active.fetch_sub(1, Ordering::Relaxed);
     }

@@ -63,10 +63,12 @@ async fn bytes_arrive_intact_both_ways_through_the_tunnel() {
     assert_eq!(checksum(&back), sent, "10 MiB each way, unchanged");
     drop(writer.await.unwrap());
     drop(read);
-    let stats = wait_for(&engine, "echo", "counted", |f| f.stats.bytes_up == SIZE as u64)
-        .await
-        .stats;
-    assert_eq!(stats.bytes_down, SIZE as u64);
+    // Counters follow the bytes (pushed within a second): both ways, in full.
+    let size = SIZE as u64;
+    wait_for(&engine, "echo", "counted", |f| {
+        f.stats.bytes_up == size && f.stats.bytes_down == size
+    })
+    .await;
     engine.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -232,5 +234,27 @@ async fn auto_serves_a_cluster_ip_service_through_the_tunnel() {
         echo_once(local(&status), b"no error, a tunnel").await.unwrap(),
         b"no error, a tunnel"
     );
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_connection_made_during_a_rollout_is_held_until_a_pod_is_ready() {
+    let (cluster, _backend) = echo_cluster("tunhold", "NodePort").await;
+    let engine = start(&cluster).await;
+    let addr = local(&wait_healthy(&engine, "echo").await);
+    cluster.set_endpoint_ready(NS, "echo-0", false);
+    wait_cause(&engine, "echo", State::Down, CauseId::NoReadyEndpoints).await;
+    // The client connects in the gap: it is held, not reset.
+    let client = tokio::spawn(echo_once(addr, b"patience"));
+    wait_for(&engine, "echo", "holding one connection", |f| f.stats.held == 1).await;
+    cluster.set_endpoint_ready(NS, "echo-0", true);
+    let echoed = tokio::time::timeout(WAIT, client)
+        .await
+        .expect("answered")
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed, b"patience");
+    let stats = engine.status().await.forward("echo").unwrap().stats;
+    assert_eq!((stats.held, stats.failed), (1, 0));
     engine.shutdown(Duration::from_secs(1)).await;
 }

@@ -26,6 +26,7 @@ pub fn tuning() -> Tuning {
         connect_timeout: Duration::from_secs(2),
         bind_retry: Duration::from_millis(100),
         drain_timeout: Duration::from_secs(5),
+        hold: Duration::from_secs(10),
     }
 }
 

@@ -94,30 +94,6 @@ enum Command {
     },
 }
 
-/// A relay holds two descriptors per connection: lift the soft limit to the hard one, as Go
-/// programs do at start. macOS caps the soft limit at `OPEN_MAX` (10240) whatever the hard limit.
-pub fn raise_fd_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit read and write a struct we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return;
-        }
-        let wanted = if cfg!(target_os = "macos") {
-            limit.rlim_max.min(10240)
-        } else {
-            limit.rlim_max
-        };
-        if wanted > limit.rlim_cur {
-            limit.rlim_cur = wanted;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
-}
-
 pub fn init_logging(args: &Args) {
     let default = if matches!(args.command, Command::Up | Command::Relay { .. }) {
         "info"

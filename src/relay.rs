@@ -12,6 +12,30 @@ use std::sync::atomic::Ordering;
 
 use tokio::net::TcpStream;
 
+/// A relay holds two descriptors per connection: lift the soft limit to the hard one, as Go
+/// programs do at start. macOS caps the soft limit at `OPEN_MAX` (10240) whatever the hard limit.
+pub fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        let wanted = if cfg!(target_os = "macos") {
+            limit.rlim_max.min(10240)
+        } else {
+            limit.rlim_max
+        };
+        if wanted > limit.rlim_cur {
+            limit.rlim_cur = wanted;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 /// Keepalive on the upstream socket: a peer that vanishes without a reset (a deleted node
 /// container, a network change) is noticed after about a minute and a half of silence.
 const KEEPALIVE: socket2::TcpKeepalive = socket2::TcpKeepalive::new()

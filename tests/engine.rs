@@ -15,20 +15,6 @@ use support::{Backend, FakeCluster, port, service};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const NS: &str = "apps";
-
-/// A two-node cluster with namespace `apps` and a NodePort echo service `echo`.
-async fn echo_cluster(name: &str) -> (FakeCluster, Backend) {
-    let cluster = FakeCluster::start(name).await;
-    cluster.add_node(&format!("{name}-control-plane"));
-    cluster.add_node(&format!("{name}-worker"));
-    cluster.add_namespace(NS);
-    let backend = Backend::echo().await;
-    cluster.apply_service(service(NS, "echo", "NodePort", vec![port("tcp", 7000)]));
-    cluster.add_endpoint(NS, "echo", "echo-0", backend.addr(), true);
-    (cluster, backend)
-}
-
 async fn start(cluster: &FakeCluster, forwards: &str) -> Engine {
     Engine::start(config(cluster, forwards), tuning())
 }
@@ -55,7 +41,7 @@ fn checksum(bytes: &[u8]) -> u64 {
 #[tokio::test]
 async fn bytes_arrive_intact_both_ways() {
     const SIZE: usize = 100 << 20;
-    let (cluster, _backend) = echo_cluster("bulk").await;
+    let (cluster, _backend) = echo_cluster("bulk", "NodePort").await;
     let engine = start(&cluster, &forward("echo", NS, "echo")).await;
     let addr = local(&wait_healthy(&engine, "echo").await);
 
@@ -85,7 +71,7 @@ async fn bytes_arrive_intact_both_ways() {
 
 #[tokio::test]
 async fn half_close_reaches_the_backend_and_the_answer_still_arrives() {
-    let (cluster, _backend) = echo_cluster("halfclose").await;
+    let (cluster, _backend) = echo_cluster("halfclose", "NodePort").await;
     let engine = start(&cluster, &forward("echo", NS, "echo")).await;
     let addr = local(&wait_healthy(&engine, "echo").await);
     let mut s = TcpStream::connect(addr).await.unwrap();
@@ -106,7 +92,7 @@ async fn half_close_reaches_the_backend_and_the_answer_still_arrives() {
 #[tokio::test]
 async fn five_hundred_concurrent_connections() {
     raise_fd_limit();
-    let (cluster, _backend) = echo_cluster("many").await;
+    let (cluster, _backend) = echo_cluster("many", "NodePort").await;
     let engine = start(&cluster, &forward("echo", NS, "echo")).await;
     let addr = local(&wait_healthy(&engine, "echo").await);
     // Open all 500 first, so they are truly concurrent, then talk on each.
@@ -137,7 +123,7 @@ async fn five_hundred_concurrent_connections() {
 
 #[tokio::test]
 async fn pod_restart_then_new_connections_succeed() {
-    let (cluster, mut backend) = echo_cluster("restart").await;
+    let (cluster, mut backend) = echo_cluster("restart", "NodePort").await;
     let engine = start(&cluster, &forward("echo", NS, "echo")).await;
     let addr = local(&wait_healthy(&engine, "echo").await);
     let mut events = engine.events();
@@ -168,7 +154,7 @@ async fn pod_restart_then_new_connections_succeed() {
 
 #[tokio::test]
 async fn node_port_change_retargets_new_connections_without_a_restart() {
-    let (cluster, _backend) = echo_cluster("nodeport").await;
+    let (cluster, _backend) = echo_cluster("nodeport", "NodePort").await;
     let engine = start(&cluster, &forward("echo", NS, "echo")).await;
     let before = wait_healthy(&engine, "echo").await;
     let addr = local(&before);
@@ -199,7 +185,7 @@ async fn node_port_change_retargets_new_connections_without_a_restart() {
 
 #[tokio::test]
 async fn service_deleted_then_recreated() {
-    let (cluster, backend) = echo_cluster("recreate").await;
+    let (cluster, backend) = echo_cluster("recreate", "NodePort").await;
     let engine = start(&cluster, &forward("echo", NS, "echo")).await;
     wait_healthy(&engine, "echo").await;
     cluster.delete_service(NS, "echo");
@@ -214,7 +200,7 @@ async fn service_deleted_then_recreated() {
 
 #[tokio::test]
 async fn cluster_ip_service_is_the_wrong_type_and_says_what_to_change() {
-    let (cluster, _backend) = echo_cluster("clusterip").await;
+    let (cluster, _backend) = echo_cluster("clusterip", "NodePort").await;
     cluster.apply_service(service(NS, "internal", "ClusterIP", vec![port("http", 80)]));
     let engine = start(&cluster, &forward("internal", NS, "internal")).await;
     let status = wait_cause(&engine, "internal", State::Down, CauseId::WrongServiceType).await;
@@ -231,7 +217,7 @@ async fn cluster_ip_service_is_the_wrong_type_and_says_what_to_change() {
 
 #[tokio::test]
 async fn missing_named_port_lists_the_ports_that_exist() {
-    let (cluster, _backend) = echo_cluster("portname").await;
+    let (cluster, _backend) = echo_cluster("portname", "NodePort").await;
     let forwards = format!("{}service_port = \"otlp\"\n", forward("echo", NS, "echo"));
     let engine = start(&cluster, &forwards).await;
     let status = wait_cause(&engine, "echo", State::Down, CauseId::PortNotFound).await;
@@ -245,7 +231,7 @@ async fn missing_named_port_lists_the_ports_that_exist() {
 
 #[tokio::test]
 async fn missing_namespace_and_unready_nodes_are_named() {
-    let (cluster, _backend) = echo_cluster("causes").await;
+    let (cluster, _backend) = echo_cluster("causes", "NodePort").await;
     let forwards = format!("{}{}", forward("gone", "nowhere", "echo"), forward("echo", NS, "echo"));
     let engine = start(&cluster, &forwards).await;
     wait_cause(&engine, "gone", State::Down, CauseId::NamespaceMissing).await;
@@ -295,7 +281,7 @@ async fn http_probe_fails_when_the_pod_stops_answering() {
 
 #[tokio::test]
 async fn unreachable_api_degrades_but_traffic_still_flows() {
-    let (cluster, _backend) = echo_cluster("apidown").await;
+    let (cluster, _backend) = echo_cluster("apidown", "NodePort").await;
     let engine = start(&cluster, &forward("echo", NS, "echo")).await;
     let addr = local(&wait_healthy(&engine, "echo").await);
     let mut open = TcpStream::connect(addr).await.unwrap();
@@ -320,7 +306,7 @@ async fn unreachable_api_degrades_but_traffic_still_flows() {
 
 #[tokio::test]
 async fn revoked_credentials_are_unauthorized() {
-    let (cluster, _backend) = echo_cluster("auth").await;
+    let (cluster, _backend) = echo_cluster("auth", "NodePort").await;
     cluster.set_unauthorized(true);
     let engine = start(&cluster, &forward("echo", NS, "echo")).await;
     wait_cause(&engine, "echo", State::Down, CauseId::Unauthorized).await;
@@ -340,7 +326,7 @@ async fn revoked_credentials_are_unauthorized() {
 
 #[tokio::test]
 async fn a_kubeconfig_with_the_wrong_certificates_is_a_credentials_problem() {
-    let (cluster, _backend) = echo_cluster("stale").await;
+    let (cluster, _backend) = echo_cluster("stale", "NodePort").await;
     // Another cluster's CA and client certificate, pointed at this cluster's API server: what a
     // kubeconfig looks like after the cluster was re-created on the same port.
     let other = FakeCluster::start("stale").await;
@@ -362,7 +348,7 @@ async fn a_kubeconfig_with_the_wrong_certificates_is_a_credentials_problem() {
 
 #[tokio::test]
 async fn deletes_missed_during_an_outage_are_seen_after_it() {
-    let (cluster, _backend) = echo_cluster("missed").await;
+    let (cluster, _backend) = echo_cluster("missed", "NodePort").await;
     let engine = start(&cluster, &forward("echo", NS, "echo")).await;
     wait_healthy(&engine, "echo").await;
     cluster.set_api_reachable(false);
@@ -378,7 +364,7 @@ async fn deletes_missed_during_an_outage_are_seen_after_it() {
 
 #[tokio::test]
 async fn local_port_in_use_names_the_holder_then_binds_when_freed() {
-    let (cluster, _backend) = echo_cluster("inuse").await;
+    let (cluster, _backend) = echo_cluster("inuse", "NodePort").await;
     let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = squatter.local_addr().unwrap().port();
     let forwards = forward("echo", NS, "echo").replace("local_port = 0", &format!("local_port = {taken}"));
@@ -398,7 +384,7 @@ async fn local_port_in_use_names_the_holder_then_binds_when_freed() {
 
 #[tokio::test]
 async fn kubectl_context_mismatch_is_reported_but_porthole_keeps_its_own() {
-    let (cluster, _backend) = echo_cluster("mismatch").await;
+    let (cluster, _backend) = echo_cluster("mismatch", "NodePort").await;
     cluster.set_current_context("rancher-desktop");
     let engine = start(&cluster, &forward("echo", NS, "echo")).await;
     wait_healthy(&engine, "echo").await;
@@ -411,7 +397,7 @@ async fn kubectl_context_mismatch_is_reported_but_porthole_keeps_its_own() {
 
 #[tokio::test]
 async fn missing_context_is_named_with_the_kind_fix() {
-    let (cluster, _backend) = echo_cluster("ctx").await;
+    let (cluster, _backend) = echo_cluster("ctx", "NodePort").await;
     let text = config(&cluster, &forward("echo", NS, "echo"));
     let mut config = text;
     config.cluster.context = Some("kind-openchoreo-local".into());
@@ -430,7 +416,7 @@ async fn missing_context_is_named_with_the_kind_fix() {
 
 #[tokio::test]
 async fn config_reload_adds_and_removes_one_forward_without_touching_the_others() {
-    let (cluster, _backend) = echo_cluster("reload").await;
+    let (cluster, _backend) = echo_cluster("reload", "NodePort").await;
     let engine = start(
         &cluster,
         &format!("{}{}", forward("a", NS, "echo"), forward("b", NS, "echo")),
@@ -474,7 +460,7 @@ async fn config_reload_adds_and_removes_one_forward_without_touching_the_others(
 
 #[tokio::test]
 async fn disable_and_enable_one_forward() {
-    let (cluster, _backend) = echo_cluster("toggle").await;
+    let (cluster, _backend) = echo_cluster("toggle", "NodePort").await;
     let engine = start(
         &cluster,
         &format!("{}{}", forward("a", NS, "echo"), forward("b", NS, "echo")),
@@ -494,7 +480,7 @@ async fn disable_and_enable_one_forward() {
 
 #[tokio::test]
 async fn graceful_shutdown_stops_accepting_and_drains_open_connections() {
-    let (cluster, _backend) = echo_cluster("drain").await;
+    let (cluster, _backend) = echo_cluster("drain", "NodePort").await;
     let engine = start(&cluster, &forward("echo", NS, "echo")).await;
     let addr = local(&wait_healthy(&engine, "echo").await);
     let mut open = TcpStream::connect(addr).await.unwrap();
@@ -523,7 +509,7 @@ async fn graceful_shutdown_stops_accepting_and_drains_open_connections() {
 
 #[tokio::test]
 async fn shutdown_closes_connections_that_outlive_the_drain() {
-    let (cluster, _backend) = echo_cluster("cut").await;
+    let (cluster, _backend) = echo_cluster("cut", "NodePort").await;
     let engine = start(&cluster, &forward("echo", NS, "echo")).await;
     let addr = local(&wait_healthy(&engine, "echo").await);
     let mut open = TcpStream::connect(addr).await.unwrap();
@@ -566,7 +552,7 @@ async fn the_quick_start_preset_serves_all_five_ports() {
 
 #[tokio::test]
 async fn kubeconfig_drift_is_pushed_as_events_in_both_directions() {
-    let (cluster, _backend) = echo_cluster("ctxevent").await;
+    let (cluster, _backend) = echo_cluster("ctxevent", "NodePort").await;
     let engine = start(&cluster, &forward("echo", NS, "echo")).await;
     wait_healthy(&engine, "echo").await;
     wait_snapshot(&engine, "kubeconfig inspected", |s| {
@@ -641,7 +627,7 @@ async fn kubeconfig_drift_is_pushed_as_events_in_both_directions() {
 
 #[tokio::test]
 async fn a_recreated_cluster_is_followed_through_its_new_kubeconfig_entry() {
-    let (old, _old_backend) = echo_cluster("recreated").await;
+    let (old, _old_backend) = echo_cluster("recreated", "NodePort").await;
     let engine = start(&old, &forward("echo", NS, "echo")).await;
     let addr = local(&wait_healthy(&engine, "echo").await);
     let old_route = engine.status().await.forward("echo").unwrap().route.clone().unwrap();
@@ -649,7 +635,7 @@ async fn a_recreated_cluster_is_followed_through_its_new_kubeconfig_entry() {
     // `kind delete cluster && kind create cluster`: a new API port, new certificates, new node
     // addresses; `kind export kubeconfig` rewrites the entry in the same file.
     old.set_api_reachable(false);
-    let (new, _new_backend) = echo_cluster("recreated").await;
+    let (new, _new_backend) = echo_cluster("recreated", "NodePort").await;
     let text = std::fs::read_to_string(new.kubeconfig()).unwrap();
     let staging = old.kubeconfig().with_extension("new");
     std::fs::write(&staging, text).unwrap();
@@ -666,7 +652,7 @@ async fn a_recreated_cluster_is_followed_through_its_new_kubeconfig_entry() {
 
 #[tokio::test]
 async fn a_node_with_a_new_address_is_followed() {
-    let (cluster, _backend) = echo_cluster("moved").await;
+    let (cluster, _backend) = echo_cluster("moved", "NodePort").await;
     let forwards = forward("echo", NS, "echo");
     let engine = start(&cluster, &forwards).await;
     let addr = local(&wait_healthy(&engine, "echo").await);
@@ -684,7 +670,7 @@ async fn a_node_with_a_new_address_is_followed() {
 
 #[tokio::test]
 async fn every_transition_is_an_event_including_disable_and_removal() {
-    let (cluster, _backend) = echo_cluster("events").await;
+    let (cluster, _backend) = echo_cluster("events", "NodePort").await;
     let engine = start(
         &cluster,
         &format!("{}{}", forward("a", NS, "echo"), forward("b", NS, "echo")),
@@ -707,7 +693,7 @@ async fn every_transition_is_an_event_including_disable_and_removal() {
 
 #[tokio::test]
 async fn the_holder_of_a_taken_port_is_named_when_it_is_another_process() {
-    let (cluster, _backend) = echo_cluster("holder").await;
+    let (cluster, _backend) = echo_cluster("holder", "NodePort").await;
     // A leftover forwarder from an earlier session: another process listening on the port.
     let script = "import socket,sys\ns=socket.socket()\ns.bind(('127.0.0.1',0))\ns.listen()\nprint(s.getsockname()[1],flush=True)\nsys.stdin.read()\n";
     let mut squatter = std::process::Command::new("python3")
@@ -741,7 +727,7 @@ async fn the_holder_of_a_taken_port_is_named_when_it_is_another_process() {
 
 #[tokio::test]
 async fn retargeting_a_forward_keeps_its_listener_and_open_connections() {
-    let (cluster, _backend) = echo_cluster("retarget").await;
+    let (cluster, _backend) = echo_cluster("retarget", "NodePort").await;
     let web = Backend::http("the other service").await;
     cluster.apply_service(service(NS, "web", "NodePort", vec![port("http", 80)]));
     cluster.add_endpoint(NS, "web", "web-0", web.addr(), true);
@@ -774,7 +760,7 @@ async fn retargeting_a_forward_keeps_its_listener_and_open_connections() {
 
 #[tokio::test]
 async fn dropping_the_last_handle_stops_everything() {
-    let (cluster, _backend) = echo_cluster("dropped").await;
+    let (cluster, _backend) = echo_cluster("dropped", "NodePort").await;
     let engine = start(&cluster, &forward("echo", NS, "echo")).await;
     let addr = local(&wait_healthy(&engine, "echo").await);
     let mut open = TcpStream::connect(addr).await.unwrap();
@@ -802,7 +788,7 @@ async fn dropping_the_last_handle_stops_everything() {
 
 #[tokio::test]
 async fn tcp_probe_sees_a_pod_that_refuses_behind_the_node_port() {
-    let (cluster, backend) = echo_cluster("refuses").await;
+    let (cluster, backend) = echo_cluster("refuses", "NodePort").await;
     let engine = start(&cluster, &forward("echo", NS, "echo")).await;
     wait_healthy(&engine, "echo").await;
     // The process dies; its endpoint still says ready: the node port accepts, the pod refuses.
@@ -819,7 +805,7 @@ async fn tcp_probe_sees_a_pod_that_refuses_behind_the_node_port() {
 
 #[tokio::test]
 async fn connection_counters_are_pushed_without_asking() {
-    let (cluster, _backend) = echo_cluster("counters").await;
+    let (cluster, _backend) = echo_cluster("counters", "NodePort").await;
     let engine = start(&cluster, &forward("echo", NS, "echo")).await;
     let addr = local(&wait_healthy(&engine, "echo").await);
     let mut open = TcpStream::connect(addr).await.unwrap();

@@ -7,23 +7,10 @@ use std::time::Duration;
 
 use porthole::engine::Engine;
 use porthole::health::{CauseId, State};
+use support::FakeCluster;
 use support::porthole::*;
-use support::{Backend, FakeCluster, port, service};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-const NS: &str = "apps";
-
-/// A one-node cluster with an echo service `echo` of `type_`, backed by pod `echo-0`.
-async fn echo_cluster(name: &str, type_: &str) -> (FakeCluster, Backend) {
-    let cluster = FakeCluster::start(name).await;
-    cluster.add_node(&format!("{name}-worker"));
-    cluster.add_namespace(NS);
-    let backend = Backend::echo().await;
-    cluster.apply_service(service(NS, "echo", type_, vec![port("tcp", 7000)]));
-    cluster.add_endpoint(NS, "echo", "echo-0", backend.addr(), true);
-    (cluster, backend)
-}
 
 fn tunnel_forward() -> String {
     format!("{}mode = \"tunnel\"\n", forward("echo", NS, "echo"))

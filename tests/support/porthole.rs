@@ -11,7 +11,25 @@ use porthole::{Event, Tuning};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::backend::Backend;
 use super::cluster::FakeCluster;
+use super::services::{port, service};
+
+/// The namespace of [`echo_cluster`]'s service.
+pub const NS: &str = "apps";
+
+/// A two-node cluster (`NAME-control-plane`, `NAME-worker`) with namespace `apps` and an echo
+/// service `echo` of `type_` (port `tcp` 7000), backed by the ready pod `echo-0`.
+pub async fn echo_cluster(name: &str, type_: &str) -> (FakeCluster, Backend) {
+    let cluster = FakeCluster::start(name).await;
+    cluster.add_node(&format!("{name}-control-plane"));
+    cluster.add_node(&format!("{name}-worker"));
+    cluster.add_namespace(NS);
+    let backend = Backend::echo().await;
+    cluster.apply_service(service(NS, "echo", type_, vec![port("tcp", 7000)]));
+    cluster.add_endpoint(NS, "echo", "echo-0", backend.addr(), true);
+    (cluster, backend)
+}
 
 /// Generous bound for any wait on the engine: a failing test fails, it never hangs.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -47,16 +65,7 @@ pub fn forward(name: &str, namespace: &str, service: &str) -> String {
 
 /// Raises the soft descriptor limit: tests with hundreds of connections need more than 1024.
 pub fn raise_fd_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit read and write a struct we own.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-        limit.rlim_cur = limit.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-    }
+    porthole::relay::raise_fd_limit();
 }
 
 /// Waits until `name`'s status satisfies `done`; panics with the last status after [`WAIT`].

@@ -125,7 +125,8 @@ impl Engine {
         self.core.hub.events.subscribe()
     }
 
-    /// The snapshot with live connection counters and a fresh read of kubectl's current-context.
+    /// The snapshot with exact connection counters (kubectl's context is kept current by the
+    /// kubeconfig watcher, not re-read here).
     pub async fn status(&self) -> Snapshot {
         self.core.status().await
     }
@@ -214,12 +215,10 @@ impl Core {
         engine
     }
 
-    /// The snapshot with live connection counters and a fresh read of kubectl's current-context.
+    /// The snapshot with exact connection counters; kubectl's context is kept current by the
+    /// kubeconfig watcher, not re-read on every request.
     async fn status(&self) -> Snapshot {
         let running = self.running.lock().await;
-        if let Some(running) = running.as_ref() {
-            self.refresh_kubectl_context(&running.config.cluster);
-        }
         let mut snapshot = self.hub.snapshot.borrow().clone();
         if let Some(running) = running.as_ref() {
             for status in &mut snapshot.forwards {

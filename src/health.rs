@@ -267,24 +267,9 @@ impl Inputs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::route::{Host, NodeTarget};
 
     fn route(ready: usize) -> Route {
-        Route {
-            namespace: "ns".into(),
-            service: "ns/svc".into(),
-            service_type: "NodePort".into(),
-            port: "http 80/TCP".into(),
-            node_port: 30080,
-            targets: vec![NodeTarget {
-                node: "w".into(),
-                host: Host::Ip("127.0.0.2".parse().unwrap()),
-            }],
-            ready_nodes: 1,
-            mode: crate::config::Mode::Nodeport,
-            pods: Vec::new(),
-            ready_endpoints: ready,
-        }
+        Route::for_tests(&["127.0.0.2".parse().unwrap()], 30080, ready)
     }
 
     fn healthy_inputs() -> Inputs {

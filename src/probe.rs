@@ -223,24 +223,8 @@ mod tests {
     use tokio::net::TcpListener;
 
     fn route_to(addrs: &[std::net::SocketAddr]) -> Route {
-        Route {
-            namespace: "ns".into(),
-            service: "ns/svc".into(),
-            service_type: "NodePort".into(),
-            port: "80/TCP".into(),
-            node_port: addrs[0].port(),
-            targets: addrs
-                .iter()
-                .map(|a| NodeTarget {
-                    node: a.ip().to_string(),
-                    host: Host::Ip(a.ip()),
-                })
-                .collect(),
-            ready_nodes: 1,
-            mode: crate::config::Mode::Nodeport,
-            pods: Vec::new(),
-            ready_endpoints: 1,
-        }
+        let ips: Vec<std::net::IpAddr> = addrs.iter().map(|a| a.ip()).collect();
+        Route::for_tests(&ips, addrs[0].port(), 1)
     }
 
     async fn serve_once(answer: &'static [u8]) -> std::net::SocketAddr {
@@ -311,27 +295,16 @@ mod schedule_tests {
     use crate::forward::Tuning;
     use crate::health::CauseId;
     use crate::health::ProbeRecord;
-    use crate::route::{Host, NodeTarget};
     use std::sync::atomic::AtomicBool;
     use std::sync::atomic::Ordering;
     use tokio::time::Instant;
 
     fn route(node_port: u16, ready_endpoints: usize) -> Option<Arc<Route>> {
-        Some(Arc::new(Route {
-            namespace: "ns".into(),
-            service: "ns/svc".into(),
-            service_type: "NodePort".into(),
-            port: "80/TCP".into(),
+        Some(Arc::new(Route::for_tests(
+            &["127.0.0.2".parse().unwrap()],
             node_port,
-            targets: vec![NodeTarget {
-                node: "w".into(),
-                host: Host::Ip("127.0.0.2".parse().unwrap()),
-            }],
-            ready_nodes: 1,
-            mode: crate::config::Mode::Nodeport,
-            pods: Vec::new(),
             ready_endpoints,
-        }))
+        )))
     }
 
     /// The schedule running with a check that fails while `failing` is set.

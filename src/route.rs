@@ -182,6 +182,32 @@ impl Route {
     }
 }
 
+#[cfg(test)]
+impl Route {
+    /// A nodePort route to one node address per `ip`, for unit tests.
+    pub(crate) fn for_tests(ips: &[IpAddr], node_port: u16, ready_endpoints: usize) -> Route {
+        let targets: Vec<NodeTarget> = ips
+            .iter()
+            .map(|ip| NodeTarget {
+                node: ip.to_string(),
+                host: Host::Ip(*ip),
+            })
+            .collect();
+        Route {
+            namespace: "ns".into(),
+            service: "ns/svc".into(),
+            service_type: "NodePort".into(),
+            port: "http 80/TCP".into(),
+            mode: Mode::Nodeport,
+            node_port,
+            ready_nodes: targets.len(),
+            targets,
+            pods: Vec::new(),
+            ready_endpoints,
+        }
+    }
+}
+
 /// Resolves one forward against the cluster, or names the first thing in the way.
 pub fn resolve(spec: &ForwardSpec, cluster: &ClusterSpec, world: &World) -> Result<Route, Cause> {
     let ns = spec.namespace.as_str();

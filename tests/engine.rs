@@ -19,25 +19,6 @@ async fn start(cluster: &FakeCluster, forwards: &str) -> Engine {
     Engine::start(config(cluster, forwards), tuning())
 }
 
-/// A deterministic byte stream (xorshift), so both ends can check it without storing it.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-fn checksum(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
-    })
-}
-
 #[tokio::test]
 async fn bytes_arrive_intact_both_ways() {
     const SIZE: usize = 100 << 20;
@@ -95,26 +76,7 @@ async fn five_hundred_concurrent_connections() {
     let (cluster, _backend) = echo_cluster("many", "NodePort").await;
     let engine = start(&cluster, &forward("echo", NS, "echo")).await;
     let addr = local(&wait_healthy(&engine, "echo").await);
-    // Open all 500 first, so they are truly concurrent, then talk on each.
-    let mut conns = Vec::new();
-    for _ in 0..500 {
-        conns.push(TcpStream::connect(addr).await.unwrap());
-    }
-    let tasks: Vec<_> = conns
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut s)| {
-            tokio::spawn(async move {
-                let msg = pattern(i as u64, 4096);
-                round_trip(&mut s, &msg).await.unwrap();
-                s
-            })
-        })
-        .collect();
-    let mut open = Vec::new();
-    for t in tasks {
-        open.push(t.await.unwrap());
-    }
+    let open = concurrent_round_trips(addr, 500, 4096).await;
     let status = engine.status().await;
     assert_eq!(status.forward("echo").unwrap().stats.active, 500);
     drop(open);

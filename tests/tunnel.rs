@@ -20,12 +20,6 @@ async fn start(cluster: &FakeCluster) -> Engine {
     Engine::start(config(cluster, &tunnel_forward()), tuning())
 }
 
-fn checksum(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
-    })
-}
-
 #[tokio::test]
 async fn bytes_arrive_intact_both_ways_through_the_tunnel() {
     const SIZE: usize = 10 << 20;
@@ -125,25 +119,7 @@ async fn a_hundred_concurrent_tunnelled_connections() {
     let (cluster, _backend) = echo_cluster("tunmany", "ClusterIP").await;
     let engine = start(&cluster).await;
     let addr = local(&wait_healthy(&engine, "echo").await);
-    let mut conns = Vec::new();
-    for _ in 0..100 {
-        conns.push(TcpStream::connect(addr).await.unwrap());
-    }
-    let tasks: Vec<_> = conns
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut s)| {
-            tokio::spawn(async move {
-                let msg = vec![i as u8; 2048];
-                round_trip(&mut s, &msg).await.unwrap();
-                s
-            })
-        })
-        .collect();
-    let mut open = Vec::new();
-    for t in tasks {
-        open.push(t.await.unwrap());
-    }
+    let open = concurrent_round_trips(addr, 100, 2048).await;
     let active = wait_for(&engine, "echo", "100 active", |f| f.stats.active == 100).await;
     assert_eq!(active.stats.failed, 0);
     drop(open);

@@ -157,6 +157,50 @@ pub async fn round_trip(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A deterministic byte stream (xorshift), so both ends can check it without storing it.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// FNV-1a of the bytes: compares large transfers without keeping two copies around.
+pub fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    })
+}
+
+/// Opens `count` connections to `addr` first, so they are truly concurrent, then does a round
+/// trip of `size` distinct bytes on each at once; returns them, still open.
+pub async fn concurrent_round_trips(addr: SocketAddr, count: usize, size: usize) -> Vec<TcpStream> {
+    let mut conns = Vec::with_capacity(count);
+    for _ in 0..count {
+        conns.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut s)| {
+            tokio::spawn(async move {
+                round_trip(&mut s, &pattern(i as u64, size)).await.expect("round trip");
+                s
+            })
+        })
+        .collect();
+    let mut open = Vec::with_capacity(count);
+    for task in tasks {
+        open.push(task.await.expect("task"));
+    }
+    open
+}
+
 /// An HTTP GET through `addr`; returns the body.
 pub async fn http_get(addr: SocketAddr) -> String {
     let mut s = TcpStream::connect(addr).await.expect("connect");

@@ -13,7 +13,7 @@ use porthole::engine::{ForwardStatus, Snapshot};
 use porthole::health::State;
 use porthole::kubeconfig::state;
 use porthole::kubeconfig::tools::Tools;
-use porthole::kubeconfig::write::LockWait;
+use porthole::write::LockWait;
 use porthole::{Engine, Tuning, doctor};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;

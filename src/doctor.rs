@@ -64,6 +64,7 @@ pub struct Report {
 
 /// Runs every check; `timeout` bounds each network step.
 pub async fn run(config: &Config, timeout: Duration) -> Report {
+    crate::install_tls_provider();
     let mut checks = Vec::new();
     cluster_checks(config, timeout, &mut checks).await;
     Report {

@@ -13,12 +13,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::catalog::{Catalog, CatalogError};
 use crate::config::{ClusterSpec, Config, ForwardSpec};
 use crate::discovery::{self, ClusterStatus, ClusterView};
 use crate::forward::{ForwardHandle, Parent, StatsView, Tuning};
 use crate::health::{Health, State};
+use crate::kubeconfig::state::{FixError, Fixed};
 use crate::kubeconfig::tools::Tools;
-use crate::kubeconfig::{self, Loaded};
+use crate::kubeconfig::{self, KubeconfigError, Loaded};
 pub use crate::status::{ClusterStatusView, Event, ForwardStatus, RouteView, Snapshot};
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +106,7 @@ impl Drop for StopOnDrop {
 impl Engine {
     /// Starts every forward of `config`. Must be called within a tokio runtime.
     pub fn start(config: Config, tuning: Tuning) -> Engine {
+        crate::install_tls_provider();
         let core = Core::start(config, tuning);
         let stop = StopOnDrop {
             cancel: core.cancel.clone(),
@@ -151,6 +154,40 @@ impl Engine {
     /// Stops accepting, lets open connections drain for up to `drain`, then closes them.
     pub async fn shutdown(&self, drain: Duration) {
         self.core.shutdown(drain).await
+    }
+
+    /// The cluster's namespaces, services and ports as last watched (no API call).
+    pub fn catalog(&self) -> Result<Catalog, CatalogError> {
+        let view = self.core.view.borrow();
+        match &view.world {
+            Some(world) => Ok(Catalog::of(world)),
+            None => Err(CatalogError::Unavailable(match view.status.cause() {
+                Some(cause) => cause.message,
+                None => "still connecting".into(),
+            })),
+        }
+    }
+
+    /// The contexts of the kubeconfig Porthole reads, and kubectl's current one.
+    pub async fn contexts(&self) -> Result<(Vec<String>, Option<String>), KubeconfigError> {
+        let cluster = self.core.cluster().await.ok_or(KubeconfigError::NotFound(Vec::new()))?;
+        let loaded = tokio::task::spawn_blocking(move || Loaded::for_cluster(&cluster))
+            .await
+            .map_err(|_| KubeconfigError::NotFound(Vec::new()))??;
+        let names = loaded.merged.contexts.iter().map(|c| c.name.clone()).collect();
+        Ok((names, loaded.current_context().map(str::to_string)))
+    }
+
+    /// Makes kubectl's current-context Porthole's (or merges the cluster's fresh entry), with a
+    /// backup; the snapshot's kubeconfig state follows at once. `Ok(None)`: nothing to fix.
+    pub async fn fix_kubeconfig(&self) -> Result<Option<Fixed>, FixError> {
+        let cluster = self.core.cluster().await.ok_or(FixError::NoContext)?;
+        let fixed = kubeconfig::state::fix(&cluster, &Tools::from_env()).await;
+        self.core.refresh_kubeconfig_state(&cluster).await;
+        if let Some(running) = self.core.running.lock().await.as_ref() {
+            self.core.refresh_kubectl_context(&running.config.cluster);
+        }
+        fixed
     }
 }
 

@@ -15,7 +15,10 @@
 //! - [`control`]: the local control socket that `porthole status|wait|enable|disable` talk to.
 //! - [`doctor`]: one-shot checks with a fix for each failure.
 //! - [`holder`]: which process holds a local port.
+//! - [`write`]: replacing a user's file (kubeconfig, config) without ever losing it.
+//! - [`catalog`]: the cluster's namespaces, services and ports, for pickers.
 
+pub mod catalog;
 pub mod config;
 #[cfg(unix)]
 pub mod control;
@@ -31,7 +34,15 @@ pub mod relay;
 pub mod route;
 pub mod status;
 pub mod tunnel;
+pub mod write;
 
 pub use config::Config;
+
+/// Makes ring the process's TLS provider (what kube's client uses), unless one is installed
+/// already. Needed when another crate in the same program enables a second rustls provider:
+/// rustls then refuses to pick one by itself.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
 pub use engine::{Engine, Event, Snapshot};
 pub use forward::Tuning;

@@ -9,7 +9,7 @@ use porthole::engine::Engine;
 use porthole::health::{CauseId, State};
 use porthole::kubeconfig::state::{self, KubeconfigState};
 use porthole::kubeconfig::tools::Tools;
-use porthole::kubeconfig::write::LockWait;
+use porthole::write::LockWait;
 use support::porthole::*;
 use support::{Backend, FakeCluster, port, service};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -81,7 +81,7 @@ fn stderr(out: &Output) -> String {
 }
 
 fn backups_of(path: &Path) -> Vec<PathBuf> {
-    porthole::kubeconfig::write::backups(&std::fs::canonicalize(path).unwrap())
+    porthole::write::backups(&std::fs::canonicalize(path).unwrap())
 }
 
 #[test]
@@ -307,10 +307,7 @@ fn a_read_only_kubeconfig_is_a_clear_error_and_nothing_is_written() {
     let out = home.run(&[&file], &["fix-kubeconfig"]);
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains(&format!(
-            "kubeconfig {} is read-only: nothing was written",
-            file.display()
-        )),
+        stderr(&out).contains(&format!("{} is read-only: nothing was written", file.display())),
         "{}",
         stderr(&out)
     );

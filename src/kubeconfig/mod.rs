@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 pub mod edit;
 pub mod state;
 pub mod tools;
-pub mod write;
 
 use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError as KubeError};
 use tokio::sync::mpsc;

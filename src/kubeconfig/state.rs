@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use super::edit::{self, EditError, Entries};
 use super::tools::{Origin, ToolError, Tools};
-use super::write::{self, LockWait, WriteError, Written};
 use super::{KubeconfigError, Loaded};
+use crate::write::{self, LockWait, WriteError, Written};
 
 /// Bound on asking the API server's address whether it answers, to tell a stale entry from a
 /// good one.
@@ -106,6 +106,43 @@ pub enum FixError {
     Edit { path: PathBuf, error: EditError },
     #[error(transparent)]
     Write(#[from] WriteError),
+    #[error("the config sets no `cluster.context`: Porthole follows kubectl's, so there is nothing to fix")]
+    NoContext,
+}
+
+/// What [`fix`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Fixed {
+    /// In words: "set current-context to kind-x", "merged kind-x from kind".
+    pub summary: String,
+    pub file: PathBuf,
+    /// `None` when the file was already right by the time it was locked.
+    pub backup: Option<PathBuf>,
+}
+
+/// Inspects the kubeconfig of `cluster` and, when kubectl's context is not Porthole's, fixes it
+/// (see [`plan`]). `Ok(None)`: nothing to fix.
+pub async fn fix(cluster: &crate::config::ClusterSpec, tools: &Tools) -> Result<Option<Fixed>, FixError> {
+    let expected = cluster.context.clone().ok_or(FixError::NoContext)?;
+    let inspection = inspect(super::files(cluster), &expected, tools).await?;
+    let Some(plan) = self::plan(&inspection, tools).await? else {
+        return Ok(None);
+    };
+    let applied = tokio::task::spawn_blocking(move || plan.apply(LockWait::default()).map(|w| (plan, w)))
+        .await
+        .map_err(|e| {
+            FixError::Write(WriteError::Io {
+                path: PathBuf::new(),
+                what: "the fix did not finish",
+                error: std::io::Error::other(e.to_string()),
+            })
+        })??;
+    let (plan, written) = applied;
+    Ok(Some(Fixed {
+        summary: plan.summary,
+        file: written.as_ref().map(|w| w.target.clone()).unwrap_or(plan.file),
+        backup: written.map(|w| w.backup),
+    }))
 }
 
 /// What was found, and where kubectl keeps it.

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+pub mod edit;
+
 /// Environment variable naming the config file when `--config` is not given.
 pub const CONFIG_ENV: &str = "PORTHOLE_CONFIG";
 
@@ -17,12 +19,12 @@ pub const PRESETS: &[(&str, &str, &str)] = &[
     (
         "openchoreo",
         "OpenChoreo / WSO2 agent-platform quick-start: console, API, traces, OTLP, gateway (default)",
-        include_str!("../presets/openchoreo.toml"),
+        include_str!("../../presets/openchoreo.toml"),
     ),
     (
         "openchoreo-data-prepper",
         "older OpenChoreo quick-starts that sent traces to Data Prepper",
-        include_str!("../presets/openchoreo-data-prepper.toml"),
+        include_str!("../../presets/openchoreo-data-prepper.toml"),
     ),
 ];
 

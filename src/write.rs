@@ -1,5 +1,5 @@
-//! Writing a kubeconfig without ever losing it: kubectl's lock, a backup first, an atomic
-//! replace that keeps mode, owner and symlinks.
+//! Replacing a user's file (a kubeconfig, the config) without ever losing it: kubectl's lock,
+//! a backup first, an atomic replace that keeps mode, owner and symlinks.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -7,20 +7,18 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-/// Backups kept next to a kubeconfig; older ones are removed.
+/// Backups kept next to a file; older ones are removed.
 pub const BACKUPS_KEPT: usize = 5;
 /// The infix of backup file names: `config.porthole-backup.<timestamp>`.
 const BACKUP_INFIX: &str = ".porthole-backup.";
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
-    #[error(
-        "kubeconfig {path} is locked by another writer ({lock} exists); if no kubectl or kind is running, remove it"
-    )]
+    #[error("{path} is locked by another writer ({lock} exists); if no kubectl or kind is running, remove it")]
     Locked { path: PathBuf, lock: PathBuf },
-    #[error("kubeconfig {path} is read-only: nothing was written")]
+    #[error("{path} is read-only: nothing was written")]
     ReadOnly { path: PathBuf },
-    #[error("kubeconfig {path}: {what}: {error}")]
+    #[error("{path}: {what}: {error}")]
     Io {
         path: PathBuf,
         what: &'static str,

@@ -1,0 +1,130 @@
+//! Porthole's menu-bar app: the engine runs in-process on Tauri's tokio runtime; this crate only
+//! shows it. A map:
+//! - [`shell`]: engine snapshots and events to the tray, notifications and the settings page;
+//!   menu clicks to engine calls.
+//! - [`tray`]: what the tray icon and menu show, drawn from a snapshot.
+//! - [`notices`]: which notifications to show (debounced, summarised, mutable).
+//! - [`commands`]: the settings page's commands.
+//! - [`icons`], [`prefs`], [`logs`].
+
+pub mod commands;
+pub mod icons;
+pub mod logs;
+pub mod notices;
+pub mod prefs;
+pub mod shell;
+pub mod tray;
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use anyhow::Context;
+use clap::Parser;
+use porthole::config::{self, Config, Source};
+use porthole::{Engine, Tuning, control};
+use tauri::{Manager, RunEvent};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::notices::{Kind, Notice, Notices};
+use crate::shell::Shell;
+use crate::tray::Tray;
+
+/// Porthole's menu-bar app: the forwards of the config, their health in the tray.
+#[derive(Debug, Parser)]
+#[command(name = "porthole-app", version, about)]
+pub struct Args {
+    /// Config file [default: $PORTHOLE_CONFIG, else <config dir>/porthole/config.toml, else the built-in preset]
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Control socket served for `porthole status|wait` [default: $PORTHOLE_CONTROL, else <runtime dir>/porthole/control.sock]
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
+    /// Open the settings window at start
+    #[arg(long)]
+    settings: bool,
+}
+
+pub fn run() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let log_dir = logs::init()?;
+    let (config, source) = Config::discover(args.config.as_deref())?;
+    let config_path = config::config_path(args.config.as_deref());
+    let base_text = match &source {
+        Source::Preset(name) => config::preset_text(name)?.to_string(),
+        Source::File(_) => String::new(),
+    };
+    let control_path = control::socket_path(args.control.as_deref());
+    info!(config = %source, forwards = config.forwards.len(), control = %control_path.display(), "starting");
+    let prefs_path = prefs::path(config_path.as_deref());
+    let prefs = prefs::load(prefs_path.as_deref());
+    let open_settings = args.settings;
+
+    let app = tauri::Builder::default()
+        // First: a second launch hands over to this one and exits.
+        .plugin(tauri_plugin_single_instance::init(|app, _argv, _cwd| {
+            shell::open_settings(app)
+        }))
+        .plugin(tauri_plugin_autostart::init(
+            tauri_plugin_autostart::MacosLauncher::LaunchAgent,
+            None,
+        ))
+        .plugin(tauri_plugin_clipboard_manager::init())
+        .invoke_handler(commands::handler())
+        .setup(move |app| {
+            #[cfg(target_os = "macos")]
+            app.set_activation_policy(tauri::ActivationPolicy::Accessory);
+            let cancel = CancellationToken::new();
+            // The engine spawns onto the runtime it is started in: Tauri's.
+            let engine = tauri::async_runtime::block_on(async { Engine::start(config, Tuning::default()) });
+            app.manage(Shell {
+                engine: engine.clone(),
+                config_path,
+                base_text,
+                prefs: Mutex::new(prefs),
+                prefs_path,
+                log_dir,
+                notices: Mutex::new(Notices::default()),
+                tray: Mutex::new(None),
+                cancel: cancel.clone(),
+            });
+            let handle = app.handle().clone();
+            *shell::lock(&app.state::<Shell>().tray) = Some(Tray::create(&handle)?);
+            serve_control(&handle, engine, control_path, cancel);
+            tauri::async_runtime::spawn(shell::follow(handle.clone()));
+            if open_settings {
+                shell::open_settings(&handle);
+            }
+            Ok(())
+        })
+        .build(tauri::generate_context!())
+        .context("cannot start the app")?;
+    app.run(|_app, event| {
+        // Closing the last window keeps the app in the tray; only Quit (an explicit exit code) ends it.
+        if let RunEvent::ExitRequested { code: None, api, .. } = event {
+            api.prevent_exit();
+        }
+    });
+    Ok(())
+}
+
+/// Serves the control socket `porthole status|wait|enable|disable` use, as `porthole up` does.
+fn serve_control(app: &tauri::AppHandle, engine: Engine, path: PathBuf, cancel: CancellationToken) {
+    let app = app.clone();
+    tauri::async_runtime::spawn(async move {
+        match control::bind(&path).await {
+            Ok(listener) => control::serve(engine, listener, path, cancel).await,
+            Err(e) => {
+                error!(error = %e, "no control socket: `porthole status` cannot reach this app");
+                shell::notify(
+                    &app,
+                    vec![Notice {
+                        kind: Kind::Down,
+                        summary: "Porthole's control socket is taken".into(),
+                        body: format!("{e}. Is `porthole up` running too?"),
+                    }],
+                );
+            }
+        }
+    });
+}

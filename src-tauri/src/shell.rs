@@ -1,0 +1,221 @@
+//! The shell around the engine: engine snapshots become the tray and the settings page's state,
+//! engine events become notifications, menu clicks become engine calls. It holds no cluster
+//! logic; everything here is a few lines that hand over to the engine.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use porthole::{Engine, Snapshot, Tuning};
+use tauri::{AppHandle, Emitter, Manager, WebviewUrl, WebviewWindowBuilder};
+use tauri_plugin_clipboard_manager::ClipboardExt;
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::notices::{Notice, Notices};
+use crate::prefs::Prefs;
+use crate::tray::{self, Tray, TrayView, ids};
+
+/// The label of the settings window (its capability is bound to it).
+pub const SETTINGS: &str = "settings";
+
+/// Everything the app shares between the tray, the commands and the event loop.
+pub struct Shell {
+    pub engine: Engine,
+    /// Where settings are saved: the file in use, or the one to create.
+    pub config_path: Option<PathBuf>,
+    /// The text the config file starts from when it does not exist yet (the preset in effect).
+    pub base_text: String,
+    pub prefs: Mutex<Prefs>,
+    pub prefs_path: Option<PathBuf>,
+    pub log_dir: PathBuf,
+    pub notices: Mutex<Notices>,
+    pub tray: Mutex<Option<Tray>>,
+    /// Cancelled on quit: stops the event loop and the control socket.
+    pub cancel: CancellationToken,
+}
+
+/// Follows the engine until quit: snapshots to the tray and the window, events to notifications.
+pub async fn follow(app: AppHandle) {
+    let shell = app.state::<Shell>();
+    let mut snapshots = shell.engine.snapshot();
+    let mut events = shell.engine.events();
+    let first = snapshots.borrow_and_update().clone();
+    render(&app, &first);
+    loop {
+        let deadline = lock(&shell.notices).deadline();
+        let flush = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shell.cancel.cancelled() => return,
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let snapshot = snapshots.borrow_and_update().clone();
+                render(&app, &snapshot);
+            }
+            event = events.recv() => match event {
+                Ok(event) => {
+                    let snapshot = snapshots.borrow().clone();
+                    let out = lock(&shell.notices).observe(&event, &snapshot, Instant::now());
+                    notify(&app, out);
+                    let _ = app.emit_to(SETTINGS, "engine-event", &event);
+                }
+                Err(RecvError::Lagged(missed)) => warn!(missed, "fell behind the engine's events"),
+                Err(RecvError::Closed) => return,
+            },
+            _ = flush => {
+                let out = lock(&shell.notices).flush();
+                notify(&app, out);
+            }
+        }
+    }
+}
+
+/// A poisoned lock only means another thread panicked mid-update of plain data: keep going.
+pub fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn render(app: &AppHandle, snapshot: &Snapshot) {
+    let shell = app.state::<Shell>();
+    if let Some(tray) = lock(&shell.tray).as_mut()
+        && let Err(e) = tray.show(app, TrayView::of(snapshot))
+    {
+        error!(error = %e, "cannot update the tray");
+    }
+    let _ = app.emit_to(SETTINGS, "snapshot", snapshot);
+}
+
+/// Shows each notice the preferences do not mute.
+pub fn notify(app: &AppHandle, notices: Vec<Notice>) {
+    let mutes = lock(&app.state::<Shell>().prefs).mutes;
+    for notice in notices {
+        if mutes.mutes(notice.kind) {
+            info!(summary = %notice.summary, "notification muted");
+            continue;
+        }
+        info!(summary = %notice.summary, body = %notice.body, "notification");
+        tauri::async_runtime::spawn(send(notice));
+    }
+}
+
+#[cfg(not(target_os = "macos"))]
+async fn send(notice: Notice) {
+    let shown = notify_rust::Notification::new()
+        .appname("Porthole")
+        .summary(&notice.summary)
+        .body(&notice.body)
+        .icon("network-wired")
+        .show_async()
+        .await;
+    if let Err(e) = shown {
+        warn!(error = %e, "no notification server answered");
+    }
+}
+
+#[cfg(target_os = "macos")]
+async fn send(notice: Notice) {
+    // The macOS notification call blocks until the Notification Center takes it.
+    let shown = tokio::task::spawn_blocking(move || {
+        notify_rust::Notification::new()
+            .summary(&notice.summary)
+            .body(&notice.body)
+            .show()
+    })
+    .await;
+    if let Ok(Err(e)) = shown {
+        warn!(error = %e, "notification not shown");
+    }
+}
+
+/// Brings the settings window up, creating it if it was closed (closing destroys it, so its
+/// webview's memory goes back while the app sits in the tray).
+pub fn open_settings(app: &AppHandle) {
+    if let Some(window) = app.get_webview_window(SETTINGS) {
+        let _ = window.unminimize();
+        let _ = window.show();
+        let _ = window.set_focus();
+        return;
+    }
+    let built = WebviewWindowBuilder::new(app, SETTINGS, WebviewUrl::App("index.html".into()))
+        .title("Porthole settings")
+        .inner_size(820.0, 640.0)
+        .min_inner_size(560.0, 420.0)
+        .build();
+    if let Err(e) = built {
+        error!(error = %e, "cannot open the settings window");
+    }
+}
+
+/// A tray menu click.
+pub fn on_menu(app: &AppHandle, id: &str) {
+    let app = app.clone();
+    let id = id.to_string();
+    tauri::async_runtime::spawn(async move {
+        let shell = app.state::<Shell>();
+        let snapshot = shell.engine.snapshot().borrow().clone();
+        if let Some(name) = id.strip_prefix(ids::FORWARD_PREFIX) {
+            let enabled = snapshot.forward(name).is_some_and(|f| f.enabled);
+            if let Err(e) = shell.engine.set_enabled(name, !enabled).await {
+                warn!(forward = name, error = %e, "cannot toggle");
+            }
+            return;
+        }
+        match id.as_str() {
+            ids::START_ALL | ids::STOP_ALL => {
+                for forward in &snapshot.forwards {
+                    let _ = shell.engine.set_enabled(&forward.name, id == ids::START_ALL).await;
+                }
+            }
+            ids::FIX_KUBECONFIG => {
+                let _ = fix_kubeconfig(&app).await;
+            }
+            ids::SETTINGS => open_settings(&app),
+            ids::COPY_STATUS => {
+                if let Err(e) = app.clipboard().write_text(tray::status_text(&snapshot)) {
+                    warn!(error = %e, "cannot copy the status");
+                }
+            }
+            ids::OPEN_LOGS => open_path(&shell.log_dir),
+            ids::QUIT => quit(&app).await,
+            other => warn!(id = other, "unknown menu item"),
+        }
+    });
+}
+
+/// Runs the engine's kubeconfig fix and tells the user how it went.
+pub async fn fix_kubeconfig(app: &AppHandle) -> Result<(), String> {
+    let shell = app.state::<Shell>();
+    let outcome = shell.engine.fix_kubeconfig().await.map_err(|e| e.to_string());
+    match &outcome {
+        Ok(fixed) => info!(?fixed, "kubeconfig fix"),
+        Err(e) => error!(error = %e, "kubeconfig fix failed"),
+    }
+    let notice = lock(&shell.notices).fixed(&outcome, Instant::now());
+    notify(app, vec![notice]);
+    outcome.map(|_| ())
+}
+
+/// Opens a folder in the file manager: a program and one argument, no shell.
+fn open_path(path: &std::path::Path) {
+    let opener = if cfg!(target_os = "macos") { "open" } else { "xdg-open" };
+    if let Err(e) = std::process::Command::new(opener).arg(path).spawn() {
+        warn!(opener, path = %path.display(), error = %e, "cannot open");
+    }
+}
+
+/// Graceful exit: forwards drain (bounded), the control socket goes, then the process.
+pub async fn quit(app: &AppHandle) {
+    let shell = app.state::<Shell>();
+    info!("quitting");
+    shell.engine.shutdown(Tuning::default().drain_timeout).await;
+    shell.cancel.cancel();
+    app.exit(0);
+}

@@ -1,0 +1,328 @@
+//! The tray icon and its menu, drawn from the engine's snapshot: [`TrayView`] is the pure part
+//! (what to show), [`Tray`] puts it on screen and is rebuilt only when the view changes.
+
+use porthole::Snapshot;
+use porthole::engine::ForwardStatus;
+use porthole::health::State;
+use tauri::image::Image;
+use tauri::menu::{CheckMenuItem, Menu, MenuItem, PredefinedMenuItem};
+use tauri::tray::{TrayIcon, TrayIconBuilder};
+use tauri::{AppHandle, Wry};
+
+use crate::icons::{self, Aggregate};
+
+/// Menu ids: one place, matched in [`crate::shell::on_menu`].
+pub mod ids {
+    pub const FORWARD_PREFIX: &str = "forward:";
+    pub const START_ALL: &str = "start-all";
+    pub const STOP_ALL: &str = "stop-all";
+    pub const FIX_KUBECONFIG: &str = "fix-kubeconfig";
+    pub const SETTINGS: &str = "settings";
+    pub const COPY_STATUS: &str = "copy-status";
+    pub const OPEN_LOGS: &str = "open-logs";
+    pub const QUIT: &str = "quit";
+}
+
+/// One line of the menu.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Line {
+    /// A forward: its check mark turns it on and off.
+    Forward {
+        name: String,
+        label: String,
+        enabled: bool,
+    },
+    /// Words under a forward, or a heading: not clickable.
+    Note(String),
+    Action {
+        id: &'static str,
+        label: String,
+    },
+    Separator,
+}
+
+/// Everything the tray shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrayView {
+    pub aggregate: Aggregate,
+    pub tooltip: String,
+    pub lines: Vec<Line>,
+}
+
+fn dot(state: State) -> &'static str {
+    match state {
+        State::Healthy => "●",
+        State::Degraded | State::Starting => "◐",
+        State::Down => "○",
+        State::Disabled => "·",
+    }
+}
+
+fn port(forward: &ForwardStatus) -> String {
+    forward.local.map(|a| format!(":{}", a.port())).unwrap_or_default()
+}
+
+/// `● console  :3000 → healthy`
+pub fn forward_label(forward: &ForwardStatus) -> String {
+    format!(
+        "{} {}  {} → {}",
+        dot(forward.health.state),
+        forward.name,
+        port(forward),
+        forward.health.state
+    )
+}
+
+/// The cause in words, for the line under a forward that is not healthy.
+fn cause_words(forward: &ForwardStatus) -> Option<String> {
+    if matches!(forward.health.state, State::Healthy | State::Disabled) {
+        return None;
+    }
+    forward.health.cause.as_ref().map(|c| format!("    {}", c.message))
+}
+
+/// The worst state decides; a wrong kubectl context shows unless a forward is down.
+pub fn aggregate(snapshot: &Snapshot) -> Aggregate {
+    let states: Vec<State> = snapshot.forwards.iter().map(|f| f.health.state).collect();
+    let context_wrong = snapshot.kubeconfig.as_ref().is_some_and(|k| !k.is_ok());
+    if states.contains(&State::Down) {
+        Aggregate::Down
+    } else if context_wrong {
+        Aggregate::ContextWrong
+    } else if states.iter().all(|s| *s == State::Disabled) {
+        Aggregate::Paused
+    } else if states.iter().any(|s| matches!(s, State::Degraded | State::Starting)) {
+        Aggregate::Degraded
+    } else {
+        Aggregate::Healthy
+    }
+}
+
+impl TrayView {
+    pub fn of(snapshot: &Snapshot) -> TrayView {
+        let mut lines = Vec::new();
+        let mut tooltip = vec!["Porthole".to_string()];
+        for forward in &snapshot.forwards {
+            lines.push(Line::Forward {
+                name: forward.name.clone(),
+                label: forward_label(forward),
+                enabled: forward.enabled,
+            });
+            lines.extend(cause_words(forward).map(Line::Note));
+            tooltip.push(format!("{} {} {}", forward.name, port(forward), forward.health.state));
+        }
+        if snapshot.forwards.is_empty() {
+            lines.push(Line::Note("No forwards: add one in Settings…".into()));
+        }
+        lines.push(Line::Separator);
+        lines.push(Line::Action {
+            id: ids::START_ALL,
+            label: "Start all".into(),
+        });
+        lines.push(Line::Action {
+            id: ids::STOP_ALL,
+            label: "Stop all".into(),
+        });
+        if let Some(state) = snapshot.kubeconfig.as_ref().filter(|k| !k.is_ok()) {
+            lines.push(Line::Separator);
+            lines.push(Line::Note(state.sentence()));
+            let current = snapshot.kubectl_context.as_deref().unwrap_or("none");
+            let expected = snapshot.context.as_deref().unwrap_or("?");
+            lines.push(Line::Action {
+                id: ids::FIX_KUBECONFIG,
+                label: format!("Fix kubeconfig (current: {current} → {expected})"),
+            });
+            tooltip.push(state.sentence());
+        }
+        lines.push(Line::Separator);
+        for (id, label) in [
+            (ids::SETTINGS, "Settings…"),
+            (ids::COPY_STATUS, "Copy status"),
+            (ids::OPEN_LOGS, "Open logs"),
+        ] {
+            lines.push(Line::Action {
+                id,
+                label: label.into(),
+            });
+        }
+        lines.push(Line::Separator);
+        lines.push(Line::Action {
+            id: ids::QUIT,
+            label: "Quit Porthole".into(),
+        });
+        TrayView {
+            aggregate: aggregate(snapshot),
+            tooltip: tooltip.join("\n"),
+            lines,
+        }
+    }
+}
+
+/// Status as text, for "Copy status": one line per forward with its route or cause.
+pub fn status_text(snapshot: &Snapshot) -> String {
+    let mut out = String::new();
+    for f in &snapshot.forwards {
+        out += &format!("{:<20} {:>6}  {:<9}", f.name, port(f), f.health.state.to_string());
+        match (&f.health.cause, &f.route) {
+            (Some(cause), _) => out += &format!(" {}: {}", cause.id.as_str(), cause.message),
+            (None, Some(route)) => out += &format!(" → {}", route.target),
+            (None, None) => {}
+        }
+        out.push('\n');
+    }
+    if let Some(state) = &snapshot.kubeconfig {
+        out += &format!("kubeconfig: {}\n", state.sentence());
+    }
+    out
+}
+
+/// The tray icon on screen and the view it shows.
+pub struct Tray {
+    icon: TrayIcon,
+    shown: Option<TrayView>,
+}
+
+impl Tray {
+    pub fn create(app: &AppHandle) -> tauri::Result<Tray> {
+        let icon = TrayIconBuilder::with_id("porthole")
+            .icon(image(Aggregate::Degraded)?)
+            .icon_as_template(cfg!(target_os = "macos"))
+            .show_menu_on_left_click(true)
+            .on_menu_event(|app, event| crate::shell::on_menu(app, event.id().as_ref()))
+            .build(app)?;
+        Ok(Tray { icon, shown: None })
+    }
+
+    /// Shows `view`, touching only what changed since the last one.
+    pub fn show(&mut self, app: &AppHandle, view: TrayView) -> tauri::Result<()> {
+        let last = self.shown.as_ref();
+        if last.map(|v| v.aggregate) != Some(view.aggregate) {
+            self.icon.set_icon(Some(image(view.aggregate)?))?;
+            // Setting the icon resets the template flag on macOS.
+            #[cfg(target_os = "macos")]
+            self.icon.set_icon_as_template(true)?;
+        }
+        if last.map(|v| &v.tooltip) != Some(&view.tooltip) {
+            // Linux's AppIndicator has no tooltip: the menu carries the same lines.
+            self.icon.set_tooltip(Some(&view.tooltip))?;
+        }
+        if last.map(|v| &v.lines) != Some(&view.lines) {
+            self.icon.set_menu(Some(menu(app, &view.lines)?))?;
+        }
+        self.shown = Some(view);
+        Ok(())
+    }
+}
+
+fn image(aggregate: Aggregate) -> tauri::Result<Image<'static>> {
+    Image::from_bytes(icons::tray(aggregate))
+}
+
+fn menu(app: &AppHandle, lines: &[Line]) -> tauri::Result<Menu<Wry>> {
+    let menu = Menu::new(app)?;
+    for line in lines {
+        match line {
+            Line::Forward { name, label, enabled } => {
+                let id = format!("{}{name}", ids::FORWARD_PREFIX);
+                menu.append(&CheckMenuItem::with_id(app, id, label, true, *enabled, None::<&str>)?)?;
+            }
+            Line::Note(text) => menu.append(&MenuItem::new(app, text, false, None::<&str>)?)?,
+            Line::Action { id, label } => menu.append(&MenuItem::with_id(app, *id, label, true, None::<&str>)?)?,
+            Line::Separator => menu.append(&PredefinedMenuItem::separator(app)?)?,
+        }
+    }
+    Ok(menu)
+}
+
+#[cfg(test)]
+mod tests {
+    use porthole::engine::ClusterStatusView;
+    use porthole::health::{Cause, CauseId, Health};
+    use porthole::kubeconfig::state::KubeconfigState;
+
+    use super::*;
+
+    fn forward(name: &str, port: u16, state: State, cause: Option<Cause>) -> ForwardStatus {
+        ForwardStatus {
+            name: name.into(),
+            namespace: "wso2-amp".into(),
+            service: name.into(),
+            local: Some(([127, 0, 0, 1], port).into()),
+            enabled: state != State::Disabled,
+            health: Health::new(state, cause),
+            route: None,
+            stats: Default::default(),
+        }
+    }
+
+    fn snapshot(forwards: Vec<ForwardStatus>, kubeconfig: Option<KubeconfigState>) -> Snapshot {
+        Snapshot {
+            context: Some("kind-openchoreo-local".into()),
+            kubectl_context: Some("rancher-desktop".into()),
+            kubeconfig,
+            cluster: ClusterStatusView {
+                state: "connected".into(),
+                detail: None,
+            },
+            forwards,
+        }
+    }
+
+    #[test]
+    fn the_worst_state_decides_the_icon() {
+        let ok = || forward("a", 1, State::Healthy, None);
+        let missing = || Some(Cause::new(CauseId::ServiceMissing, "service missing: ns/b"));
+        let mismatch = Some(KubeconfigState::ContextMismatch {
+            expected: "kind-openchoreo-local".into(),
+            current: "rancher-desktop".into(),
+        });
+        let cases = [
+            (vec![ok()], None, Aggregate::Healthy),
+            (
+                vec![ok(), forward("b", 2, State::Starting, None)],
+                None,
+                Aggregate::Degraded,
+            ),
+            (
+                vec![ok(), forward("b", 2, State::Down, missing())],
+                mismatch.clone(),
+                Aggregate::Down,
+            ),
+            (vec![ok()], mismatch, Aggregate::ContextWrong),
+            (vec![forward("b", 2, State::Disabled, None)], None, Aggregate::Paused),
+            (vec![], None, Aggregate::Paused),
+        ];
+        for (forwards, kubeconfig, want) in cases {
+            assert_eq!(aggregate(&snapshot(forwards.clone(), kubeconfig)), want, "{forwards:?}");
+        }
+    }
+
+    #[test]
+    fn menu_lines_show_state_cause_and_the_fix() {
+        let cause = Cause::new(CauseId::ServiceMissing, "service missing: wso2-amp/amp-console");
+        let view = TrayView::of(&snapshot(
+            vec![
+                forward("console", 3000, State::Down, Some(cause)),
+                forward("api", 8080, State::Healthy, None),
+            ],
+            Some(KubeconfigState::ContextMismatch {
+                expected: "kind-openchoreo-local".into(),
+                current: "rancher-desktop".into(),
+            }),
+        ));
+        let labels: Vec<String> = view
+            .lines
+            .iter()
+            .filter_map(|l| match l {
+                Line::Forward { label, .. } | Line::Note(label) | Line::Action { label, .. } => Some(label.clone()),
+                Line::Separator => None,
+            })
+            .collect();
+        assert_eq!(labels[0], "○ console  :3000 → down");
+        assert_eq!(labels[1], "    service missing: wso2-amp/amp-console");
+        assert_eq!(labels[2], "● api  :8080 → healthy");
+        assert!(labels.contains(&"Fix kubeconfig (current: rancher-desktop → kind-openchoreo-local)".to_string()));
+        assert_eq!(labels.last().unwrap(), "Quit Porthole");
+        assert_eq!(view.tooltip.lines().count(), 4, "{}", view.tooltip);
+    }
+}

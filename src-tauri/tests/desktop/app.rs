@@ -1,0 +1,166 @@
+//! The app under test as a real process: its own HOME, XDG and TMP dirs (tray-icon writes its
+//! icon files under the temp dir), the test's private bus, the X display of `xvfb-run`, and a
+//! config that points at the fake cluster.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+use super::bus::Bus;
+use super::sni::TrayItem;
+use crate::support::FakeCluster;
+
+pub const APP: &str = env!("CARGO_BIN_EXE_porthole-app");
+/// Generous bound for every wait: a failing test fails, it never hangs.
+pub const WAIT: Duration = Duration::from_secs(40);
+
+/// The directories and variables one app instance lives in.
+pub struct Home {
+    pub dir: tempfile::TempDir,
+}
+
+impl Home {
+    pub fn new() -> Home {
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["home", "config/porthole", "data", "state", "cache", "run", "tmp"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path().join("run"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        Home { dir }
+    }
+
+    pub fn path(&self, sub: &str) -> PathBuf {
+        self.dir.path().join(sub)
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.path("config/porthole/config.toml")
+    }
+
+    pub fn control(&self) -> PathBuf {
+        self.path("run/control.sock")
+    }
+
+    /// Everything the app reads from its environment.
+    pub fn env(&self, bus: &Bus) -> Vec<(String, String)> {
+        let p = |s: &str| self.path(s).display().to_string();
+        vec![
+            ("HOME".into(), p("home")),
+            ("XDG_CONFIG_HOME".into(), p("config")),
+            ("XDG_DATA_HOME".into(), p("data")),
+            ("XDG_STATE_HOME".into(), p("state")),
+            ("XDG_CACHE_HOME".into(), p("cache")),
+            ("XDG_RUNTIME_DIR".into(), p("run")),
+            ("TMPDIR".into(), p("tmp")),
+            ("DBUS_SESSION_BUS_ADDRESS".into(), bus.address.clone()),
+            ("PORTHOLE_CONFIG".into(), self.config().display().to_string()),
+            ("PORTHOLE_CONTROL".into(), self.control().display().to_string()),
+            ("GDK_BACKEND".into(), "x11".into()),
+            ("NO_AT_BRIDGE".into(), "1".into()),
+            (
+                "RUST_LOG".into(),
+                "info,kube=off,kube_client=off,kube_runtime=off".into(),
+            ),
+        ]
+    }
+}
+
+/// The quick-start preset pointed at `cluster`'s kubeconfig, with free local ports; only the
+/// forwards whose names are in `keep` (all when empty).
+pub fn write_preset(path: &Path, cluster: &FakeCluster, keep: &[&str]) {
+    let text = porthole::config::preset_text("openchoreo").unwrap().replace(
+        "[cluster]\n",
+        &format!("[cluster]\nkubeconfig = \"{}\"\n", cluster.kubeconfig().display()),
+    );
+    let mut out = String::new();
+    for (i, table) in text.split("[[forward]]\n").enumerate() {
+        if i == 0 {
+            out += table;
+            continue;
+        }
+        let name = table
+            .lines()
+            .next()
+            .unwrap()
+            .trim_start_matches("name = ")
+            .trim_matches('"');
+        if keep.is_empty() || keep.contains(&name) {
+            let table: String = table
+                .lines()
+                .map(|l| {
+                    if l.starts_with("local_port") {
+                        "local_port = 0".to_string()
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            out += &format!("[[forward]]\n{table}\n");
+        }
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+/// A port nobody listens on right now (for a forward that must have a fixed port).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running app; killed on drop.
+pub struct App {
+    pub child: Child,
+    pub tray: TrayItem,
+}
+
+impl App {
+    /// Starts the app and waits for its tray item to register.
+    pub async fn start(home: &Home, bus: &Bus, args: &[&str]) -> App {
+        let log = std::fs::File::create(home.path("app.log")).unwrap();
+        let mut seen = bus.seen();
+        let child = Command::new(APP)
+            .args(args)
+            .envs(home.env(bus))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let registered = tokio::time::timeout(WAIT, seen.wait_for(|s| !s.items.is_empty())).await;
+        let Ok(Ok(seen)) = registered else {
+            panic!("no tray item registered; app log:\n{}", home.log());
+        };
+        let (name, path) = seen.items[0].clone();
+        let mut tray = TrayItem::new(bus.connection.clone(), name, path);
+        tray.log = Some(home.path("app.log"));
+        App { child, tray }
+    }
+}
+
+impl Home {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.path("app.log")).unwrap_or_default()
+    }
+}
+
+/// Whether something accepts TCP connections at `addr`.
+pub async fn listening(addr: SocketAddr) -> bool {
+    tokio::net::TcpStream::connect(addr).await.is_ok()
+}
+
+/// `porthole` (the CLI) built beside this test: `cargo build` puts it in the target dir.
+pub fn porthole_cli() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let cli = dir.join("porthole");
+    assert!(
+        cli.exists(),
+        "{} is missing: build the CLI first (`cargo build --bins`)",
+        cli.display()
+    );
+    cli
+}

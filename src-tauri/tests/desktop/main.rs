@@ -1,0 +1,279 @@
+//! The menu-bar app end to end, as a user's desktop sees it: the real app process against the
+//! fake cluster, its tray item and menu read and clicked over a private D-Bus session bus, its
+//! notifications recorded by a notification server on that bus, and its settings window driven
+//! through WebDriver (`tauri-driver` + `WebKitWebDriver`). Needs an X display: `.ci/run` runs
+//! this target under `xvfb-run`.
+
+#[path = "../../../tests/support/mod.rs"]
+mod support;
+
+mod app;
+mod bus;
+mod sni;
+mod webdriver;
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use porthole::Snapshot;
+use porthole::control::Client;
+use porthole::health::State;
+
+use app::{App, Home, WAIT, listening, write_preset};
+use bus::{Bus, Notification};
+use sni::Item;
+use support::FakeCluster;
+use support::openchoreo::OpenChoreo;
+
+/// The colours of `icons/tray/*.png` (see `icons/draw.py`).
+const GREEN: [u8; 3] = [46, 157, 79];
+const RED: [u8; 3] = [217, 59, 59];
+const BLUE: [u8; 3] = [59, 111, 217];
+const GREY: [u8; 3] = [138, 143, 152];
+
+fn forwards(items: &[Item]) -> Vec<&Item> {
+    items.iter().filter(|i| i.toggle.is_some()).collect()
+}
+
+fn item<'a>(items: &'a [Item], name: &str) -> Option<&'a Item> {
+    forwards(items)
+        .into_iter()
+        .find(|i| i.label.split_whitespace().nth(1) == Some(name))
+}
+
+/// The local address a forward's menu line names (`● console  :3000 → healthy`).
+fn local_addr(items: &[Item], name: &str) -> SocketAddr {
+    let label = &item(items, name).unwrap().label;
+    let port = label.split(':').nth(1).unwrap().split_whitespace().next().unwrap();
+    SocketAddr::from(([127, 0, 0, 1], port.parse().unwrap()))
+}
+
+/// Waits until the engine behind the control socket reports `done` (pushed snapshots).
+async fn wait_engine(control: &Path, what: &str, done: impl Fn(&Snapshot) -> bool) -> Snapshot {
+    let mut client = Client::connect(control).await.expect("control socket");
+    client.watch().await.unwrap();
+    let waited = tokio::time::timeout(WAIT, async {
+        loop {
+            let snapshot = client.next_snapshot().await.unwrap();
+            if done(&snapshot) {
+                return snapshot;
+            }
+        }
+    })
+    .await;
+    waited.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// Waits until a notification matching `matches` has been recorded.
+async fn wait_notification(bus: &Bus, what: &str, matches: impl Fn(&Notification) -> bool) -> Notification {
+    let mut seen = bus.seen();
+    let found = tokio::time::timeout(WAIT, seen.wait_for(|s| s.notifications.iter().any(&matches))).await;
+    match found {
+        Ok(Ok(s)) => s.notifications.iter().find(|n| matches(n)).unwrap().clone(),
+        _ => panic!("no notification {what}; got {:#?}", bus.notifications()),
+    }
+}
+
+async fn all_healthy(app: &App, count: usize) {
+    app.tray
+        .wait_until("every forward healthy and a green icon", WAIT, || async {
+            let items = app.tray.menu_items().await;
+            let f = forwards(&items);
+            f.len() == count
+                && f.iter()
+                    .all(|i| i.label.ends_with("→ healthy") && i.toggle == Some(true))
+                && app.tray.icon_colour().await == Some(GREEN)
+        })
+        .await;
+}
+
+struct Desktop {
+    cluster: OpenChoreo,
+    home: Home,
+    bus: Bus,
+}
+
+impl Desktop {
+    async fn start(keep: &[&str]) -> Desktop {
+        let cluster = FakeCluster::openchoreo().await;
+        let home = Home::new();
+        write_preset(&home.config(), &cluster, keep);
+        let bus = Bus::start(&home.path("run")).await;
+        Desktop { cluster, home, bus }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tray_shows_health_notifies_a_breakage_once_and_the_recovery() {
+    let mut d = Desktop::start(&[]).await;
+    let app = App::start(&d.home, &d.bus, &[]).await;
+    all_healthy(&app, 5).await;
+    let items = app.tray.menu_items().await;
+    let console = local_addr(&items, "console");
+    for action in [
+        "Start all",
+        "Stop all",
+        "Settings…",
+        "Copy status",
+        "Open logs",
+        "Quit Porthole",
+    ] {
+        assert!(
+            items.iter().any(|i| i.label == action && i.enabled),
+            "{action} in {items:#?}"
+        );
+    }
+    assert!(
+        !items.iter().any(|i| i.label.starts_with("Fix kubeconfig")),
+        "{items:#?}"
+    );
+    assert!(d.bus.notifications().is_empty(), "{:#?}", d.bus.notifications());
+
+    // The console's pod goes away: its line says why, the icon turns red, one notification.
+    let spec = OpenChoreo::spec("amp-console").unwrap();
+    d.cluster
+        .set_endpoint_ready(spec.namespace, &OpenChoreo::pod("amp-console"), false);
+    d.cluster.backends["amp-console"].stop().await;
+    app.tray
+        .wait_until("console down with its cause, red icon", WAIT, || async {
+            let items = app.tray.menu_items().await;
+            let Some(pos) = items.iter().position(|i| i.label.starts_with("○ console")) else {
+                return false;
+            };
+            let cause = &items[pos + 1];
+            !cause.enabled && cause.label.contains("amp-console") && app.tray.icon_colour().await == Some(RED)
+        })
+        .await;
+    let port = format!(":{}", console.port());
+    let down = wait_notification(&d.bus, "about console", |n| n.summary.contains("console")).await;
+    assert_eq!(down.summary, format!("console {port} is down"));
+    assert!(down.body.contains("amp-console"), "{down:?}");
+    assert_eq!(down.app_name, "Porthole");
+
+    // Back: a recovery notification, the icon green again, and still one "down".
+    let backend = d.cluster.backends.get_mut("amp-console").unwrap();
+    backend.restart().await;
+    let addr = backend.addr();
+    d.cluster
+        .set_endpoint_backend(spec.namespace, &OpenChoreo::pod("amp-console"), addr);
+    d.cluster
+        .set_endpoint_ready(spec.namespace, &OpenChoreo::pod("amp-console"), true);
+    let back = wait_notification(&d.bus, "console back", |n| n.summary.ends_with("is back")).await;
+    assert_eq!(back.summary, format!("console {port} is back"));
+    all_healthy(&app, 5).await;
+    let about_console: Vec<_> = d
+        .bus
+        .notifications()
+        .into_iter()
+        .filter(|n| n.summary.contains("console"))
+        .collect();
+    assert_eq!(about_console.len(), 2, "one down, one back: {about_console:#?}");
+
+    // `porthole status` against the app's control socket.
+    let out = tokio::process::Command::new(app::porthole_cli())
+        .args(["status", "--json"])
+        .env("PORTHOLE_CONTROL", d.home.control())
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status: Snapshot = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status.forwards.len(), 5);
+    assert!(
+        status.forwards.iter().all(|f| f.health.state == State::Healthy),
+        "{status:#?}"
+    );
+    assert_eq!(status.forward("console").unwrap().local, Some(console));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_kubectl_context_is_fixed_from_the_menu_and_a_forward_is_turned_off() {
+    let d = Desktop::start(&["console", "api"]).await;
+    let app = App::start(&d.home, &d.bus, &[]).await;
+    all_healthy(&app, 2).await;
+
+    d.cluster.set_current_context("rancher-desktop");
+    let fix_label = "Fix kubeconfig (current: rancher-desktop → kind-openchoreo-local)";
+    app.tray
+        .wait_until("the context-wrong icon and the Fix item", WAIT, || async {
+            let items = app.tray.menu_items().await;
+            items.iter().any(|i| i.label == fix_label) && app.tray.icon_colour().await == Some(BLUE)
+        })
+        .await;
+    let wrong = wait_notification(&d.bus, "about the context", |n| n.summary.contains("kubectl")).await;
+    assert!(wrong.body.contains("rancher-desktop"), "{wrong:?}");
+
+    app.tray.click("Fix kubeconfig").await;
+    let fixed = wait_notification(&d.bus, "fix done", |n| n.summary == "kubeconfig fixed").await;
+    assert!(fixed.body.contains("backup"), "{fixed:?}");
+    let kubeconfig = std::fs::read_to_string(d.cluster.kubeconfig()).unwrap();
+    assert!(
+        kubeconfig.contains("current-context: kind-openchoreo-local"),
+        "{kubeconfig}"
+    );
+    all_healthy(&app, 2).await;
+    let items = app.tray.menu_items().await;
+    assert!(
+        !items.iter().any(|i| i.label.starts_with("Fix kubeconfig")),
+        "{items:#?}"
+    );
+    // The fix's own notification says it; no second "right again" for the same change.
+    assert!(!d.bus.notifications().iter().any(|n| n.summary.contains("right again")));
+
+    // Unchecking a forward closes its listener; the other keeps serving.
+    let api = local_addr(&items, "api");
+    let console = local_addr(&items, "console");
+    assert!(listening(api).await);
+    app.tray.click("● api").await;
+    app.tray
+        .wait_until("api unchecked", WAIT, || async {
+            let items = app.tray.menu_items().await;
+            item(&items, "api").is_some_and(|i| i.toggle == Some(false) && i.label.ends_with("→ disabled"))
+        })
+        .await;
+    wait_engine(&d.home.control(), "api disabled", |s| {
+        s.forward("api").is_some_and(|f| f.health.state == State::Disabled)
+    })
+    .await;
+    assert!(!listening(api).await, "api's listener is closed");
+    assert!(listening(console).await, "console still listens");
+    app.tray.click("Stop all").await;
+    app.tray
+        .wait_until("all paused: grey icon", WAIT, || async {
+            app.tray.icon_colour().await == Some(GREY)
+        })
+        .await;
+    app.tray.click("Start all").await;
+    all_healthy(&app, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quit_from_the_menu_stops_the_app_and_removes_its_socket() {
+    let d = Desktop::start(&["console"]).await;
+    let mut app = App::start(&d.home, &d.bus, &[]).await;
+    all_healthy(&app, 1).await;
+    let console = local_addr(&app.tray.menu_items().await, "console");
+    app.tray.click("Quit Porthole").await;
+    let status = tokio::time::timeout(WAIT, app.child.wait())
+        .await
+        .expect("the app exits")
+        .unwrap();
+    assert!(status.success(), "{status}; log:\n{}", d.home.log());
+    assert!(!d.home.control().exists(), "the control socket is removed");
+    assert!(!listening(console).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn settings_window_adds_a_forward_through_the_picker_and_refuses_a_bad_one() {
+    let d = Desktop::start(&["console", "api"]).await;
+    let driver = webdriver::Driver::start(&d.home, &d.bus, &["--settings"]).await;
+    webdriver::add_forward_scenario(&driver, &d.home).await;
+    wait_engine(&d.home.control(), "gateway healthy", |s| {
+        s.forward("gateway").is_some_and(|f| f.health.state == State::Healthy)
+    })
+    .await;
+    if let Some(dir) = std::env::var_os("PORTHOLE_SCREENSHOTS") {
+        webdriver::screenshots(&driver, &d.bus, Path::new(&dir)).await;
+    }
+    driver.quit().await;
+}

@@ -1,0 +1,244 @@
+//! The settings window through WebDriver: `tauri-driver` in front of Debian's `WebKitWebDriver`,
+//! which starts the app itself (so the app's environment is tauri-driver's).
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use fantoccini::elements::Element;
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::json;
+use tokio::process::{Child, Command};
+
+use super::app::{APP, Home, WAIT, free_port, listening};
+use super::bus::Bus;
+use super::sni::TrayItem;
+
+pub struct Driver {
+    pub client: Client,
+    _driver: Child,
+}
+
+impl Driver {
+    pub async fn start(home: &Home, bus: &Bus, args: &[&str]) -> Driver {
+        // fantoccini's rustls and the fake cluster's must agree on one provider.
+        porthole::install_tls_provider();
+        let (port, native) = (free_port(), free_port());
+        let log = std::fs::File::create(home.path("driver.log")).unwrap();
+        let driver = Command::new("tauri-driver")
+            .args(["--port", &port.to_string(), "--native-port", &native.to_string()])
+            .envs(home.env(bus))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("tauri-driver (`cargo install tauri-driver --version '^2' --locked`)");
+        // tauri-driver says nothing when it is ready: its port answering is the only sign.
+        let addr = ([127, 0, 0, 1], port).into();
+        let ready = tokio::time::timeout(WAIT, async {
+            while !listening(addr).await {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        assert!(ready.is_ok(), "tauri-driver did not listen on {addr}");
+        let capabilities = json!({
+            "browserName": "wry",
+            "tauri:options": { "application": APP, "args": args },
+        });
+        let client = ClientBuilder::rustls()
+            .expect("rustls connector")
+            .capabilities(capabilities.as_object().unwrap().clone())
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+            .unwrap_or_else(|e| panic!("WebDriver session: {e}; driver log:\n{}", home_log(home)));
+        Driver {
+            client,
+            _driver: driver,
+        }
+    }
+
+    async fn find(&self, css: &str) -> Element {
+        self.client
+            .wait()
+            .at_most(WAIT)
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"))
+    }
+
+    async fn visible(&self, css: &str) -> Element {
+        let element = self.find(css).await;
+        let waited = tokio::time::timeout(WAIT, async {
+            while !element.is_displayed().await.unwrap_or(false) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "{css} never became visible");
+        element
+    }
+
+    async fn text_of(&self, css: &str) -> String {
+        self.find(css).await.text().await.unwrap()
+    }
+
+    /// Waits for `css`'s text to satisfy `done` (the page updates from pushed events).
+    async fn wait_text(&self, css: &str, done: impl Fn(&str) -> bool) -> String {
+        let found = tokio::time::timeout(WAIT, async {
+            loop {
+                let text = self.text_of(css).await;
+                if done(&text) {
+                    return text;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        found.unwrap_or_else(|_| panic!("{css} never showed the expected text"))
+    }
+
+    pub async fn quit(self) {
+        let _ = self.client.close().await;
+    }
+}
+
+fn home_log(home: &Home) -> String {
+    std::fs::read_to_string(home.path("driver.log")).unwrap_or_default()
+}
+
+/// Adds `gateway` through the namespace → service → port picker; first with a bad local port,
+/// which must be refused next to the field with nothing saved.
+pub async fn add_forward_scenario(driver: &Driver, home: &Home) {
+    driver
+        .wait_text("#forwards tbody", |t| t.contains("console") && t.contains("api"))
+        .await;
+    let before = std::fs::read_to_string(home.config()).unwrap();
+
+    driver.find("#add").await.click().await.unwrap();
+    driver.visible("#editor").await;
+    driver.find("#f-name").await.send_keys("gateway").await.unwrap();
+    driver
+        .find("#f-namespace-pick")
+        .await
+        .select_by_value("openchoreo-data-plane")
+        .await
+        .unwrap();
+    driver
+        .wait_text("#f-service-pick", |t| t.contains("gateway-external (LoadBalancer)"))
+        .await;
+    driver
+        .find("#f-service-pick")
+        .await
+        .select_by_value("gateway-external")
+        .await
+        .unwrap();
+    driver
+        .wait_text("#f-service_port-pick", |t| t.contains("https 443/TCP"))
+        .await;
+    driver
+        .find("#f-service_port-pick")
+        .await
+        .select_by_value("https")
+        .await
+        .unwrap();
+    driver.find("#f-probe").await.select_by_value("tls").await.unwrap();
+
+    // A bad value: the error sits next to its field and the file is untouched.
+    driver.find("#f-local_port").await.send_keys("https").await.unwrap();
+    driver.find("#save").await.click().await.unwrap();
+    let error = driver.wait_text(".error[data-for=local_port]", |t| !t.is_empty()).await;
+    assert!(error.contains("is not a port"), "{error}");
+    assert_eq!(std::fs::read_to_string(home.config()).unwrap(), before, "nothing saved");
+
+    let port = free_port();
+    let field = driver.find("#f-local_port").await;
+    field.clear().await.unwrap();
+    field.send_keys(&port.to_string()).await.unwrap();
+    driver.find("#save").await.click().await.unwrap();
+    driver.wait_text("#forwards tbody", |t| t.contains("gateway")).await;
+    let after = std::fs::read_to_string(home.config()).unwrap();
+    assert!(after.starts_with(&before), "the old text is kept as it was:\n{after}");
+    let added = &after[before.len()..];
+    for line in [
+        "name = \"gateway\"",
+        "namespace = \"openchoreo-data-plane\"",
+        "service = \"gateway-external\"",
+        "service_port = \"https\"",
+        &format!("local_port = {port}"),
+        "probe = \"tls\"",
+    ] {
+        assert!(added.contains(line), "{line} in:\n{added}");
+    }
+    let addr = ([127, 0, 0, 1], port).into();
+    let bound = tokio::time::timeout(WAIT, async {
+        while !listening(addr).await {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(bound.is_ok(), "the new forward listens on {addr}");
+}
+
+/// The README's pictures: the settings window as it is, and the tray menu drawn from its
+/// dbusmenu layout (there is no panel under Xvfb to show the real one).
+pub async fn screenshots(driver: &Driver, bus: &Bus, dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    driver
+        .wait_text("#forwards tbody", |t| t.matches("healthy").count() >= 3)
+        .await;
+    std::fs::write(dir.join("settings.png"), driver.client.screenshot().await.unwrap()).unwrap();
+
+    let (name, path) = bus.seen().borrow().items[0].clone();
+    let tray = TrayItem::new(bus.connection.clone(), name, path);
+    let items = tray.menu_items().await;
+    let icon = std::fs::read(tray.icon_file().await).unwrap();
+    let lines: Vec<serde_json::Value> = items
+        .iter()
+        .map(|i| json!({ "label": i.label, "separator": i.separator, "enabled": i.enabled, "check": i.toggle }))
+        .collect();
+    let script = r#"
+        const [lines, icon] = arguments;
+        document.body.replaceChildren();
+        document.body.className = "menu-shot";
+        const bar = document.createElement("div");
+        bar.className = "menu-bar";
+        const img = document.createElement("img");
+        img.src = "data:image/png;base64," + icon;
+        bar.append(img);
+        const menu = document.createElement("div");
+        menu.className = "menu";
+        for (const l of lines) {
+          const row = document.createElement("div");
+          row.className = l.separator ? "sep" : l.enabled ? "row" : "row off";
+          if (!l.separator) row.textContent = (l.check === null ? "   " : l.check ? "✓  " : "    ") + l.label;
+          menu.append(row);
+        }
+        document.body.append(bar, menu);
+    "#;
+    driver
+        .client
+        .execute(script, vec![json!(lines), json!(base64(&icon))])
+        .await
+        .unwrap();
+    std::fs::write(dir.join("tray-menu.png"), driver.client.screenshot().await.unwrap()).unwrap();
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}

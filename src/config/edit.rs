@@ -1,0 +1,446 @@
+//! Editing the config file in place: one forward added, changed or removed, or the cluster
+//! context set, keeping every comment and every other table as the user wrote them. An edit is
+//! validated as a whole config before anything is written, and written through [`crate::write`]
+//! (lock, backup, atomic replace).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use toml_edit::{DocumentMut, Item, Table, value};
+
+use super::{Config, ConfigError, Source};
+use crate::write::{self, LockWait, WriteError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EditError {
+    /// The edit would make an invalid config; `field` is the key at fault when one is.
+    #[error("{message}")]
+    Invalid { field: Option<String>, message: String },
+    #[error("no forward named `{0}` in the config")]
+    UnknownForward(String),
+    #[error("config {path} is not valid TOML, so it cannot be edited: {message}")]
+    Unreadable { path: PathBuf, message: String },
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error("cannot create config {path}: {error}")]
+    Create { path: PathBuf, error: std::io::Error },
+}
+
+impl EditError {
+    fn field(field: &str, message: impl Into<String>) -> EditError {
+        EditError::Invalid {
+            field: Some(field.to_string()),
+            message: message.into(),
+        }
+    }
+}
+
+/// A forward as a form edits it: strings where the user types, checked by [`apply`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ForwardDraft {
+    pub name: String,
+    pub namespace: String,
+    pub service: String,
+    /// Empty: the service's first port. Digits: a port number. Otherwise a port name.
+    pub service_port: String,
+    pub local_port: String,
+    /// Empty: 127.0.0.1.
+    pub bind: String,
+    /// `tcp`, `tls`, or `http:/path`.
+    pub probe: String,
+    /// Empty: the cluster's default mode.
+    pub mode: String,
+    pub enabled: bool,
+}
+
+/// One change to the config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Edit {
+    /// Replaces the forward named `replaces` (when given) or appends a new one.
+    Forward {
+        replaces: Option<String>,
+        draft: ForwardDraft,
+    },
+    RemoveForward(String),
+    /// `[cluster] context`; `None` follows kubectl's current-context.
+    Context(Option<String>),
+}
+
+/// Applies `edit` to the config file at `path`, creating it from `base` (the config text in
+/// effect, e.g. a preset) when it does not exist. Returns the new config. Blocking.
+pub fn save(path: &Path, base: &str, edit: &Edit) -> Result<Config, EditError> {
+    if !path.exists() {
+        create(path, base)?;
+    }
+    let source = Source::File(path.to_path_buf());
+    let mut config = None;
+    let written = write::replace(path, LockWait::default(), |old| {
+        let text = apply(old, edit, path)?;
+        config = Some(validate(&text, &source)?);
+        Ok::<_, EditError>(text)
+    })?;
+    written?;
+    match config {
+        Some(config) => Ok(config),
+        None => unreachable!("replace runs the edit, which sets the config or fails"),
+    }
+}
+
+fn create(path: &Path, text: &str) -> Result<(), EditError> {
+    let fail = |error| EditError::Create {
+        path: path.to_path_buf(),
+        error,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(fail)?;
+    }
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, text).map_err(fail)?;
+    std::fs::rename(&tmp, path).map_err(fail)
+}
+
+fn validate(text: &str, source: &Source) -> Result<Config, EditError> {
+    Config::parse(text, source).map_err(|e| match e {
+        ConfigError::Invalid { key, message, .. } => EditError::Invalid {
+            field: Some(key),
+            message,
+        },
+        other => EditError::Invalid {
+            field: None,
+            message: other.to_string(),
+        },
+    })
+}
+
+/// The text of the config after `edit`; comments and untouched tables are kept byte for byte.
+pub fn apply(text: &str, edit: &Edit, path: &Path) -> Result<String, EditError> {
+    let mut doc: DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| EditError::Unreadable {
+        path: path.to_path_buf(),
+        message: e.message().to_string(),
+    })?;
+    match edit {
+        Edit::Forward { replaces, draft } => {
+            let table = forward_table(draft)?;
+            let forwards = forwards(&mut doc)?;
+            match replaces {
+                Some(name) => {
+                    let index = position(forwards, name).ok_or_else(|| EditError::UnknownForward(name.clone()))?;
+                    let old = forwards.get_mut(index).expect("position is in range");
+                    merge(old, table);
+                }
+                None => forwards.push(table),
+            }
+        }
+        Edit::RemoveForward(name) => {
+            let forwards = forwards(&mut doc)?;
+            let index = position(forwards, name).ok_or_else(|| EditError::UnknownForward(name.clone()))?;
+            forwards.remove(index);
+        }
+        Edit::Context(context) => {
+            let cluster = doc
+                .entry("cluster")
+                .or_insert_with(|| Item::Table(Table::new()))
+                .as_table_like_mut()
+                .ok_or_else(|| EditError::field("context", "`cluster` is not a table"))?;
+            match context {
+                Some(context) => set_keeping_comments(cluster, "context", value(context.as_str())),
+                None => {
+                    cluster.remove("context");
+                }
+            }
+        }
+    }
+    Ok(doc.to_string())
+}
+
+fn forwards(doc: &mut DocumentMut) -> Result<&mut toml_edit::ArrayOfTables, EditError> {
+    doc.entry("forward")
+        .or_insert_with(|| Item::ArrayOfTables(Default::default()))
+        .as_array_of_tables_mut()
+        .ok_or_else(|| {
+            EditError::field(
+                "name",
+                "`forward` must be written as [[forward]] tables to be edited here",
+            )
+        })
+}
+
+fn position(forwards: &toml_edit::ArrayOfTables, name: &str) -> Option<usize> {
+    forwards
+        .iter()
+        .position(|t| t.get("name").and_then(|n| n.as_str()) == Some(name))
+}
+
+/// Sets `key`, keeping the comment and spacing around its old value.
+fn set_keeping_comments(table: &mut dyn toml_edit::TableLike, key: &str, item: Item) {
+    let decor = table.get(key).and_then(|i| i.as_value()).map(|v| v.decor().clone());
+    table.insert(key, item);
+    if let (Some(decor), Some(v)) = (decor, table.get_mut(key).and_then(|i| i.as_value_mut())) {
+        *v.decor_mut() = decor;
+    }
+}
+
+/// Sets the form's keys on an existing table, so its comments and the keys the form does not
+/// show (a selector, say) stay; keys the form leaves empty are removed.
+fn merge(old: &mut Table, new: Table) {
+    const FORM_KEYS: [&str; 9] = [
+        "name",
+        "namespace",
+        "service",
+        "service_port",
+        "local_port",
+        "bind",
+        "probe",
+        "mode",
+        "enabled",
+    ];
+    for key in FORM_KEYS {
+        match new.get(key) {
+            Some(item) => set_keeping_comments(old, key, item.clone()),
+            None => {
+                old.remove(key);
+            }
+        }
+    }
+    if new.contains_key("service") {
+        old.remove("selector");
+    }
+}
+
+/// The `[[forward]]` table for a draft; errors name the field.
+fn forward_table(draft: &ForwardDraft) -> Result<Table, EditError> {
+    let mut table = Table::new();
+    let name = draft.name.trim();
+    if name.is_empty() {
+        return Err(EditError::field("name", "a forward needs a name"));
+    }
+    table.insert("name", value(name));
+    let namespace = draft.namespace.trim();
+    if namespace.is_empty() {
+        return Err(EditError::field("namespace", "choose or type a namespace"));
+    }
+    table.insert("namespace", value(namespace));
+    let service = draft.service.trim();
+    if service.is_empty() {
+        return Err(EditError::field("service", "choose or type a service"));
+    }
+    table.insert("service", value(service));
+    match draft.service_port.trim() {
+        "" => {}
+        port => match port.parse::<i64>() {
+            Ok(n) if (1..=65535).contains(&n) => {
+                table.insert("service_port", value(n));
+            }
+            Ok(n) => return Err(EditError::field("service_port", format!("{n} is not a port (1-65535)"))),
+            Err(_) => {
+                table.insert("service_port", value(port));
+            }
+        },
+    }
+    let local_port = draft.local_port.trim();
+    let port = local_port
+        .parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| EditError::field("local_port", format!("`{local_port}` is not a port (1-65535)")))?;
+    table.insert("local_port", value(i64::from(port)));
+    match draft.bind.trim() {
+        "" | "127.0.0.1" => {}
+        bind => {
+            bind.parse::<std::net::IpAddr>()
+                .map_err(|_| EditError::field("bind", format!("`{bind}` is not an IP address")))?;
+            table.insert("bind", value(bind));
+        }
+    }
+    match draft.probe.trim() {
+        "" | "tcp" => {}
+        "tls" => {
+            table.insert("probe", value("tls"));
+        }
+        probe => {
+            let path = probe.strip_prefix("http:").unwrap_or(probe);
+            if !path.starts_with('/') {
+                return Err(EditError::field(
+                    "probe",
+                    "an http probe needs a path starting with `/`",
+                ));
+            }
+            let mut http = toml_edit::InlineTable::new();
+            http.insert("http", path.into());
+            table.insert("probe", value(http));
+        }
+    }
+    match draft.mode.trim() {
+        "" => {}
+        mode @ ("auto" | "nodeport" | "tunnel") => {
+            table.insert("mode", value(mode));
+        }
+        other => {
+            return Err(EditError::field(
+                "mode",
+                format!("`{other}` is not auto, nodeport or tunnel"),
+            ));
+        }
+    }
+    if !draft.enabled {
+        table.insert("enabled", value(false));
+    }
+    Ok(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "# my forwards\n[cluster]\ncontext = \"kind-a\"   # the cluster\n\n[[forward]]\nname = \"console\"   # the UI\nnamespace = \"web\"\nservice = \"console\"\nlocal_port = 3000\n\n# the API\n[[forward]]\nname = \"api\"\nnamespace = \"web\"\nservice = \"api\"\nlocal_port = 8080\n";
+
+    fn draft(name: &str, port: &str) -> ForwardDraft {
+        ForwardDraft {
+            name: name.into(),
+            namespace: "web".into(),
+            service: "gateway".into(),
+            local_port: port.into(),
+            enabled: true,
+            ..Default::default()
+        }
+    }
+
+    fn edited(edit: &Edit) -> String {
+        apply(TEXT, edit, Path::new("/c.toml")).unwrap()
+    }
+
+    #[test]
+    fn adding_a_forward_appends_a_table_and_keeps_the_rest() {
+        let mut d = draft("gateway", "8443");
+        d.probe = "http:/healthz".into();
+        d.service_port = "https".into();
+        let text = edited(&Edit::Forward {
+            replaces: None,
+            draft: d,
+        });
+        assert!(text.starts_with(TEXT), "{text}");
+        let config = Config::parse(&text, &Source::Preset("t")).unwrap();
+        let gateway = config.forward("gateway").unwrap();
+        assert_eq!(gateway.local_port, 8443);
+        assert_eq!(gateway.probe, super::super::Probe::Http("/healthz".into()));
+        assert_eq!(gateway.service_port, Some(super::super::PortRef::Name("https".into())));
+    }
+
+    #[test]
+    fn changing_a_forward_keeps_its_comments_and_place() {
+        let mut d = draft("console", "3001");
+        d.service = "console".into();
+        let text = edited(&Edit::Forward {
+            replaces: Some("console".into()),
+            draft: d,
+        });
+        assert_eq!(text, TEXT.replace("local_port = 3000", "local_port = 3001"));
+    }
+
+    #[test]
+    fn removing_a_forward_leaves_the_others() {
+        let text = edited(&Edit::RemoveForward("console".into()));
+        let config = Config::parse(&text, &Source::Preset("t")).unwrap();
+        assert_eq!(config.forwards.len(), 1);
+        assert!(text.contains("# my forwards") && text.contains("name = \"api\""));
+    }
+
+    #[test]
+    fn setting_the_context_keeps_its_comment() {
+        let text = edited(&Edit::Context(Some("kind-b".into())));
+        assert_eq!(text, TEXT.replace("\"kind-a\"", "\"kind-b\""));
+    }
+
+    #[test]
+    fn form_errors_name_their_field() {
+        for (field, d) in [
+            ("name", draft("", "1")),
+            ("local_port", draft("x", "http")),
+            ("local_port", draft("x", "70000")),
+            (
+                "bind",
+                ForwardDraft {
+                    bind: "localhost".into(),
+                    ..draft("x", "1")
+                },
+            ),
+            (
+                "probe",
+                ForwardDraft {
+                    probe: "http:healthz".into(),
+                    ..draft("x", "1")
+                },
+            ),
+            (
+                "mode",
+                ForwardDraft {
+                    mode: "fast".into(),
+                    ..draft("x", "1")
+                },
+            ),
+            (
+                "namespace",
+                ForwardDraft {
+                    namespace: " ".into(),
+                    ..draft("x", "1")
+                },
+            ),
+        ] {
+            match apply(
+                TEXT,
+                &Edit::Forward {
+                    replaces: None,
+                    draft: d,
+                },
+                Path::new("/c.toml"),
+            ) {
+                Err(EditError::Invalid { field: Some(f), .. }) => assert_eq!(f, field),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_duplicate_port_is_refused_by_validation_and_nothing_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("porthole.toml");
+        std::fs::write(&path, TEXT).unwrap();
+        let err = save(
+            &path,
+            "",
+            &Edit::Forward {
+                replaces: None,
+                draft: draft("twin", "3000"),
+            },
+        )
+        .unwrap_err();
+        match err {
+            EditError::Invalid { field, message } => {
+                assert_eq!(field.as_deref(), Some("local_port"));
+                assert!(message.contains("3000"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), TEXT);
+        assert!(crate::write::backups(&std::fs::canonicalize(&path).unwrap()).is_empty());
+    }
+
+    #[test]
+    fn saving_without_a_file_starts_from_the_base_and_backs_it_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/porthole.toml");
+        let config = save(
+            &path,
+            TEXT,
+            &Edit::Forward {
+                replaces: None,
+                draft: draft("gateway", "8443"),
+            },
+        )
+        .unwrap();
+        assert_eq!(config.forwards.len(), 3);
+        assert!(std::fs::read_to_string(&path).unwrap().starts_with(TEXT));
+        assert_eq!(crate::write::backups(&std::fs::canonicalize(&path).unwrap()).len(), 1);
+    }
+}

@@ -1,0 +1,287 @@
+// Porthole's settings page. Talks only to the app's commands and events; no network, no libraries.
+"use strict";
+
+const { invoke } = window.__TAURI__.core;
+const { listen } = window.__TAURI__.event;
+const OTHER = "\u0000other";
+const $ = (id) => document.getElementById(id);
+
+let page = null;       // the last page_state
+let catalog = null;    // namespaces → services → ports, or null when listing is not possible
+let editing = null;    // null: adding; a name: editing that forward
+
+function el(tag, text, cls) {
+  const e = document.createElement(tag);
+  if (text !== undefined) e.textContent = text;
+  if (cls) e.className = cls;
+  return e;
+}
+
+// ---- forwards table, kept live by `snapshot` events ----
+
+function renderSnapshot(snapshot) {
+  const cluster = snapshot.cluster;
+  $("cluster").textContent =
+    `${snapshot.context || "kubectl's current-context"} · ${cluster.state}` + (cluster.detail ? `: ${cluster.detail}` : "");
+  const kube = snapshot.kubeconfig;
+  const wrong = kube && kube.state !== "ok";
+  $("banner").hidden = !wrong;
+  if (wrong) $("banner-text").textContent = bannerText(kube, snapshot);
+
+  const body = $("forwards").tBodies[0];
+  body.replaceChildren();
+  for (const f of snapshot.forwards) {
+    const row = document.createElement("tr");
+    row.dataset.name = f.name;
+    const on = el("input");
+    on.type = "checkbox";
+    on.checked = f.enabled;
+    on.className = "toggle";
+    on.title = f.enabled ? "turn off" : "turn on";
+    on.addEventListener("change", () => call("set_enabled", { name: f.name, enabled: on.checked }));
+    const cell = el("td");
+    cell.append(on);
+    row.append(cell, el("td", f.name), el("td", f.local ? ":" + f.local.split(":").pop() : ""));
+    row.append(el("td", `${f.namespace}/${f.service}`));
+    const state = el("td");
+    state.append(el("span", f.health.state, `state ${f.health.state}`));
+    if (f.health.cause) state.append(el("div", f.health.cause.message, "cause"));
+    if (f.route) state.append(el("div", "→ " + f.route.target, "cause"));
+    row.append(state);
+    const actions = el("td");
+    const edit = el("button", "Edit");
+    edit.type = "button";
+    edit.className = "edit";
+    edit.addEventListener("click", () => openEditor(f.name));
+    const remove = el("button", "Remove");
+    remove.type = "button";
+    remove.className = "remove secondary";
+    remove.addEventListener("click", () => removeForward(f.name));
+    actions.append(edit, " ", remove);
+    row.append(actions);
+    body.append(row);
+  }
+}
+
+function bannerText(kube, snapshot) {
+  switch (kube.state) {
+    case "context-mismatch":
+      return `kubectl's current-context is ${kube.current}, not ${kube.expected}: kubectl and the quick-start scripts talk to another cluster.`;
+    case "context-unset":
+      return `kubectl has no current-context; Porthole uses ${kube.expected}.`;
+    case "context-missing":
+      return `The context ${kube.expected} is in no kubeconfig file.`;
+    case "context-stale":
+      return `The context ${kube.expected} points at ${kube.server}, which does not answer; the cluster now listens at ${kube.fresh_server}.`;
+    default:
+      return `kubectl uses ${snapshot.kubectl_context}`;
+  }
+}
+
+async function call(command, args) {
+  try {
+    return await invoke(command, args);
+  } catch (e) {
+    $("forwards-error").hidden = false;
+    $("forwards-error").textContent = e && e.message ? e.message : String(e);
+    throw e;
+  }
+}
+
+async function removeForward(name) {
+  await call("remove_forward", { name });
+  await reload();
+}
+
+// ---- the editor with its namespace → service → port picker ----
+
+function pick(field) {
+  const select = $(`f-${field}-pick`);
+  const input = $(`f-${field}`);
+  return !select.hidden && select.value !== OTHER ? select.value : input.value;
+}
+
+function fill(field, options, current) {
+  const select = $(`f-${field}-pick`);
+  const input = $(`f-${field}`);
+  select.replaceChildren();
+  if (catalog === null) {
+    select.hidden = true;
+    input.hidden = false;
+    input.value = current || "";
+    return;
+  }
+  select.hidden = false;
+  select.append(new Option(field === "service_port" ? "first port" : `choose a ${field}`, ""));
+  for (const [value, label] of options) select.append(new Option(label, value));
+  select.append(new Option("other (type it)…", OTHER));
+  const known = options.some(([v]) => v === current);
+  select.value = !current ? "" : known ? current : OTHER;
+  input.hidden = select.value !== OTHER;
+  input.value = known ? "" : current || "";
+}
+
+function namespaceEntry() {
+  return catalog && catalog.namespaces.find((n) => n.name === pick("namespace"));
+}
+
+function serviceEntry() {
+  const ns = namespaceEntry();
+  return ns && ns.services.find((s) => s.name === pick("service"));
+}
+
+function fillServices(current) {
+  const ns = namespaceEntry();
+  fill("service", ns ? ns.services.map((s) => [s.name, `${s.name} (${s.type})`]) : [], current);
+  fillPorts("");
+}
+
+function fillPorts(current) {
+  const svc = serviceEntry();
+  const ports = svc
+    ? svc.ports.map((p) => [p.name || String(p.port), `${p.name ? p.name + " " : ""}${p.port}/${p.protocol}` + (p.node_port ? ` → nodePort ${p.node_port}` : "")])
+    : [];
+  fill("service_port", ports, current);
+}
+
+async function openEditor(name) {
+  editing = name;
+  clearErrors();
+  const draft = name ? page.forwards.find((f) => f.name === name) : { name: "", namespace: "", service: "", service_port: "", local_port: "", bind: "", probe: "tcp", mode: "", enabled: true };
+  $("editor-title").textContent = name ? `Edit ${name}` : "Add forward";
+  try {
+    catalog = await invoke("catalog");
+    $("listing").hidden = true;
+  } catch (e) {
+    catalog = null;
+    $("listing").hidden = false;
+    $("listing").textContent = `Cannot list the cluster (${e.message || e}): type the names.`;
+  }
+  $("f-name").value = draft.name;
+  fill("namespace", catalog ? catalog.namespaces.map((n) => [n.name, n.name]) : [], draft.namespace);
+  fillServices(draft.service);
+  fillPorts(draft.service_port);
+  $("f-local_port").value = draft.local_port;
+  $("f-bind").value = draft.bind === "127.0.0.1" ? "" : draft.bind;
+  const http = draft.probe.startsWith("http:");
+  $("f-probe").value = http ? "http" : draft.probe;
+  $("f-probe-path").hidden = !http;
+  $("f-probe-path").value = http ? draft.probe.slice(5) : "";
+  $("f-mode").value = draft.mode;
+  $("editor").dataset.enabled = String(draft.enabled);
+  $("editor").hidden = false;
+  $("f-name").focus();
+}
+
+function clearErrors() {
+  for (const e of document.querySelectorAll(".error[data-for]")) e.textContent = "";
+  $("form-error").hidden = true;
+  $("forwards-error").hidden = true;
+}
+
+function showError(error) {
+  const target = error && error.field && document.querySelector(`.error[data-for="${error.field}"]`);
+  const message = (error && error.message) || String(error);
+  if (target) {
+    target.textContent = message;
+  } else {
+    $("form-error").hidden = false;
+    $("form-error").textContent = message;
+  }
+}
+
+async function save(event) {
+  event.preventDefault();
+  clearErrors();
+  const probe = $("f-probe").value === "http" ? "http:" + $("f-probe-path").value : $("f-probe").value;
+  const draft = {
+    name: $("f-name").value,
+    namespace: pick("namespace"),
+    service: pick("service"),
+    service_port: pick("service_port"),
+    local_port: $("f-local_port").value,
+    bind: $("f-bind").value,
+    probe,
+    mode: $("f-mode").value,
+    enabled: $("editor").dataset.enabled !== "false",
+  };
+  try {
+    await invoke("save_forward", { replaces: editing, draft });
+  } catch (e) {
+    showError(e);
+    return;
+  }
+  $("editor").hidden = true;
+  await reload();
+}
+
+// ---- cluster context, notifications, start at login ----
+
+function renderSettings() {
+  const context = $("context");
+  context.replaceChildren(new Option("kubectl's current-context", ""));
+  for (const name of page.contexts) context.append(new Option(name, name));
+  const current = page.snapshot.context || "";
+  if (current && !page.contexts.includes(current)) context.append(new Option(`${current} (not in the kubeconfig)`, current));
+  context.value = current;
+  for (const kind of ["down", "recovered", "context", "fix"]) $(`n-${kind}`).checked = !page.prefs.mutes[kind];
+  $("autostart").checked = page.autostart;
+  $("config-path").textContent = page.config_path || "(none)";
+}
+
+function mutes() {
+  const out = {};
+  for (const kind of ["down", "recovered", "context", "fix"]) out[kind] = !$(`n-${kind}`).checked;
+  return out;
+}
+
+async function reload() {
+  page = await invoke("page_state");
+  renderSnapshot(page.snapshot);
+  renderSettings();
+}
+
+function wire() {
+  $("add").addEventListener("click", () => openEditor(null));
+  $("cancel").addEventListener("click", () => { $("editor").hidden = true; });
+  $("form").addEventListener("submit", save);
+  $("f-namespace-pick").addEventListener("change", () => { $("f-namespace").hidden = $("f-namespace-pick").value !== OTHER; fillServices(""); });
+  $("f-service-pick").addEventListener("change", () => { $("f-service").hidden = $("f-service-pick").value !== OTHER; fillPorts(""); });
+  $("f-service_port-pick").addEventListener("change", () => { $("f-service_port").hidden = $("f-service_port-pick").value !== OTHER; });
+  $("f-probe").addEventListener("change", () => { $("f-probe-path").hidden = $("f-probe").value !== "http"; });
+  $("fix").addEventListener("click", async () => {
+    $("fix-result").textContent = "fixing…";
+    try {
+      await invoke("fix_kubeconfig");
+      $("fix-result").textContent = "fixed";
+    } catch (e) {
+      $("fix-result").textContent = e.message || String(e);
+    }
+  });
+  $("context").addEventListener("change", async () => {
+    clearErrors();
+    try {
+      await invoke("set_context", { context: $("context").value || null });
+      await reload();
+    } catch (e) {
+      showError({ field: "context", message: e.message || String(e) });
+    }
+  });
+  for (const kind of ["down", "recovered", "context", "fix"]) {
+    $(`n-${kind}`).addEventListener("change", () => invoke("set_prefs", { prefs: { mutes: mutes() } }));
+  }
+  $("autostart").addEventListener("change", async () => {
+    try {
+      $("autostart").checked = await invoke("set_autostart", { enabled: $("autostart").checked });
+    } catch (e) {
+      showError({ field: "autostart", message: e.message || String(e) });
+    }
+  });
+  listen("snapshot", (event) => {
+    if (page) page.snapshot = event.payload;
+    renderSnapshot(event.payload);
+  });
+}
+
+wire();
+reload().then(() => document.body.classList.add("ready"));

@@ -115,9 +115,24 @@ async fn save(shell: &Shell, edit: Edit) -> Result<(), CommandError> {
         .clone()
         .ok_or_else(|| CommandError::failed("this system has no config directory: start with --config FILE"))?;
     let base = shell.base_text.clone();
-    let config: Config = tauri::async_runtime::spawn_blocking(move || edit::save(&path, &base, &edit))
+    let edited = match &edit {
+        Edit::Forward { draft, .. } => Some(draft.name.trim().to_string()),
+        _ => None,
+    };
+    let mut config: Config = tauri::async_runtime::spawn_blocking(move || edit::save(&path, &base, &edit))
         .await
         .map_err(CommandError::failed)??;
+    *lock(&shell.file_config) = Some(config.clone());
+    // Forwards turned on or off from the menu stay so; only the one just edited takes the form's flag.
+    if let Some(running) = shell.engine.config().await {
+        for forward in &mut config.forwards {
+            if Some(&forward.name) != edited.as_ref()
+                && let Some(now) = running.forward(&forward.name)
+            {
+                forward.enabled = now.enabled;
+            }
+        }
+    }
     shell.engine.apply(config).await.map_err(CommandError::failed)
 }
 
@@ -166,6 +181,12 @@ pub fn set_prefs(shell: State<'_, Shell>, prefs: Prefs) -> Result<(), CommandErr
 
 #[tauri::command]
 pub fn set_autostart(app: AppHandle, enabled: bool) -> Result<bool, CommandError> {
+    #[cfg(target_os = "linux")]
+    if enabled && let Some(home) = directories::BaseDirs::new().map(|d| d.home_dir().to_path_buf()) {
+        // auto-launch creates `autostart` but not `~/.config` above it.
+        let dir = home.join(".config/autostart");
+        std::fs::create_dir_all(&dir).map_err(|e| CommandError::failed(format!("{}: {e}", dir.display())))?;
+    }
     let launcher = app.autolaunch();
     let done = if enabled { launcher.enable() } else { launcher.disable() };
     done.map_err(CommandError::failed)?;

@@ -49,6 +49,7 @@ pub fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let log_dir = logs::init()?;
     let (config, source) = Config::discover(args.config.as_deref())?;
+    let file_config = matches!(source, Source::File(_)).then(|| config.clone());
     let config_path = config::config_path(args.config.as_deref());
     let base_text = match &source {
         Source::Preset(name) => config::preset_text(name)?.to_string(),
@@ -87,11 +88,19 @@ pub fn run() -> anyhow::Result<()> {
                 notices: Mutex::new(Notices::default()),
                 tray: Mutex::new(None),
                 cancel: cancel.clone(),
+                file_config: Mutex::new(file_config),
             });
             let handle = app.handle().clone();
             *shell::lock(&app.state::<Shell>().tray) = Some(Tray::create(&handle)?);
             serve_control(&handle, engine, control_path, cancel);
             tauri::async_runtime::spawn(shell::follow(handle.clone()));
+            if let Some(path) = app.state::<Shell>().config_path.clone() {
+                // So that a config saved later (from the preset) is watched too.
+                if let Some(dir) = path.parent() {
+                    let _ = std::fs::create_dir_all(dir);
+                }
+                tauri::async_runtime::spawn(shell::follow_config(handle.clone(), path));
+            }
             if open_settings {
                 shell::open_settings(&handle);
             }

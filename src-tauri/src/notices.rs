@@ -24,6 +24,8 @@ pub enum Kind {
     Recovered,
     Context,
     Fix,
+    /// The config file was edited into something invalid: always shown.
+    Config,
 }
 
 /// Which kinds to show: each can be muted in the settings.
@@ -43,6 +45,7 @@ impl Mutes {
             Kind::Recovered => self.recovered,
             Kind::Context => self.context,
             Kind::Fix => self.fix,
+            Kind::Config => false,
         }
     }
 }

@@ -6,16 +6,19 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use porthole::{Engine, Snapshot, Tuning};
+use porthole::{Config, Engine, Snapshot, Tuning};
 use tauri::{AppHandle, Emitter, Manager, WebviewUrl, WebviewWindowBuilder};
 use tauri_plugin_clipboard_manager::ClipboardExt;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::notices::{Notice, Notices};
+use crate::notices::{Kind, Notice, Notices};
 use crate::prefs::Prefs;
 use crate::tray::{self, Tray, TrayView, ids};
+
+/// How long a burst of writes to the config file may take before it is read.
+const CONFIG_SETTLE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The label of the settings window (its capability is bound to it).
 pub const SETTINGS: &str = "settings";
@@ -34,6 +37,55 @@ pub struct Shell {
     pub tray: Mutex<Option<Tray>>,
     /// Cancelled on quit: stops the event loop and the control socket.
     pub cancel: CancellationToken,
+    /// The config as last read from or written to the file: the file watcher skips a change
+    /// that is the app's own save.
+    pub file_config: Mutex<Option<Config>>,
+}
+
+/// Follows the config file: an edit by hand is applied as SIGHUP does for `porthole up` (the
+/// file's `enabled` flags win); a broken one is refused, logged and told, and the running
+/// config stays.
+pub async fn follow_config(app: AppHandle, path: PathBuf) {
+    let shell = app.state::<Shell>();
+    let (_watcher, mut changes) = match porthole::kubeconfig::watch(std::slice::from_ref(&path)) {
+        Ok(watching) => watching,
+        Err(e) => return warn!(path = %path.display(), error = %e, "cannot watch the config file"),
+    };
+    loop {
+        tokio::select! {
+            _ = shell.cancel.cancelled() => return,
+            change = changes.recv() => if change.is_none() { return },
+        }
+        // Editors write, rename and chmod in a burst: read once after it.
+        tokio::time::sleep(CONFIG_SETTLE).await;
+        while changes.try_recv().is_ok() {}
+        if !path.exists() {
+            continue;
+        }
+        match Config::load(&path) {
+            Ok(config) => {
+                if lock(&shell.file_config).as_ref() == Some(&config) {
+                    continue;
+                }
+                info!(path = %path.display(), "config file changed: applying");
+                *lock(&shell.file_config) = Some(config.clone());
+                if let Err(e) = shell.engine.apply(config).await {
+                    warn!(error = %e, "cannot apply the config");
+                }
+            }
+            Err(e) => {
+                error!(error = %e, "config file changed but is invalid: keeping the running config");
+                notify(
+                    &app,
+                    vec![Notice {
+                        kind: Kind::Config,
+                        summary: "config file not applied".into(),
+                        body: e.to_string(),
+                    }],
+                );
+            }
+        }
+    }
 }
 
 /// Follows the engine until quit: snapshots to the tray and the window, events to notifications.

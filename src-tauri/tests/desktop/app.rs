@@ -1,6 +1,6 @@
 //! The app under test as a real process: its own HOME, XDG and TMP dirs (tray-icon writes its
-//! icon files under the temp dir), the test's private bus, the X display of `xvfb-run`, and a
-//! config that points at the fake cluster.
+//! icon files under the temp dir), the test's private bus and X display, and a config that
+//! points at the fake cluster.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -57,6 +57,7 @@ impl Home {
             ("XDG_RUNTIME_DIR".into(), p("run")),
             ("TMPDIR".into(), p("tmp")),
             ("DBUS_SESSION_BUS_ADDRESS".into(), bus.address.clone()),
+            ("DISPLAY".into(), bus.display.clone()),
             ("PORTHOLE_CONFIG".into(), self.config().display().to_string()),
             ("PORTHOLE_CONTROL".into(), self.control().display().to_string()),
             ("GDK_BACKEND".into(), "x11".into()),
@@ -121,7 +122,6 @@ impl App {
     /// Starts the app and waits for its tray item to register.
     pub async fn start(home: &Home, bus: &Bus, args: &[&str]) -> App {
         let log = std::fs::File::create(home.path("app.log")).unwrap();
-        let mut seen = bus.seen();
         let child = Command::new(APP)
             .args(args)
             .envs(home.env(bus))
@@ -130,15 +130,22 @@ impl App {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        let registered = tokio::time::timeout(WAIT, seen.wait_for(|s| !s.items.is_empty())).await;
-        let Ok(Ok(seen)) = registered else {
-            panic!("no tray item registered; app log:\n{}", home.log());
-        };
-        let (name, path) = seen.items[0].clone();
-        let mut tray = TrayItem::new(bus.connection.clone(), name, path);
-        tray.log = Some(home.path("app.log"));
+        let tray = registered(home, bus).await;
         App { child, tray }
     }
+}
+
+/// Waits for the first tray item to register on the test bus.
+pub async fn registered(home: &Home, bus: &Bus) -> TrayItem {
+    let mut seen = bus.seen();
+    let registered = tokio::time::timeout(WAIT, seen.wait_for(|s| !s.items.is_empty())).await;
+    let Ok(Ok(seen)) = registered else {
+        panic!("no tray item registered; app log:\n{}", home.log());
+    };
+    let (name, path) = seen.items[0].clone();
+    let mut tray = TrayItem::new(bus.connection.clone(), name, path);
+    tray.log = Some(home.path("app.log"));
+    tray
 }
 
 impl Home {

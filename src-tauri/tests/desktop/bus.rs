@@ -1,4 +1,5 @@
-//! A private D-Bus session bus per test (a real `dbus-daemon`), with the two desktop services a
+//! A private desktop per test: its own X server (`Xvfb`) and D-Bus session bus (a real
+//! `dbus-daemon`), with the two desktop services a
 //! tray app needs on it: a StatusNotifierWatcher (without one, libayatana-appindicator silently
 //! shows nothing) and a notification server that records every `Notify` call.
 
@@ -46,6 +47,9 @@ pub struct Seen {
 
 pub struct Bus {
     pub address: String,
+    /// This test's own X server (`Xvfb`), so windows of parallel tests never meet.
+    pub display: String,
+    _xvfb: Child,
     pub connection: Connection,
     seen: watch::Sender<Seen>,
     _daemon: Child,
@@ -71,7 +75,16 @@ impl Watcher {
             (service.to_string(), "/StatusNotifierItem".to_string())
         };
         let _ = Self::status_notifier_item_registered(&emitter, &format!("{name}{path}")).await;
-        self.seen.send_modify(|s| s.items.push((name, path)));
+        // Registering again (items do, when their menu or window changes) changes nothing, as
+        // with a real watcher.
+        self.seen.send_if_modified(|s| {
+            let item = (name, path);
+            let new = !s.items.contains(&item);
+            if new {
+                s.items.push(item);
+            }
+            new
+        });
     }
 
     fn register_status_notifier_host(&self, _service: &str) {}
@@ -153,6 +166,7 @@ impl Bus {
             .arg(format!("--config-file={}", config.display()))
             .args(["--nofork", "--print-address=1"])
             .stdout(Stdio::piped())
+            .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .expect("dbus-daemon (Debian package dbus-daemon)");
@@ -162,6 +176,16 @@ impl Bus {
             .await
             .unwrap()
             .expect("dbus-daemon prints its address");
+        let mut xvfb = Command::new("Xvfb")
+            .args(["-displayfd", "1", "-screen", "0", "1280x900x24", "-nolisten", "tcp"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("Xvfb (Debian package xvfb)");
+        let mut out = BufReader::new(xvfb.stdout.take().unwrap()).lines();
+        let number = out.next_line().await.unwrap().expect("Xvfb prints its display number");
+        let display = format!(":{}", number.trim());
         let (seen, _) = watch::channel(Seen::default());
         let connection = zbus::connection::Builder::address(address.as_str())
             .unwrap()
@@ -178,6 +202,8 @@ impl Bus {
             .expect("connect to the test bus");
         Bus {
             address,
+            display,
+            _xvfb: xvfb,
             connection,
             seen,
             _daemon: daemon,

@@ -1,8 +1,8 @@
 //! The menu-bar app end to end, as a user's desktop sees it: the real app process against the
 //! fake cluster, its tray item and menu read and clicked over a private D-Bus session bus, its
 //! notifications recorded by a notification server on that bus, and its settings window driven
-//! through WebDriver (`tauri-driver` + `WebKitWebDriver`). Needs an X display: `.ci/run` runs
-//! this target under `xvfb-run`.
+//! through WebDriver (`tauri-driver` + `WebKitWebDriver`). Each test has its own Xvfb display
+//! and bus, so tests run in parallel without seeing each other's windows or tray items.
 
 #[path = "../../../tests/support/mod.rs"]
 mod support;
@@ -264,16 +264,82 @@ async fn quit_from_the_menu_stops_the_app_and_removes_its_socket() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_hand_edit_of_the_config_applies_live_and_a_broken_one_is_refused_and_told() {
+    let d = Desktop::start(&["console"]).await;
+    let app = App::start(&d.home, &d.bus, &[]).await;
+    all_healthy(&app, 1).await;
+    let original = std::fs::read_to_string(d.home.config()).unwrap();
+    let added = format!(
+        "{original}\n[[forward]]\nname = \"api\"\nnamespace = \"wso2-amp\"\nservice = \"amp-api\"\nlocal_port = 0\n"
+    );
+    std::fs::write(d.home.config(), &added).unwrap();
+    all_healthy(&app, 2).await;
+
+    let broken = added.replace("service = \"amp-api\"", "service = \"amp-api\"\nbogus = 1");
+    std::fs::write(d.home.config(), broken).unwrap();
+    let told = wait_notification(&d.bus, "about the broken config", |n| {
+        n.summary == "config file not applied"
+    })
+    .await;
+    assert!(
+        told.body.contains("config.toml:") && told.body.contains("bogus"),
+        "{told:?}"
+    );
+    // Still running the last good config.
+    all_healthy(&app, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_launch_hands_over_to_the_first_and_opens_its_settings() {
+    let d = Desktop::start(&["console"]).await;
+    let app = App::start(&d.home, &d.bus, &[]).await;
+    all_healthy(&app, 1).await;
+    assert!(!window_exists(&d.bus.display, "Porthole settings").await);
+    let second = tokio::process::Command::new(app::APP)
+        .envs(d.home.env(&d.bus))
+        .stderr(std::process::Stdio::null())
+        .status();
+    let status = tokio::time::timeout(WAIT, second)
+        .await
+        .expect("the second launch exits")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let opened = tokio::time::timeout(WAIT, async {
+        while !window_exists(&d.bus.display, "Porthole settings").await {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(opened.is_ok(), "the first app opened its settings window");
+    let items = d.bus.seen().borrow().items.clone();
+    assert_eq!(items.len(), 1, "one tray item: {items:?}");
+    assert!(listening(local_addr(&app.tray.menu_items().await, "console")).await);
+}
+
+/// Whether the X server has a window with this title (`xwininfo`, from x11-utils).
+async fn window_exists(display: &str, title: &str) -> bool {
+    let out = tokio::process::Command::new("xwininfo")
+        .args(["-display", display, "-root", "-tree"])
+        .output()
+        .await
+        .expect("xwininfo (Debian package x11-utils)");
+    String::from_utf8_lossy(&out.stdout).contains(&format!("\"{title}\""))
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn settings_window_adds_a_forward_through_the_picker_and_refuses_a_bad_one() {
     let d = Desktop::start(&["console", "api"]).await;
     let driver = webdriver::Driver::start(&d.home, &d.bus, &["--settings"]).await;
     webdriver::add_forward_scenario(&driver, &d.home).await;
-    wait_engine(&d.home.control(), "gateway healthy", |s| {
+    let snapshot = wait_engine(&d.home.control(), "gateway healthy", |s| {
         s.forward("gateway").is_some_and(|f| f.health.state == State::Healthy)
     })
     .await;
+    webdriver::autostart_scenario(&driver, &d.home).await;
     if let Some(dir) = std::env::var_os("PORTHOLE_SCREENSHOTS") {
         webdriver::screenshots(&driver, &d.bus, Path::new(&dir)).await;
     }
+    let api = snapshot.forward("api").and_then(|f| f.local).unwrap();
+    webdriver::remove_forward_scenario(&driver, &d.home, api).await;
     driver.quit().await;
 }

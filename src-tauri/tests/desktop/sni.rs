@@ -94,16 +94,28 @@ impl TrayItem {
             .collect()
     }
 
-    /// Clicks the item whose label starts with `prefix`.
+    /// Clicks the item whose label starts with `prefix`. The menu is rebuilt whenever the
+    /// state changes, so an id read a moment ago may be gone: then it reads the layout again.
     pub async fn click(&self, prefix: &str) {
-        let items = self.menu_items().await;
-        let item = items
-            .iter()
-            .find(|i| i.label.starts_with(prefix))
-            .unwrap_or_else(|| panic!("no menu item {prefix:?} in {items:#?}"));
-        let menu = self.menu().await;
-        let data = Value::from(0i32);
-        let () = menu.call("Event", &(item.id, "clicked", data, 0u32)).await.unwrap();
+        for _ in 0..20 {
+            let items = self.menu_items().await;
+            let item = items
+                .iter()
+                .find(|i| i.label.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no menu item {prefix:?} in {items:#?}"));
+            let menu = self.menu().await;
+            let clicked: zbus::Result<()> = menu.call("Event", &(item.id, "clicked", Value::from(0i32), 0u32)).await;
+            match clicked {
+                Ok(()) => return,
+                Err(zbus::Error::MethodError(_, Some(message), _))
+                    if message.contains("does not refer to a menu item") =>
+                {
+                    continue;
+                }
+                Err(e) => panic!("clicking {prefix:?}: {e}"),
+            }
+        }
+        panic!("the menu kept changing under the click on {prefix:?}");
     }
 
     /// Waits, woken by the item's own signals (new icon, layout updated), until `done` holds;

@@ -180,6 +180,70 @@ pub async fn add_forward_scenario(driver: &Driver, home: &Home) {
     assert!(bound.is_ok(), "the new forward listens on {addr}");
 }
 
+/// Removes `api` from the table: gone from the file, its listener closed.
+pub async fn remove_forward_scenario(driver: &Driver, home: &Home, api: std::net::SocketAddr) {
+    assert!(listening(api).await);
+    driver
+        .find("#forwards tr[data-name=api] button.remove")
+        .await
+        .click()
+        .await
+        .unwrap();
+    driver
+        .wait_text("#forwards tbody", |t| !t.contains("wso2-amp/amp-api"))
+        .await;
+    let text = std::fs::read_to_string(home.config()).unwrap();
+    assert!(!text.contains("name = \"api\""), "{text}");
+    assert!(text.contains("name = \"console\""), "{text}");
+    let closed = tokio::time::timeout(WAIT, async {
+        while listening(api).await {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "api's listener closes");
+}
+
+/// "Start at login" writes the desktop session's autostart entry, and unticking removes it.
+pub async fn autostart_scenario(driver: &Driver, home: &Home) {
+    let entry = || {
+        // Where desktop sessions look for login items (auto-launch writes ~/.config/autostart).
+        std::fs::read_dir(home.path("home/.config/autostart"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "desktop"))
+    };
+    assert!(entry().is_none());
+    let checkbox = driver.find("#autostart").await;
+    assert!(!checkbox.is_selected().await.unwrap());
+    checkbox.click().await.unwrap();
+    let written = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(path) = entry() {
+                return path;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let Ok(written) = written else {
+        let error = driver.text_of(".error[data-for=autostart]").await;
+        panic!("no autostart entry; the page says {error:?}");
+    };
+    let text = std::fs::read_to_string(&written).unwrap();
+    assert!(text.contains(APP), "{text}");
+    checkbox.click().await.unwrap();
+    let removed = tokio::time::timeout(WAIT, async {
+        while entry().is_some() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(removed.is_ok(), "unticking removes {}", written.display());
+}
+
 /// The README's pictures: the settings window as it is, and the tray menu drawn from its
 /// dbusmenu layout (there is no panel under Xvfb to show the real one).
 pub async fn screenshots(driver: &Driver, bus: &Bus, dir: &Path) {

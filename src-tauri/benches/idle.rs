@@ -1,0 +1,163 @@
+//! `cargo bench -p porthole-app --bench idle` (under `xvfb-run`): what the menu-bar app costs
+//! while nothing happens, with its five quick-start forwards healthy against the fake cluster.
+//! Memory is the RSS and PSS of the app and every process it started (WebKit's web and network
+//! processes while the window exists); CPU is the ticks they used over a quiet interval.
+//! Three phases: tray only from start; the settings window open; the window closed again (its
+//! webview destroyed, so its memory should go back).
+
+// It borrows the desktop tests' harness and the fake cluster, using part of each.
+#![allow(dead_code, unused_imports)]
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+#[path = "../tests/desktop/app.rs"]
+mod app;
+#[path = "../tests/desktop/bus.rs"]
+mod bus;
+#[path = "../tests/desktop/sni.rs"]
+mod sni;
+#[path = "../tests/desktop/webdriver.rs"]
+mod webdriver;
+
+use std::time::Duration;
+
+use support::FakeCluster;
+
+/// How long the app is left alone before measuring, and how long CPU is counted.
+const SETTLE: Duration = Duration::from_secs(5);
+const QUIET: Duration = Duration::from_secs(20);
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Usage {
+    rss_kib: u64,
+    pss_kib: u64,
+    processes: usize,
+}
+
+/// The app and its descendants.
+fn tree(root: u32) -> Vec<u32> {
+    let mut pids = vec![root];
+    let mut i = 0;
+    while i < pids.len() {
+        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", pids[i])).unwrap_or_default();
+        pids.extend(children.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        i += 1;
+    }
+    pids
+}
+
+fn usage(root: u32) -> Usage {
+    let mut u = Usage::default();
+    for pid in tree(root) {
+        let Ok(rollup) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) else {
+            continue;
+        };
+        u.processes += 1;
+        for line in rollup.lines() {
+            let mut words = line.split_whitespace();
+            let (Some(key), Some(kib)) = (words.next(), words.next().and_then(|v| v.parse::<u64>().ok())) else {
+                continue;
+            };
+            match key {
+                "Rss:" => u.rss_kib += kib,
+                "Pss:" => u.pss_kib += kib,
+                _ => {}
+            }
+        }
+    }
+    u
+}
+
+/// utime + stime of the tree, in clock ticks.
+fn ticks(root: u32) -> u64 {
+    tree(root)
+        .iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .map(|stat| {
+            // Fields after the command (which may hold spaces) start after the last ')'.
+            let rest = &stat[stat.rfind(')').unwrap() + 2..];
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+        })
+        .sum()
+}
+
+/// CPU use of the tree over [`QUIET`], as a percentage of one core.
+async fn cpu(root: u32) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let before = ticks(root);
+    tokio::time::sleep(QUIET).await;
+    let used = (ticks(root) - before) as f64 / hz;
+    100.0 * used / QUIET.as_secs_f64()
+}
+
+fn row(phase: &str, u: Usage, cpu: f64) {
+    println!(
+        "| {phase} | {} | {:.1} MiB | {:.1} MiB | {cpu:.2}% |",
+        u.processes,
+        u.rss_kib as f64 / 1024.0,
+        u.pss_kib as f64 / 1024.0
+    );
+}
+
+async fn healthy(tray: &sni::TrayItem, n: usize) {
+    tray.wait_until("all healthy", app::WAIT, || async {
+        let items = tray.menu_items().await;
+        items.iter().filter(|i| i.label.ends_with("→ healthy")).count() == n
+    })
+    .await;
+}
+
+#[tokio::main]
+async fn main() {
+    let cluster = FakeCluster::openchoreo().await;
+    println!(
+        "| phase | processes | RSS | PSS | CPU (of one core, {}s) |",
+        QUIET.as_secs()
+    );
+    println!("|---|---|---|---|---|");
+
+    // Tray only, as started at login.
+    let home = app::Home::new();
+    app::write_preset(&home.config(), &cluster, &[]);
+    let bus = bus::Bus::start(&home.path("run")).await;
+    let tray_only = app::App::start(&home, &bus, &[]).await;
+    healthy(&tray_only.tray, 5).await;
+    tokio::time::sleep(SETTLE).await;
+    let pid = tray_only.child.id().unwrap();
+    let cpu_closed = cpu(pid).await;
+    row("tray only (window never opened)", usage(pid), cpu_closed);
+    drop(tray_only);
+
+    // With the window (WebDriver needs it from the start), then with it closed.
+    let home = app::Home::new();
+    app::write_preset(&home.config(), &cluster, &[]);
+    let bus = bus::Bus::start(&home.path("run")).await;
+    let driver = webdriver::Driver::start(&home, &bus, &["--settings"]).await;
+    let tray = app::registered(&home, &bus).await;
+    let pid: u32 = bus
+        .connection
+        .call_method(
+            Some("org.freedesktop.DBus"),
+            "/org/freedesktop/DBus",
+            Some("org.freedesktop.DBus"),
+            "GetConnectionUnixProcessID",
+            &(tray.name.as_str(),),
+        )
+        .await
+        .unwrap()
+        .body()
+        .deserialize()
+        .unwrap();
+    healthy(&tray, 5).await;
+    tokio::time::sleep(SETTLE).await;
+    let cpu_open = cpu(pid).await;
+    row("settings window open", usage(pid), cpu_open);
+
+    driver.client.close_window().await.unwrap();
+    tokio::time::sleep(SETTLE).await;
+    let cpu_after = cpu(pid).await;
+    row("window closed again", usage(pid), cpu_after);
+}

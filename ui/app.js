@@ -277,6 +277,16 @@ function wire() {
       showError({ field: "autostart", message: e.message || String(e) });
     }
   });
+  // Escape closes the editor, or else the window (Ctrl/Cmd+W always): the app stays in the tray.
+  document.addEventListener("keydown", (e) => {
+    const closeKey = (e.ctrlKey || e.metaKey) && e.key.toLowerCase() === "w";
+    if (e.key === "Escape" && !$("editor").hidden) {
+      $("editor").hidden = true;
+    } else if (e.key === "Escape" || closeKey) {
+      e.preventDefault();
+      window.__TAURI__.window.getCurrentWindow().close();
+    }
+  });
   listen("snapshot", (event) => {
     if (page) page.snapshot = event.payload;
     renderSnapshot(event.payload);

@@ -93,6 +93,43 @@ async fn cpu(root: u32) -> f64 {
     100.0 * used / QUIET.as_secs_f64()
 }
 
+/// The mappings holding the most resident memory (set `PORTHOLE_BENCH_SMAPS` to see them).
+fn top_mappings(pid: u32) {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut by_name: std::collections::HashMap<String, u64> = Default::default();
+    let mut current = String::new();
+    for line in smaps.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.first().is_some_and(|w| w.contains('-') && !w.ends_with(':')) {
+            current = words.get(5).unwrap_or(&"[anon]").to_string();
+        } else if words.first() == Some(&"Rss:") {
+            *by_name.entry(current.clone()).or_default() += words[1].parse::<u64>().unwrap();
+        }
+    }
+    let mut top: Vec<_> = by_name.into_iter().collect();
+    top.sort_by_key(|(_, kib)| std::cmp::Reverse(*kib));
+    for (name, kib) in top.iter().take(20) {
+        eprintln!("{:>8} KiB  {name}", kib);
+    }
+}
+
+/// Each process of the tree with its resident memory, on stderr.
+fn processes(root: u32) {
+    for pid in tree(root) {
+        let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        eprintln!("    {pid} {:<20} {:.1} MiB", name.trim(), usage_of(pid) as f64 / 1024.0);
+    }
+}
+
+fn usage_of(pid: u32) -> u64 {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Rss:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 fn row(phase: &str, u: Usage, cpu: f64) {
     println!(
         "| {phase} | {} | {:.1} MiB | {:.1} MiB | {cpu:.2}% |",
@@ -121,7 +158,7 @@ async fn main() {
 
     // Tray only, as started at login.
     let home = app::Home::new();
-    app::write_preset(&home.config(), &cluster, &[]);
+    app::write_preset(&home.config(), &cluster, &[], false);
     let bus = bus::Bus::start(&home.path("run")).await;
     let tray_only = app::App::start(&home, &bus, &[]).await;
     healthy(&tray_only.tray, 5).await;
@@ -129,11 +166,14 @@ async fn main() {
     let pid = tray_only.child.id().unwrap();
     let cpu_closed = cpu(pid).await;
     row("tray only (window never opened)", usage(pid), cpu_closed);
+    if std::env::var_os("PORTHOLE_BENCH_SMAPS").is_some() {
+        top_mappings(pid);
+    }
     drop(tray_only);
 
     // With the window (WebDriver needs it from the start), then with it closed.
     let home = app::Home::new();
-    app::write_preset(&home.config(), &cluster, &[]);
+    app::write_preset(&home.config(), &cluster, &[], false);
     let bus = bus::Bus::start(&home.path("run")).await;
     let driver = webdriver::Driver::start(&home, &bus, &["--settings"]).await;
     let tray = app::registered(&home, &bus).await;
@@ -155,9 +195,24 @@ async fn main() {
     tokio::time::sleep(SETTLE).await;
     let cpu_open = cpu(pid).await;
     row("settings window open", usage(pid), cpu_open);
+    processes(pid);
 
-    driver.client.close_window().await.unwrap();
+    // Escape closes the window the way a user does (a WebDriver "close window" would end the
+    // session and the app with it).
+    webdriver::press_escape(&driver).await;
+    let open = tree(pid).len();
+    // WebKit's processes may outlive the window; give them a bounded moment to go.
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while tree(pid).len() >= open {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
     tokio::time::sleep(SETTLE).await;
     let cpu_after = cpu(pid).await;
     row("window closed again", usage(pid), cpu_after);
+    processes(pid);
+    if std::env::var_os("PORTHOLE_BENCH_SMAPS").is_some() {
+        top_mappings(pid);
+    }
 }

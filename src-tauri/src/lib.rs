@@ -46,6 +46,14 @@ pub struct Args {
 }
 
 pub fn run() -> anyhow::Result<()> {
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("GDK_GL").is_none() {
+        // GTK 3 probes GLX when it opens the display, which maps the whole GL driver (Mesa's
+        // links LLVM: ~45 MiB resident) into an app that mostly sits in the tray. The settings
+        // page renders fine without GL in this process (WebKit's web process draws it).
+        // SAFETY: the first thing the program does, before any thread exists.
+        unsafe { std::env::set_var("GDK_GL", "disable") };
+    }
     let args = Args::parse();
     let log_dir = logs::init()?;
     let (config, source) = Config::discover(args.config.as_deref())?;
@@ -72,6 +80,11 @@ pub fn run() -> anyhow::Result<()> {
         ))
         .plugin(tauri_plugin_clipboard_manager::init())
         .invoke_handler(commands::handler())
+        .on_window_event(|window, event| {
+            if let tauri::WindowEvent::Destroyed = event {
+                shell::window_destroyed(window.label());
+            }
+        })
         .setup(move |app| {
             #[cfg(target_os = "macos")]
             app.set_activation_policy(tauri::ActivationPolicy::Accessory);

@@ -206,6 +206,17 @@ pub fn open_settings(app: &AppHandle) {
     }
 }
 
+/// The settings window is gone (closing destroys it): hand the memory its webview freed back
+/// to the OS, since glibc keeps freed heap for reuse and the app may now sit in the tray for days.
+pub fn window_destroyed(label: &str) {
+    info!(window = label, "window closed");
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory; it is safe to call at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// A tray menu click.
 pub fn on_menu(app: &AppHandle, id: &str) {
     let app = app.clone();

@@ -48,7 +48,7 @@ impl Home {
     /// Everything the app reads from its environment.
     pub fn env(&self, bus: &Bus) -> Vec<(String, String)> {
         let p = |s: &str| self.path(s).display().to_string();
-        vec![
+        let mut env = vec![
             ("HOME".into(), p("home")),
             ("XDG_CONFIG_HOME".into(), p("config")),
             ("XDG_DATA_HOME".into(), p("data")),
@@ -66,13 +66,20 @@ impl Home {
                 "RUST_LOG".into(),
                 "info,kube=off,kube_client=off,kube_runtime=off".into(),
             ),
-        ]
+        ];
+        if std::env::var_os("PORTHOLE_SCREENSHOTS").is_some() {
+            // WebKit's page snapshots (WebDriver screenshots) need GL in the app's process,
+            // which the app turns off for itself unless GDK_GL is set.
+            env.push(("GDK_GL".into(), String::new()));
+        }
+        env
     }
 }
 
-/// The quick-start preset pointed at `cluster`'s kubeconfig, with free local ports; only the
-/// forwards whose names are in `keep` (all when empty).
-pub fn write_preset(path: &Path, cluster: &FakeCluster, keep: &[&str]) {
+/// The quick-start preset pointed at `cluster`'s kubeconfig; only the forwards whose names are
+/// in `keep` (all when empty). Free local ports, unless `fixed` keeps the preset's own (3000,
+/// 8080, ...) for the README's screenshots, taken by hand on a machine where they are free.
+pub fn write_preset(path: &Path, cluster: &FakeCluster, keep: &[&str], fixed: bool) {
     let text = porthole::config::preset_text("openchoreo").unwrap().replace(
         "[cluster]\n",
         &format!("[cluster]\nkubeconfig = \"{}\"\n", cluster.kubeconfig().display()),
@@ -93,7 +100,7 @@ pub fn write_preset(path: &Path, cluster: &FakeCluster, keep: &[&str]) {
             let table: String = table
                 .lines()
                 .map(|l| {
-                    if l.starts_with("local_port") {
+                    if l.starts_with("local_port") && !fixed {
                         "local_port = 0".to_string()
                     } else {
                         l.to_string()

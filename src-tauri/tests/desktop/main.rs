@@ -19,7 +19,7 @@ use porthole::Snapshot;
 use porthole::control::Client;
 use porthole::health::State;
 
-use app::{App, Home, WAIT, listening, write_preset};
+use app::{App, Home, WAIT, listening};
 use bus::{Bus, Notification};
 use sni::Item;
 use support::FakeCluster;
@@ -95,9 +95,13 @@ struct Desktop {
 
 impl Desktop {
     async fn start(keep: &[&str]) -> Desktop {
+        Desktop::start_with_ports(keep, false).await
+    }
+
+    async fn start_with_ports(keep: &[&str], fixed: bool) -> Desktop {
         let cluster = FakeCluster::openchoreo().await;
         let home = Home::new();
-        write_preset(&home.config(), &cluster, keep);
+        app::write_preset(&home.config(), &cluster, keep, fixed);
         let bus = Bus::start(&home.path("run")).await;
         Desktop { cluster, home, bus }
     }
@@ -328,18 +332,37 @@ async fn window_exists(display: &str, title: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn settings_window_adds_a_forward_through_the_picker_and_refuses_a_bad_one() {
-    let d = Desktop::start(&["console", "api"]).await;
+    // With PORTHOLE_SCREENSHOTS=DIR it also takes the README's pictures, with the preset's ports.
+    let screenshots = std::env::var_os("PORTHOLE_SCREENSHOTS");
+    let d = Desktop::start_with_ports(&["console", "api"], screenshots.is_some()).await;
     let driver = webdriver::Driver::start(&d.home, &d.bus, &["--settings"]).await;
-    webdriver::add_forward_scenario(&driver, &d.home).await;
+    let gateway_port = if screenshots.is_some() { 8443 } else { app::free_port() };
+    webdriver::add_forward_scenario(&driver, &d.home, gateway_port).await;
     let snapshot = wait_engine(&d.home.control(), "gateway healthy", |s| {
         s.forward("gateway").is_some_and(|f| f.health.state == State::Healthy)
     })
     .await;
     webdriver::autostart_scenario(&driver, &d.home).await;
-    if let Some(dir) = std::env::var_os("PORTHOLE_SCREENSHOTS") {
+    if let Some(dir) = screenshots {
         webdriver::screenshots(&driver, &d.bus, Path::new(&dir)).await;
     }
     let api = snapshot.forward("api").and_then(|f| f.local).unwrap();
     webdriver::remove_forward_scenario(&driver, &d.home, api).await;
+
+    // Closing the window (Escape) leaves the app in the tray, still serving.
+    assert!(window_exists(&d.bus.display, "Porthole settings").await);
+    webdriver::press_escape(&driver).await;
+    let closed = tokio::time::timeout(WAIT, async {
+        while window_exists(&d.bus.display, "Porthole settings").await {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the settings window closes");
+    let snapshot = wait_engine(&d.home.control(), "the engine after the window closed", |s| {
+        s.forward("gateway").is_some_and(|f| f.health.state == State::Healthy)
+    })
+    .await;
+    assert_eq!(snapshot.forwards.len(), 2, "{snapshot:#?}");
     driver.quit().await;
 }

@@ -30,6 +30,8 @@ impl Driver {
             .envs(home.env(bus))
             .stdout(Stdio::null())
             .stderr(log)
+            // Its own process group: WebKitWebDriver and the app go with it on drop.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .expect("tauri-driver (`cargo install tauri-driver --version '^2' --locked`)");
@@ -99,7 +101,16 @@ impl Driver {
     }
 
     pub async fn quit(self) {
-        let _ = self.client.close().await;
+        let _ = self.client.clone().close().await;
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if let Some(pid) = self._driver.id() {
+            // SAFETY: signals the process group this test created; no memory is involved.
+            unsafe { libc::killpg(pid as i32, libc::SIGKILL) };
+        }
     }
 }
 
@@ -109,7 +120,7 @@ fn home_log(home: &Home) -> String {
 
 /// Adds `gateway` through the namespace → service → port picker; first with a bad local port,
 /// which must be refused next to the field with nothing saved.
-pub async fn add_forward_scenario(driver: &Driver, home: &Home) {
+pub async fn add_forward_scenario(driver: &Driver, home: &Home, port: u16) {
     driver
         .wait_text("#forwards tbody", |t| t.contains("console") && t.contains("api"))
         .await;
@@ -151,7 +162,6 @@ pub async fn add_forward_scenario(driver: &Driver, home: &Home) {
     assert!(error.contains("is not a port"), "{error}");
     assert_eq!(std::fs::read_to_string(home.config()).unwrap(), before, "nothing saved");
 
-    let port = free_port();
     let field = driver.find("#f-local_port").await;
     field.clear().await.unwrap();
     field.send_keys(&port.to_string()).await.unwrap();
@@ -244,6 +254,13 @@ pub async fn autostart_scenario(driver: &Driver, home: &Home) {
     assert!(removed.is_ok(), "unticking removes {}", written.display());
 }
 
+/// Presses Escape in the page (with no editor open, it closes the window).
+pub async fn press_escape(driver: &Driver) {
+    let body = driver.find("body").await;
+    // The window goes while the command is answered: "no such window" is an expected reply.
+    let _ = body.send_keys(&fantoccini::key::Key::Escape.to_string()).await;
+}
+
 /// The README's pictures: the settings window as it is, and the tray menu drawn from its
 /// dbusmenu layout (there is no panel under Xvfb to show the real one).
 pub async fn screenshots(driver: &Driver, bus: &Bus, dir: &Path) {
@@ -286,6 +303,10 @@ pub async fn screenshots(driver: &Driver, bus: &Bus, dir: &Path) {
         .await
         .unwrap();
     std::fs::write(dir.join("tray-menu.png"), driver.client.screenshot().await.unwrap()).unwrap();
+    // Back to the real page for the rest of the test.
+    // (A WebDriver refresh waits for a load event the app's own URL scheme does not give it.)
+    driver.client.execute("location.reload()", vec![]).await.unwrap();
+    driver.wait_text("#forwards tbody", |t| t.contains("gateway")).await;
 }
 
 fn base64(bytes: &[u8]) -> String {

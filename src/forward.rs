@@ -496,8 +496,9 @@ impl Forward {
             // No path right now: wait a little for one rather than reset the client at once.
             self.stats.held.fetch_add(1, Ordering::Relaxed);
             debug!("no usable path: holding the connection");
+            let hold = self.live.borrow().hold.unwrap_or(self.hub.tuning.hold);
             let ready = tokio::select! {
-                waited = tokio::time::timeout(self.hub.tuning.hold, routes.wait_for(usable)) => match waited {
+                waited = tokio::time::timeout(hold, routes.wait_for(usable)) => match waited {
                     Ok(Ok(ready)) => Some(ready.clone()),
                     _ => None,
                 },

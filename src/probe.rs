@@ -13,7 +13,7 @@ use crate::route::Route;
 
 pub(crate) fn node_unreachable_fix() -> &'static str {
     if cfg!(target_os = "macos") {
-        "node addresses are not reachable from macOS under Docker Desktop or Colima: set `mode = \"auto\"` in `[cluster]` to go through the API server where nodes do not answer"
+        "node addresses are not reachable from macOS under Docker Desktop or Colima: use `mode = \"auto\"` (the default) or `\"tunnel\"` to go through the API server instead"
     } else {
         "check that the node's container is running (`docker ps`) and that the nodePort answers"
     }

@@ -538,7 +538,13 @@ mod tests {
     }
 
     fn forward(extra: &str) -> (ForwardSpec, ClusterSpec) {
-        let text = format!("[[forward]]\nname = \"f\"\nnamespace = \"apps\"\nlocal_port = 1\n{extra}\n");
+        // The nodePort path unless `extra` says otherwise: most cases here are about it.
+        let mode = if extra.contains("mode =") {
+            ""
+        } else {
+            "mode = \"nodeport\"\n"
+        };
+        let text = format!("[[forward]]\nname = \"f\"\nnamespace = \"apps\"\nlocal_port = 1\n{mode}{extra}\n");
         let config = Config::parse(&text, &Source::Preset("test")).unwrap();
         (config.forwards[0].clone(), config.cluster)
     }

@@ -20,7 +20,12 @@ fn preset_config(dir: &Path, cluster: &FakeCluster) -> PathBuf {
         .unwrap()
         .replace(
             "[cluster]\n",
-            &format!("[cluster]\nkubeconfig = \"{}\"\n", cluster.kubeconfig().display()),
+            // The nodePort path, which these tests' routes and causes are about (`auto`, the
+            // default, is tested in tests/tunnel.rs).
+            &format!(
+                "[cluster]\nkubeconfig = \"{}\"\nmode = \"nodeport\"\n",
+                cluster.kubeconfig().display()
+            ),
         )
         .replace("local_port = 3000", "local_port = 0")
         .replace("local_port = 8080", "local_port = 0")

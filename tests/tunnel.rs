@@ -221,3 +221,77 @@ async fn a_connection_made_during_a_rollout_is_held_until_a_pod_is_ready() {
     assert_eq!((stats.held, stats.failed), (1, 0));
     engine.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn a_configured_hold_bounds_the_wait_and_then_the_client_is_told() {
+    let (cluster, _backend) = echo_cluster("tunholdcfg", "NodePort").await;
+    // The engine's own hold is 10 s in these tests: the forward's `hold = 0.2` must win.
+    let forward = format!("{}hold = 0.2\n", tunnel_forward());
+    let engine = Engine::start(config(&cluster, &forward), tuning());
+    let addr = local(&wait_healthy(&engine, "echo").await);
+    cluster.set_endpoint_ready(NS, "echo-0", false);
+    wait_cause(&engine, "echo", State::Down, CauseId::NoReadyEndpoints).await;
+    let outcome = tokio::time::timeout(Duration::from_secs(5), echo_once(addr, b"in vain"))
+        .await
+        .expect("the client is not kept waiting for the engine's 10 s");
+    assert!(
+        outcome.is_err() || outcome.as_ref().is_ok_and(|b| b.is_empty()),
+        "{outcome:?}"
+    );
+    let stats = engine.status().await.forward("echo").unwrap().stats;
+    assert_eq!(stats.held, 1);
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn the_preset_works_as_shipped_where_node_addresses_do_not_answer() {
+    let oc = FakeCluster::openchoreo().await;
+    // macOS with Docker Desktop or Colima: kind's node addresses do not answer from the host.
+    oc.set_node_addresses_reachable(false);
+    // The preset as shipped (so `mode` is the default, `auto`), pointed at the fake's
+    // kubeconfig and with free local ports.
+    let mut text = porthole::config::preset_text("openchoreo").unwrap().replace(
+        "[cluster]\n",
+        &format!("[cluster]\nkubeconfig = \"{}\"\n", oc.kubeconfig().display()),
+    );
+    for port in [3000, 8080, 9098, 21893, 8443] {
+        text = text.replace(&format!("local_port = {port}"), "local_port = 0");
+    }
+    let config = porthole::config::Config::parse(&text, &porthole::config::Source::Preset("test")).unwrap();
+    let engine = Engine::start(config, tuning());
+    for name in ["console", "api", "traces-observer", "otel-collector", "gateway"] {
+        wait_for(&engine, name, "healthy through the tunnel", |f| {
+            f.health.state == State::Healthy && f.route.as_ref().is_some_and(|r| r.target.starts_with("pod "))
+        })
+        .await;
+    }
+    let console = local(engine.status().await.forward("console").unwrap());
+    let mut s = TcpStream::connect(console).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.contains("amp-console"),
+        "{answer}"
+    );
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_silently_stalled_tunnel_is_caught_by_the_probe_and_recovers() {
+    let oc = FakeCluster::openchoreo().await;
+    let forward = "[[forward]]\nname = \"api\"\nnamespace = \"wso2-amp\"\nservice = \"amp-api\"\nlocal_port = 0\nmode = \"tunnel\"\nprobe = { http = \"/\" }\n";
+    let engine = Engine::start(config(&oc, forward), tuning());
+    wait_healthy(&engine, "api").await;
+    // The API server keeps accepting port-forwards, but no byte gets through any more: the
+    // "alive but dead" port-forward. Only an answer that never comes tells.
+    oc.stall_port_forwards(true);
+    let down = wait_cause(&engine, "api", State::Down, CauseId::ProbeFailed).await;
+    let message = down.health.cause.unwrap().message;
+    assert!(message.contains("no answer"), "{message}");
+    oc.stall_port_forwards(false);
+    wait_healthy(&engine, "api").await;
+    engine.shutdown(Duration::from_secs(1)).await;
+}

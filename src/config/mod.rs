@@ -86,6 +86,32 @@ pub struct ClusterSpec {
     /// The path forwards take unless they say otherwise.
     #[serde(default)]
     pub mode: Mode,
+    /// How long a connection that arrives while a forward has no usable path (a rollout) waits
+    /// for one, unless a forward says otherwise; `None`: the engine's default (5 s).
+    pub hold: Option<Seconds>,
+}
+
+/// A duration written in seconds: `5`, `2.5`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(into = "f64")]
+pub struct Seconds(pub std::time::Duration);
+
+impl From<Seconds> for f64 {
+    fn from(s: Seconds) -> f64 {
+        s.0.as_secs_f64()
+    }
+}
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let seconds = f64::deserialize(deserializer)?;
+        if !(0.0..=3600.0).contains(&seconds) {
+            return Err(serde::de::Error::custom(format!(
+                "{seconds} is not a number of seconds from 0 to 3600"
+            )));
+        }
+        Ok(Seconds(std::time::Duration::from_secs_f64(seconds)))
+    }
 }
 
 /// The path from the local port to the service.
@@ -94,13 +120,14 @@ pub struct ClusterSpec {
 pub enum Mode {
     /// Straight to the service's nodePort on a node: fast, needs no API on the data path, needs
     /// the node addresses to be reachable from here.
-    #[default]
     Nodeport,
     /// Through the API server's port-forward to a ready pod: works where node addresses do not
     /// answer (macOS with Docker Desktop or Colima) and for ClusterIP services.
     Tunnel,
     /// `nodeport` while the service has a nodePort and a node answers from here, else `tunnel`;
-    /// decided again when either changes.
+    /// decided again when either changes. The default: it works on Linux hosts (nodePort) and
+    /// on macOS under Docker Desktop or Colima (tunnel) alike.
+    #[default]
     Auto,
 }
 
@@ -126,6 +153,8 @@ pub struct ForwardSpec {
     pub probe: Probe,
     pub enabled: bool,
     pub mode: Mode,
+    /// This forward's hold (see [`ClusterSpec::hold`]), else the cluster's.
+    pub hold: Option<std::time::Duration>,
 }
 
 /// How a forward finds its service.
@@ -202,6 +231,7 @@ struct RawForward {
     #[serde(default = "enabled_by_default")]
     enabled: bool,
     mode: Option<Mode>,
+    hold: Option<Seconds>,
 }
 
 fn enabled_by_default() -> bool {
@@ -222,6 +252,7 @@ impl Config {
             names: HashMap::new(),
             ports: HashMap::new(),
             mode: raw.cluster.mode,
+            hold: raw.cluster.hold,
         };
         let forwards = raw
             .forward
@@ -300,6 +331,8 @@ struct Validator<'t> {
     ports: HashMap<(u16, IpAddr), String>,
     /// `[cluster] mode`: the default of every forward.
     mode: Mode,
+    /// `[cluster] hold`: the default of every forward.
+    hold: Option<Seconds>,
 }
 
 impl Validator<'_> {
@@ -361,6 +394,7 @@ impl Validator<'_> {
             probe: raw.probe,
             enabled: raw.enabled,
             mode: raw.mode.unwrap_or(self.mode),
+            hold: raw.hold.or(self.hold).map(|s| s.0),
         })
     }
 
@@ -545,11 +579,23 @@ enabled = false
                 .unwrap()
                 .forwards[0]
                 .mode,
-            Mode::Nodeport
+            Mode::Auto
         );
         let err = parse("[cluster]\nmode = \"fast\"\n").unwrap_err().to_string();
         assert!(err.contains("unknown variant `fast`"), "{err}");
         assert_eq!(parse("[cluster]\nmode = \"auto\"\n").unwrap().cluster.mode, Mode::Auto);
+    }
+
+    #[test]
+    fn hold_is_seconds_from_the_cluster_or_the_forward() {
+        let text = "[cluster]\nhold = 2.5\n[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 1\n[[forward]]\nname = \"b\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 2\nhold = 0\n";
+        let config = parse(text).unwrap();
+        assert_eq!(config.forwards[0].hold, Some(std::time::Duration::from_millis(2500)));
+        assert_eq!(config.forwards[1].hold, Some(std::time::Duration::ZERO));
+        let err = parse("[cluster]\nhold = -1\n").unwrap_err().to_string();
+        assert!(err.contains("not a number of seconds"), "{err}");
+        let err = parse("[cluster]\nhold = \"5s\"\n").unwrap_err().to_string();
+        assert!(err.contains("hold"), "{err}");
     }
 
     #[test]

@@ -48,10 +48,11 @@ pub fn tuning() -> Tuning {
     }
 }
 
-/// A config for `cluster` with the given `[[forward]]` tables (use `local_port = 0`).
+/// A config for `cluster` with the given `[[forward]]` tables (use `local_port = 0`). Forwards
+/// take the nodePort path unless they say `mode = ...`: most engine tests are about it.
 pub fn config(cluster: &FakeCluster, forwards: &str) -> Config {
     let text = format!(
-        "[cluster]\ncontext = \"{}\"\nkubeconfig = \"{}\"\n\n{forwards}",
+        "[cluster]\ncontext = \"{}\"\nkubeconfig = \"{}\"\nmode = \"nodeport\"\n\n{forwards}",
         cluster.context(),
         cluster.kubeconfig().display()
     );

@@ -1,9 +1,17 @@
 //! Relay benchmark: bulk throughput, small-message latency and connection rate for a direct
-//! connection, Porthole's relay (`porthole relay`, the engine's byte pump) and socat when installed;
-//! then the RSS of Porthole holding many idle connections. All on loopback.
+//! connection, Porthole's relay (`porthole relay`, the engine's byte pump), socat when installed,
+//! and Porthole's tunnel path (`porthole up` with a `mode = "tunnel"` forward, through the fake
+//! API server's port-forward); then the RSS of Porthole holding many idle connections. All on
+//! loopback.
 //!
-//! Run: `cargo bench --bench relay`. Every endpoint is a separate process: this one is the client,
-//! a child of it is the server (`PORTHOLE_BENCH_SERVE=1`), and the relays run as their own programs.
+//! Run: `cargo bench --bench relay`. This process is the client (and hosts the fake API server on
+//! its own runtime); a child of it is the server (`PORTHOLE_BENCH_SERVE=1`), and the relays run as
+//! their own programs.
+
+// The fake cluster of the tests; the bench uses part of it.
+#[path = "../tests/support/mod.rs"]
+#[allow(unused_imports)]
+mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -54,13 +62,15 @@ fn main() {
     let target = server.addr;
     let porthole = Spawned::porthole(target);
     let socat = Spawned::socat(target);
+    let tunnel = Tunnel::start(target);
     let mut paths = vec![("direct", target), ("porthole", porthole.addr)];
     match &socat {
         Some(socat) => paths.push(("socat", socat.addr)),
         None => eprintln!("socat is not installed: its row is left out (apt-get install socat)"),
     }
+    paths.push(("tunnel", tunnel.addr));
     print_table(&measure(&paths, &parts));
-    drop((porthole, socat));
+    drop((porthole, socat, tunnel));
     if parts.idle {
         idle_memory(target);
     }
@@ -115,10 +125,12 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-/// One connection, `BULK_BYTES` one way; the server acknowledges the count at end-of-file.
+/// One connection, `BULK_BYTES` one way; the server acknowledges the count once it has them all
+/// (announced up front: the tunnel's port-forward protocol cannot pass an end-of-file on).
 fn bulk(addr: SocketAddr) -> f64 {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.write_all(b"S").unwrap();
+    s.write_all(&BULK_BYTES.to_le_bytes()).unwrap();
     let chunk = vec![0x5au8; 256 * 1024];
     let start = Instant::now();
     let mut sent = 0u64;
@@ -126,7 +138,6 @@ fn bulk(addr: SocketAddr) -> f64 {
         s.write_all(&chunk).unwrap();
         sent += chunk.len() as u64;
     }
-    s.shutdown(std::net::Shutdown::Write).unwrap();
     let mut ack = [0u8; 8];
     s.read_exact(&mut ack).unwrap();
     let elapsed = start.elapsed().as_secs_f64();
@@ -321,6 +332,80 @@ impl Spawned {
     }
 }
 
+/// The tunnel path: a fake kind cluster whose ClusterIP service `bench/server` is backed by the
+/// bench server, and `porthole up` forwarding to it with `mode = "tunnel"`, so every connection
+/// is a port-forward stream through the (fake) API server, as on macOS.
+struct Tunnel {
+    addr: SocketAddr,
+    porthole: Child,
+    cluster: Option<support::FakeCluster>,
+    runtime: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+}
+
+impl Tunnel {
+    fn start(target: SocketAddr) -> Tunnel {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let cluster = runtime.block_on(async {
+            let cluster = support::FakeCluster::start("bench").await;
+            cluster.add_node("bench-control-plane");
+            cluster.add_namespace("bench");
+            let ports = vec![support::port("tcp", 7000)];
+            cluster.apply_service(support::service("bench", "server", "ClusterIP", ports));
+            cluster.add_endpoint("bench", "server", "server-0", target, true);
+            cluster
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let config = dir.path().join("porthole.toml");
+        let text = format!(
+            "[cluster]\ncontext = \"{}\"\nkubeconfig = \"{}\"\n\n[[forward]]\nname = \"server\"\nnamespace = \"bench\"\nservice = \"server\"\nlocal_port = {port}\nmode = \"tunnel\"\n",
+            cluster.context(),
+            cluster.kubeconfig().display()
+        );
+        std::fs::write(&config, text).unwrap();
+        let control = dir.path().join("control.sock");
+        let args = |cmd: &str| {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_porthole"));
+            c.arg("--config").arg(&config).arg("--control").arg(&control);
+            c.args(["--log", "warn", cmd]);
+            c
+        };
+        let porthole = args("up").stdout(Stdio::null()).spawn().expect("porthole up");
+        let mut wait = args("wait");
+        // `porthole wait` retries until the engine's socket exists and the forward is healthy.
+        let healthy = (0..100).any(|_| {
+            let ok = wait
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            ok
+        });
+        assert!(healthy, "the tunnel forward never became healthy");
+        Tunnel {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            porthole,
+            cluster: Some(cluster),
+            runtime,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        let _ = self.porthole.kill();
+        let _ = self.porthole.wait();
+        // The fake API server's tasks belong to this runtime.
+        let cluster = self.cluster.take();
+        self.runtime.block_on(async move { drop(cluster) });
+    }
+}
+
 /// The server: `S` then bytes → counts them, answers the count at end-of-file; `E` → echoes.
 fn serve() {
     raise_fd_limit();
@@ -343,12 +428,22 @@ fn serve() {
                 if s.read_exact(&mut mode).await.is_err() {
                     return;
                 }
+                let mut expected = [0u8; 8];
+                if mode[0] == b'S' && s.read_exact(&mut expected).await.is_err() {
+                    return;
+                }
+                let expected = u64::from_le_bytes(expected);
                 let mut buf = vec![0u8; if mode[0] == b'S' { 256 * 1024 } else { 4096 }];
                 let mut total = 0u64;
                 loop {
                     match s.read(&mut buf).await {
                         Ok(0) | Err(_) => break,
-                        Ok(n) if mode[0] == b'S' => total += n as u64,
+                        Ok(n) if mode[0] == b'S' => {
+                            total += n as u64;
+                            if total >= expected {
+                                break;
+                            }
+                        }
                         Ok(n) => {
                             if s.write_all(&buf[..n]).await.is_err() {
                                 return;

@@ -286,6 +286,11 @@ async fn sighup_reloads_the_config_and_sigint_stops_cleanly() {
     let mut cmd = porthole(&["--config", path(&config), "up"]);
     cmd.env("PORTHOLE_CONTROL", &control);
     let mut up = up_with(cmd).await;
+    // Every forward bound (and healthy) first, so the ports compared below are the real ones.
+    let mut wait = porthole(&["wait", "--timeout", "30"]);
+    wait.env("PORTHOLE_CONTROL", &control);
+    let waited = wait.output().await.unwrap();
+    assert!(waited.status.success(), "{}", text(&waited.stdout));
     let mut status = porthole(&["status", "--json"]);
     status.env("PORTHOLE_CONTROL", &control);
     let before: Snapshot = serde_json::from_slice(&status.output().await.unwrap().stdout).unwrap();

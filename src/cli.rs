@@ -420,13 +420,7 @@ fn init(preset: &str, force: bool, file: Option<&Path>) -> anyhow::Result<ExitCo
     if path.exists() && !force {
         bail!("{} exists; use --force to overwrite it", path.display());
     }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    // Write beside the target and rename, so a crash never leaves half a config.
-    let tmp = path.with_extension("toml.tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    porthole::write::create(&path, text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
     println!("wrote the {preset} preset to {}", path.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -174,6 +174,21 @@ fn prune_backups(target: &Path) {
     }
 }
 
+/// Writes a file that is ours alone (no lock, no backup: a new config, the app's preferences):
+/// parent directories created, the bytes written beside it and renamed into place, so a crash
+/// never leaves half a file.
+pub fn create(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir)?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let _ = fs::remove_file(&tmp);
+    write_new(&tmp, bytes, 0o644)?;
+    fs::rename(&tmp, path)
+}
+
 fn write_new(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(path)?;

@@ -36,19 +36,14 @@ pub fn load(path: Option<&Path>) -> Prefs {
     }
 }
 
-/// Writes beside the file and renames, so a crash never leaves half a file.
+/// Writes atomically ([`porthole::write::create`]).
 pub fn save(path: &Path, prefs: &Prefs) -> Result<(), PrefsError> {
     let fail = |error| PrefsError::Write {
         path: path.to_path_buf(),
         error,
     };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(fail)?;
-    }
     let text = serde_json::to_string_pretty(prefs).map_err(|e| fail(e.into()))?;
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, text).map_err(fail)?;
-    std::fs::rename(&tmp, path).map_err(fail)
+    porthole::write::create(path, text.as_bytes()).map_err(fail)
 }
 
 #[cfg(test)]

@@ -88,16 +88,10 @@ pub fn save(path: &Path, base: &str, edit: &Edit) -> Result<Config, EditError> {
 }
 
 fn create(path: &Path, text: &str) -> Result<(), EditError> {
-    let fail = |error| EditError::Create {
+    write::create(path, text.as_bytes()).map_err(|error| EditError::Create {
         path: path.to_path_buf(),
         error,
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(fail)?;
-    }
-    let tmp = path.with_extension("toml.tmp");
-    std::fs::write(&tmp, text).map_err(fail)?;
-    std::fs::rename(&tmp, path).map_err(fail)
+    })
 }
 
 fn validate(text: &str, source: &Source) -> Result<Config, EditError> {

@@ -161,6 +161,22 @@ impl Home {
     }
 }
 
+/// Re-checks `done` until it holds; panics naming `what` after [`WAIT`]. Only for state that
+/// announces nothing (a WebDriver page, X windows, ports, files); pushed state is awaited.
+pub async fn poll_until<F, Fut>(what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let waited = tokio::time::timeout(WAIT, async {
+        while !done().await {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "timed out waiting for {what}");
+}
+
 /// Whether something accepts TCP connections at `addr`.
 pub async fn listening(addr: SocketAddr) -> bool {
     tokio::net::TcpStream::connect(addr).await.is_ok()

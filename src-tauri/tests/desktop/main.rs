@@ -308,13 +308,10 @@ async fn a_second_launch_hands_over_to_the_first_and_opens_its_settings() {
         .expect("the second launch exits")
         .unwrap();
     assert!(status.success(), "{status}");
-    let opened = tokio::time::timeout(WAIT, async {
-        while !window_exists(&d.bus.display, "Porthole settings").await {
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+    app::poll_until("the first app to open its settings window", || {
+        window_exists(&d.bus.display, "Porthole settings")
     })
     .await;
-    assert!(opened.is_ok(), "the first app opened its settings window");
     let items = d.bus.seen().borrow().items.clone();
     assert_eq!(items.len(), 1, "one tray item: {items:?}");
     assert!(listening(local_addr(&app.tray.menu_items().await, "console")).await);
@@ -352,13 +349,10 @@ async fn settings_window_adds_a_forward_through_the_picker_and_refuses_a_bad_one
     // Closing the window (Escape) leaves the app in the tray, still serving.
     assert!(window_exists(&d.bus.display, "Porthole settings").await);
     webdriver::press_escape(&driver).await;
-    let closed = tokio::time::timeout(WAIT, async {
-        while window_exists(&d.bus.display, "Porthole settings").await {
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+    app::poll_until("the settings window to close", || async {
+        !window_exists(&d.bus.display, "Porthole settings").await
     })
     .await;
-    assert!(closed.is_ok(), "the settings window closes");
     let snapshot = wait_engine(&d.home.control(), "the engine after the window closed", |s| {
         s.forward("gateway").is_some_and(|f| f.health.state == State::Healthy)
     })

@@ -10,7 +10,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 use tokio::process::{Child, Command};
 
-use super::app::{APP, Home, WAIT, free_port, listening};
+use super::app::{APP, Home, WAIT, free_port, listening, poll_until};
 use super::bus::Bus;
 use super::sni::TrayItem;
 
@@ -181,13 +181,7 @@ pub async fn add_forward_scenario(driver: &Driver, home: &Home, port: u16) {
         assert!(added.contains(line), "{line} in:\n{added}");
     }
     let addr = ([127, 0, 0, 1], port).into();
-    let bound = tokio::time::timeout(WAIT, async {
-        while !listening(addr).await {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
-    assert!(bound.is_ok(), "the new forward listens on {addr}");
+    poll_until("the new forward to listen", || listening(addr)).await;
 }
 
 /// Removes `api` from the table: gone from the file, its listener closed.
@@ -245,13 +239,10 @@ pub async fn autostart_scenario(driver: &Driver, home: &Home) {
     let text = std::fs::read_to_string(&written).unwrap();
     assert!(text.contains(APP), "{text}");
     checkbox.click().await.unwrap();
-    let removed = tokio::time::timeout(WAIT, async {
-        while entry().is_some() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    poll_until("unticking to remove the autostart entry", || async {
+        entry().is_none()
     })
     .await;
-    assert!(removed.is_ok(), "unticking removes {}", written.display());
 }
 
 /// Presses Escape in the page (with no editor open, it closes the window).

@@ -1,18 +1,20 @@
-//! The settings page's commands: each a few lines that call the engine or the config file.
+//! The settings page's commands, run in the app for the window's process ([`crate::window`]):
+//! each a few lines that call the engine or the config file.
 
 use porthole::Snapshot;
-use porthole::catalog::Catalog;
 use porthole::config::edit::{self, Edit, EditError, ForwardDraft};
 use porthole::config::{Config, Mode, Probe, ServiceTarget};
-use serde::Serialize;
-use tauri::{AppHandle, State};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tauri::{AppHandle, Manager};
 use tauri_plugin_autostart::ManagerExt;
 
 use crate::prefs::{self, Prefs};
 use crate::shell::{self, Shell, lock};
 
 /// A command's failure, as the page shows it: `field` puts the message next to that input.
-#[derive(Debug, thiserror::Error, Serialize)]
+#[derive(Debug, thiserror::Error, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum CommandError {
     #[error("{message}")]
@@ -22,7 +24,7 @@ pub enum CommandError {
 }
 
 impl CommandError {
-    fn failed(e: impl std::fmt::Display) -> CommandError {
+    pub fn failed(e: impl std::fmt::Display) -> CommandError {
         CommandError::Failed { message: e.to_string() }
     }
 }
@@ -79,8 +81,81 @@ fn draft(spec: &porthole::config::ForwardSpec, default_mode: Mode) -> ForwardDra
     }
 }
 
-#[tauri::command]
-pub async fn page_state(app: AppHandle, shell: State<'_, Shell>) -> Result<PageState, CommandError> {
+/// Runs one of the page's commands; `args` are the page's arguments, by name.
+pub async fn call(app: &AppHandle, command: &str, args: Value) -> Result<Value, CommandError> {
+    let shell = app.state::<Shell>();
+    let shell = shell.inner();
+    match command {
+        "page_state" => reply(page_state(app, shell).await?),
+        // Namespaces, services and ports for the picker; an error means "let the user type".
+        "catalog" => reply(shell.engine.catalog().map_err(CommandError::failed)?),
+        "save_forward" => {
+            #[derive(Deserialize)]
+            struct Args {
+                replaces: Option<String>,
+                draft: ForwardDraft,
+            }
+            let Args { replaces, draft } = parse(args)?;
+            reply(save(shell, Edit::Forward { replaces, draft }).await?)
+        }
+        "remove_forward" => {
+            let Name { name } = parse(args)?;
+            reply(save(shell, Edit::RemoveForward(name)).await?)
+        }
+        // The context Porthole uses (none: follow kubectl's).
+        "set_context" => {
+            #[derive(Deserialize)]
+            struct Args {
+                context: Option<String>,
+            }
+            let Args { context } = parse(args)?;
+            reply(save(shell, Edit::Context(context.filter(|c| !c.is_empty()))).await?)
+        }
+        "set_enabled" => {
+            #[derive(Deserialize)]
+            struct Args {
+                name: String,
+                enabled: bool,
+            }
+            let Args { name, enabled } = parse(args)?;
+            let done = shell.engine.set_enabled(&name, enabled).await;
+            reply(done.map_err(CommandError::failed)?)
+        }
+        "fix_kubeconfig" => reply(shell::fix_kubeconfig(app).await.map_err(CommandError::failed)?),
+        "set_prefs" => {
+            #[derive(Deserialize)]
+            struct Args {
+                prefs: Prefs,
+            }
+            let Args { prefs } = parse(args)?;
+            reply(set_prefs(shell, prefs)?)
+        }
+        "set_autostart" => {
+            #[derive(Deserialize)]
+            struct Args {
+                enabled: bool,
+            }
+            let Args { enabled } = parse(args)?;
+            reply(set_autostart(app, enabled)?)
+        }
+        other => Err(CommandError::failed(format!("unknown command `{other}`"))),
+    }
+}
+
+#[derive(Deserialize)]
+struct Name {
+    name: String,
+}
+
+fn parse<T: DeserializeOwned>(args: Value) -> Result<T, CommandError> {
+    serde_json::from_value(args).map_err(|e| CommandError::failed(format!("bad arguments: {e}")))
+}
+
+fn reply(value: impl Serialize) -> Result<Value, CommandError> {
+    serde_json::to_value(value).map_err(CommandError::failed)
+}
+
+async fn page_state(app: &AppHandle, shell: &Shell) -> Result<PageState, CommandError> {
     let config = shell
         .engine
         .config()
@@ -100,12 +175,6 @@ pub async fn page_state(app: AppHandle, shell: State<'_, Shell>) -> Result<PageS
         prefs: *lock(&shell.prefs),
         autostart: app.autolaunch().is_enabled().unwrap_or(false),
     })
-}
-
-/// Namespaces, services and ports for the picker; an error means "let the user type".
-#[tauri::command]
-pub fn catalog(shell: State<'_, Shell>) -> Result<Catalog, CommandError> {
-    shell.engine.catalog().map_err(CommandError::failed)
 }
 
 /// Saves one change to the config file, then the engine applies the new config by diff.
@@ -136,42 +205,7 @@ async fn save(shell: &Shell, edit: Edit) -> Result<(), CommandError> {
     shell.engine.apply(config).await.map_err(CommandError::failed)
 }
 
-#[tauri::command]
-pub async fn save_forward(
-    shell: State<'_, Shell>,
-    replaces: Option<String>,
-    draft: ForwardDraft,
-) -> Result<(), CommandError> {
-    save(&shell, Edit::Forward { replaces, draft }).await
-}
-
-#[tauri::command]
-pub async fn remove_forward(shell: State<'_, Shell>, name: String) -> Result<(), CommandError> {
-    save(&shell, Edit::RemoveForward(name)).await
-}
-
-/// The context Porthole uses (`None`: follow kubectl's).
-#[tauri::command]
-pub async fn set_context(shell: State<'_, Shell>, context: Option<String>) -> Result<(), CommandError> {
-    save(&shell, Edit::Context(context.filter(|c| !c.is_empty()))).await
-}
-
-#[tauri::command]
-pub async fn set_enabled(shell: State<'_, Shell>, name: String, enabled: bool) -> Result<(), CommandError> {
-    shell
-        .engine
-        .set_enabled(&name, enabled)
-        .await
-        .map_err(CommandError::failed)
-}
-
-#[tauri::command]
-pub async fn fix_kubeconfig(app: AppHandle) -> Result<(), CommandError> {
-    shell::fix_kubeconfig(&app).await.map_err(CommandError::failed)
-}
-
-#[tauri::command]
-pub fn set_prefs(shell: State<'_, Shell>, prefs: Prefs) -> Result<(), CommandError> {
+fn set_prefs(shell: &Shell, prefs: Prefs) -> Result<(), CommandError> {
     if let Some(path) = &shell.prefs_path {
         prefs::save(path, &prefs).map_err(CommandError::failed)?;
     }
@@ -179,8 +213,7 @@ pub fn set_prefs(shell: State<'_, Shell>, prefs: Prefs) -> Result<(), CommandErr
     Ok(())
 }
 
-#[tauri::command]
-pub fn set_autostart(app: AppHandle, enabled: bool) -> Result<bool, CommandError> {
+fn set_autostart(app: &AppHandle, enabled: bool) -> Result<bool, CommandError> {
     #[cfg(target_os = "linux")]
     if enabled && let Some(home) = directories::BaseDirs::new().map(|d| d.home_dir().to_path_buf()) {
         // auto-launch creates `autostart` but not `~/.config` above it.
@@ -191,19 +224,4 @@ pub fn set_autostart(app: AppHandle, enabled: bool) -> Result<bool, CommandError
     let done = if enabled { launcher.enable() } else { launcher.disable() };
     done.map_err(CommandError::failed)?;
     launcher.is_enabled().map_err(CommandError::failed)
-}
-
-/// Every command, for the handler and the capability file (`build.rs` lists the same names).
-pub fn handler() -> impl Fn(tauri::ipc::Invoke) -> bool + Send + Sync + 'static {
-    tauri::generate_handler![
-        page_state,
-        catalog,
-        save_forward,
-        remove_forward,
-        set_context,
-        set_enabled,
-        fix_kubeconfig,
-        set_prefs,
-        set_autostart
-    ]
 }

@@ -4,7 +4,8 @@
 //!   menu clicks to engine calls.
 //! - [`tray`]: what the tray icon and menu show, drawn from a snapshot.
 //! - [`notices`]: which notifications to show (debounced, summarised, mutable).
-//! - [`commands`]: the settings page's commands.
+//! - [`window`]: the settings window, in a process of its own so that closing it returns its
+//!   memory; [`commands`]: the page's commands, which it hands to the app.
 //! - [`icons`], [`prefs`], [`logs`].
 
 pub mod commands;
@@ -14,6 +15,7 @@ pub mod notices;
 pub mod prefs;
 pub mod shell;
 pub mod tray;
+pub mod window;
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -43,6 +45,14 @@ pub struct Args {
     /// Open the settings window at start
     #[arg(long)]
     settings: bool,
+    /// Be the settings window's process (started by the app itself)
+    #[arg(long = "settings-window", hide = true)]
+    settings_window: bool,
+}
+
+/// The app's Tauri context (config, assets, capabilities): one copy for both of its processes.
+fn context() -> tauri::Context<tauri::Wry> {
+    tauri::generate_context!()
 }
 
 pub fn run() -> anyhow::Result<()> {
@@ -55,7 +65,11 @@ pub fn run() -> anyhow::Result<()> {
         unsafe { std::env::set_var("GDK_GL", "disable") };
     }
     let args = Args::parse();
-    let log_dir = logs::init()?;
+    if args.settings_window {
+        logs::init(false)?;
+        return window::run();
+    }
+    let log_dir = logs::init(true)?;
     let (config, source) = Config::discover(args.config.as_deref())?;
     let file_config = matches!(source, Source::File(_)).then(|| config.clone());
     let config_path = config::config_path(args.config.as_deref());
@@ -71,20 +85,12 @@ pub fn run() -> anyhow::Result<()> {
 
     let app = tauri::Builder::default()
         // First: a second launch hands over to this one and exits.
-        .plugin(tauri_plugin_single_instance::init(|app, _argv, _cwd| {
-            shell::open_settings(app)
-        }))
+        .plugin(tauri_plugin_single_instance::init(|app, _argv, _cwd| window::open(app)))
         .plugin(tauri_plugin_autostart::init(
             tauri_plugin_autostart::MacosLauncher::LaunchAgent,
             None,
         ))
         .plugin(tauri_plugin_clipboard_manager::init())
-        .invoke_handler(commands::handler())
-        .on_window_event(|window, event| {
-            if let tauri::WindowEvent::Destroyed = event {
-                shell::window_destroyed(window.label());
-            }
-        })
         .setup(move |app| {
             #[cfg(target_os = "macos")]
             app.set_activation_policy(tauri::ActivationPolicy::Accessory);
@@ -102,6 +108,7 @@ pub fn run() -> anyhow::Result<()> {
                 tray: Mutex::new(None),
                 cancel: cancel.clone(),
                 file_config: Mutex::new(file_config),
+                window: Mutex::new(None),
             });
             let handle = app.handle().clone();
             *shell::lock(&app.state::<Shell>().tray) = Some(Tray::create(&handle)?);
@@ -115,14 +122,15 @@ pub fn run() -> anyhow::Result<()> {
                 tauri::async_runtime::spawn(shell::follow_config(handle.clone(), path));
             }
             if open_settings {
-                shell::open_settings(&handle);
+                window::open(&handle);
             }
             Ok(())
         })
-        .build(tauri::generate_context!())
+        .build(context())
         .context("cannot start the app")?;
     app.run(|_app, event| {
-        // Closing the last window keeps the app in the tray; only Quit (an explicit exit code) ends it.
+        // The app has no window of its own, but a plugin's may close: only Quit (an explicit
+        // exit code) ends it.
         if let RunEvent::ExitRequested { code: None, api, .. } = event {
             api.prevent_exit();
         }

@@ -25,12 +25,13 @@ pub fn dir() -> Option<PathBuf> {
     }
 }
 
-/// Starts logging; returns the log directory.
-pub fn init() -> anyhow::Result<PathBuf> {
+/// Starts logging; returns the log directory. Only the app rotates the log (the settings
+/// window's process appends to the same file).
+pub fn init(rotate: bool) -> anyhow::Result<PathBuf> {
     let dir = dir().context("no home directory to keep logs in")?;
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let path = dir.join("porthole.log");
-    if std::fs::metadata(&path).is_ok_and(|m| m.len() > ROTATE_AT) {
+    if rotate && std::fs::metadata(&path).is_ok_and(|m| m.len() > ROTATE_AT) {
         let _ = std::fs::rename(&path, dir.join("porthole.log.1"));
     }
     let file: File = OpenOptions::new()

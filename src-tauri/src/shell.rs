@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use porthole::{Config, Engine, Snapshot, Tuning};
-use tauri::{AppHandle, Emitter, Manager, WebviewUrl, WebviewWindowBuilder};
+use tauri::{AppHandle, Manager};
 use tauri_plugin_clipboard_manager::ClipboardExt;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
@@ -16,12 +16,10 @@ use tracing::{error, info, warn};
 use crate::notices::{Kind, Notice, Notices};
 use crate::prefs::Prefs;
 use crate::tray::{self, Tray, TrayView, ids};
+use crate::window;
 
 /// How long a burst of writes to the config file may take before it is read.
 const CONFIG_SETTLE: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// The label of the settings window (its capability is bound to it).
-pub const SETTINGS: &str = "settings";
 
 /// Everything the app shares between the tray, the commands and the event loop.
 pub struct Shell {
@@ -40,6 +38,8 @@ pub struct Shell {
     /// The config as last read from or written to the file: the file watcher skips a change
     /// that is the app's own save.
     pub file_config: Mutex<Option<Config>>,
+    /// The settings window's process, while it runs.
+    pub window: Mutex<Option<window::Link>>,
 }
 
 /// Follows the config file: an edit by hand is applied as SIGHUP does for `porthole up` (the
@@ -88,7 +88,8 @@ pub async fn follow_config(app: AppHandle, path: PathBuf) {
     }
 }
 
-/// Follows the engine until quit: snapshots to the tray and the window, events to notifications.
+/// Follows the engine until quit: snapshots to the tray and the settings window, events to
+/// notifications.
 pub async fn follow(app: AppHandle) {
     let shell = app.state::<Shell>();
     let mut snapshots = shell.engine.snapshot();
@@ -117,7 +118,7 @@ pub async fn follow(app: AppHandle) {
                     let snapshot = snapshots.borrow().clone();
                     let out = lock(&shell.notices).observe(&event, &snapshot, Instant::now());
                     notify(&app, out);
-                    let _ = app.emit_to(SETTINGS, "engine-event", &event);
+                    window::emit(&app, "engine-event", &event);
                 }
                 Err(RecvError::Lagged(missed)) => warn!(missed, "fell behind the engine's events"),
                 Err(RecvError::Closed) => return,
@@ -142,7 +143,7 @@ fn render(app: &AppHandle, snapshot: &Snapshot) {
     {
         error!(error = %e, "cannot update the tray");
     }
-    let _ = app.emit_to(SETTINGS, "snapshot", snapshot);
+    window::emit(app, "snapshot", snapshot);
 }
 
 /// Shows each notice the preferences do not mute.
@@ -187,36 +188,6 @@ async fn send(notice: Notice) {
     }
 }
 
-/// Brings the settings window up, creating it if it was closed (closing destroys it, so its
-/// webview's memory goes back while the app sits in the tray).
-pub fn open_settings(app: &AppHandle) {
-    if let Some(window) = app.get_webview_window(SETTINGS) {
-        let _ = window.unminimize();
-        let _ = window.show();
-        let _ = window.set_focus();
-        return;
-    }
-    let built = WebviewWindowBuilder::new(app, SETTINGS, WebviewUrl::App("index.html".into()))
-        .title("Porthole settings")
-        .inner_size(820.0, 640.0)
-        .min_inner_size(560.0, 420.0)
-        .build();
-    if let Err(e) = built {
-        error!(error = %e, "cannot open the settings window");
-    }
-}
-
-/// The settings window is gone (closing destroys it): hand the memory its webview freed back
-/// to the OS, since glibc keeps freed heap for reuse and the app may now sit in the tray for days.
-pub fn window_destroyed(label: &str) {
-    info!(window = label, "window closed");
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free memory; it is safe to call at any time.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 /// A tray menu click.
 pub fn on_menu(app: &AppHandle, id: &str) {
     let app = app.clone();
@@ -240,7 +211,7 @@ pub fn on_menu(app: &AppHandle, id: &str) {
             ids::FIX_KUBECONFIG => {
                 let _ = fix_kubeconfig(&app).await;
             }
-            ids::SETTINGS => open_settings(&app),
+            ids::SETTINGS => window::open(&app),
             ids::COPY_STATUS => {
                 if let Err(e) = app.clipboard().write_text(tray::status_text(&snapshot)) {
                     warn!(error = %e, "cannot copy the status");

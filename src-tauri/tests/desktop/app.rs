@@ -177,6 +177,25 @@ where
     assert!(waited.is_ok(), "timed out waiting for {what}");
 }
 
+/// The settings window's processes (`porthole-app --settings-window`) of the app living in
+/// `home`: those with its control socket in their environment. Exited ones do not count.
+pub fn window_processes(home: &Home) -> Vec<u32> {
+    let control = format!("PORTHOLE_CONTROL={}", home.control().display());
+    let has = |file: String, wanted: &[u8]| {
+        let bytes = std::fs::read(file).unwrap_or_default();
+        bytes.split(|b| *b == 0).any(|part| part == wanted)
+    };
+    let entries = std::fs::read_dir("/proc").unwrap();
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            has(format!("/proc/{pid}/cmdline"), b"--settings-window")
+                && has(format!("/proc/{pid}/environ"), control.as_bytes())
+        })
+        .collect()
+}
+
 /// Whether something accepts TCP connections at `addr`.
 pub async fn listening(addr: SocketAddr) -> bool {
     tokio::net::TcpStream::connect(addr).await.is_ok()

@@ -296,18 +296,22 @@ async fn a_hand_edit_of_the_config_applies_live_and_a_broken_one_is_refused_and_
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_launch_hands_over_to_the_first_and_opens_its_settings() {
     let d = Desktop::start(&["console"]).await;
-    let app = App::start(&d.home, &d.bus, &[]).await;
+    let mut app = App::start(&d.home, &d.bus, &[]).await;
     all_healthy(&app, 1).await;
     assert!(!window_exists(&d.bus.display, "Porthole settings").await);
-    let second = tokio::process::Command::new(app::APP)
-        .envs(d.home.env(&d.bus))
-        .stderr(std::process::Stdio::null())
-        .status();
-    let status = tokio::time::timeout(WAIT, second)
-        .await
-        .expect("the second launch exits")
-        .unwrap();
-    assert!(status.success(), "{status}");
+    assert!(app::window_processes(&d.home).is_empty());
+    let launch = || async {
+        let again = tokio::process::Command::new(app::APP)
+            .envs(d.home.env(&d.bus))
+            .stderr(std::process::Stdio::null())
+            .status();
+        let status = tokio::time::timeout(WAIT, again)
+            .await
+            .expect("the second launch exits")
+            .unwrap();
+        assert!(status.success(), "{status}");
+    };
+    launch().await;
     app::poll_until("the first app to open its settings window", || {
         window_exists(&d.bus.display, "Porthole settings")
     })
@@ -315,6 +319,31 @@ async fn a_second_launch_hands_over_to_the_first_and_opens_its_settings() {
     let items = d.bus.seen().borrow().items.clone();
     assert_eq!(items.len(), 1, "one tray item: {items:?}");
     assert!(listening(local_addr(&app.tray.menu_items().await, "console")).await);
+    // The window is a process of its own; asking again brings it forward instead of a second one.
+    let window = app::window_processes(&d.home);
+    assert_eq!(window.len(), 1, "one settings window process: {window:?}");
+    launch().await;
+    app.tray.click("Settings…").await;
+    let log = d.home.path("state/porthole/porthole.log");
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    app::poll_until("the app to handle the third launch and the menu click", || async {
+        read_log().matches("settings window brought forward").count() == 2
+    })
+    .await;
+    assert_eq!(read_log().matches("settings window opened").count(), 1);
+    assert_eq!(app::window_processes(&d.home), window);
+
+    // Quitting the app ends its window too.
+    app.tray.click("Quit Porthole").await;
+    let status = tokio::time::timeout(WAIT, app.child.wait())
+        .await
+        .expect("the app exits")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    app::poll_until("the settings window and its process to go with the app", || async {
+        app::window_processes(&d.home).is_empty() && !window_exists(&d.bus.display, "Porthole settings").await
+    })
+    .await;
 }
 
 /// Whether the X server has a window with this title (`xwininfo`, from x11-utils).
@@ -333,6 +362,8 @@ async fn settings_window_adds_a_forward_through_the_picker_and_refuses_a_bad_one
     let screenshots = std::env::var_os("PORTHOLE_SCREENSHOTS");
     let d = Desktop::start_with_ports(&["console", "api"], screenshots.is_some()).await;
     let driver = webdriver::Driver::start(&d.home, &d.bus, &["--settings"]).await;
+    // The page runs in the window's own process, not in the app's.
+    assert_eq!(app::window_processes(&d.home).len(), 1);
     let gateway_port = if screenshots.is_some() { 8443 } else { app::free_port() };
     webdriver::add_forward_scenario(&driver, &d.home, gateway_port).await;
     let snapshot = wait_engine(&d.home.control(), "gateway healthy", |s| {
@@ -349,8 +380,8 @@ async fn settings_window_adds_a_forward_through_the_picker_and_refuses_a_bad_one
     // Closing the window (Escape) leaves the app in the tray, still serving.
     assert!(window_exists(&d.bus.display, "Porthole settings").await);
     webdriver::press_escape(&driver).await;
-    app::poll_until("the settings window to close", || async {
-        !window_exists(&d.bus.display, "Porthole settings").await
+    app::poll_until("the settings window and its process to go", || async {
+        !window_exists(&d.bus.display, "Porthole settings").await && app::window_processes(&d.home).is_empty()
     })
     .await;
     let snapshot = wait_engine(&d.home.control(), "the engine after the window closed", |s| {

@@ -1,0 +1,330 @@
+//! The settings window lives in its own process, so that closing it returns all of its memory.
+//!
+//! A webview costs far more than the rest of the app: WebKit's web and network processes, and
+//! in-process GL, WebKit and JavaScriptCore pages that stay mapped after the window is gone (the
+//! app measured 75 MiB before the window first opened and 223 MiB after it closed again). So the
+//! app itself never creates a webview. "Settings…" starts this same executable with
+//! [`WINDOW_FLAG`]; that process shows the page and hands each of the page's commands to the app
+//! over a private socket pair (the app's end never leaves the app; the window gets its end as fd
+//! [`WINDOW_FD`]), and the app pushes snapshots and engine events back. When the window closes,
+//! its process exits; when the app exits, the socket closes and the window process follows.
+//!
+//! The protocol is JSON lines: [`Call`] from the window, [`Down`] from the app.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tauri::ipc::{InvokeBody, Request};
+use tauri::{AppHandle, Emitter, Manager, State, WebviewUrl, WebviewWindowBuilder};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, info, warn};
+
+use crate::commands::{self, CommandError};
+use crate::shell::{Shell, lock};
+
+/// The hidden flag that makes the executable the settings window's process.
+pub const WINDOW_FLAG: &str = "--settings-window";
+
+/// The descriptor the window process finds its end of the socket pair on.
+pub const WINDOW_FD: RawFd = 3;
+
+/// The label of the settings window (its capability is bound to it).
+pub const SETTINGS: &str = "settings";
+
+/// A command from the page, passed on by the window process.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Call {
+    pub id: u64,
+    pub command: String,
+    pub args: Value,
+}
+
+/// From the app to the window process.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "kebab-case")]
+pub enum Down {
+    /// The answer to the [`Call`] with this id.
+    Reply {
+        id: u64,
+        result: Result<Value, CommandError>,
+    },
+    /// An event for the page (`snapshot`, `engine-event`).
+    Emit { event: String, payload: Value },
+    /// "Settings…" again while the window is open: bring it to the front.
+    Focus,
+}
+
+// ---- the app's side ----
+
+/// The app's link to a running window process.
+pub struct Link {
+    down: mpsc::UnboundedSender<Down>,
+}
+
+/// Opens the settings window, or brings it to the front if it is open.
+pub fn open(app: &AppHandle) {
+    let app = app.clone();
+    // On the runtime: the child's reaper and its socket need it, and callers may be on the
+    // main thread (the single-instance hand-over, the app's setup).
+    tauri::async_runtime::spawn(async move {
+        let shell = app.state::<Shell>();
+        let mut link = lock(&shell.window);
+        if let Some(open) = link.as_ref()
+            && open.down.send(Down::Focus).is_ok()
+        {
+            return info!("settings window brought forward");
+        }
+        match start(&app) {
+            Ok(started) => *link = Some(started),
+            Err(e) => error!(error = %e, "cannot open the settings window"),
+        }
+    });
+}
+
+/// Sends an event to the page, if the window is open (nothing is serialised otherwise).
+pub fn emit(app: &AppHandle, event: &str, payload: &impl Serialize) {
+    let shell = app.state::<Shell>();
+    let link = lock(&shell.window);
+    let Some(open) = link.as_ref() else { return };
+    match serde_json::to_value(payload) {
+        Ok(payload) => {
+            let _ = open.down.send(Down::Emit {
+                event: event.to_string(),
+                payload,
+            });
+        }
+        Err(e) => warn!(event, error = %e, "cannot encode an event for the settings window"),
+    }
+}
+
+fn start(app: &AppHandle) -> io::Result<Link> {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+    let mut command = tokio::process::Command::new(std::env::current_exe()?);
+    command.arg(WINDOW_FLAG).stdin(Stdio::null());
+    let fd = theirs.as_raw_fd();
+    // SAFETY: between fork and exec the closure makes only async-signal-safe calls (dup2, fcntl).
+    unsafe {
+        command.pre_exec(move || hand_over(fd));
+    }
+    let mut child = command.spawn()?;
+    drop(theirs);
+    ours.set_nonblocking(true)?;
+    let (read, write) = UnixStream::from_std(ours)?.into_split();
+    let (down, queue) = mpsc::unbounded_channel();
+    info!(pid = child.id(), "settings window opened");
+    tauri::async_runtime::spawn(write_lines(queue, write));
+    tauri::async_runtime::spawn(serve(app.clone(), read, down.clone()));
+    let app = app.clone();
+    let ours = down.clone();
+    tauri::async_runtime::spawn(async move {
+        let status = child.wait().await;
+        info!(?status, "settings window closed");
+        let shell = app.state::<Shell>();
+        let mut link = lock(&shell.window);
+        if link.as_ref().is_some_and(|open| open.down.same_channel(&ours)) {
+            *link = None;
+        }
+    });
+    Ok(Link { down })
+}
+
+/// In the child, before exec: its end of the pair becomes [`WINDOW_FD`], kept across exec.
+fn hand_over(fd: RawFd) -> io::Result<()> {
+    // SAFETY: plain descriptor calls on descriptors this process owns.
+    let done = unsafe {
+        if fd == WINDOW_FD {
+            libc::fcntl(fd, libc::F_SETFD, 0)
+        } else {
+            // dup2's copy does not have close-on-exec.
+            libc::dup2(fd, WINDOW_FD)
+        }
+    };
+    if done == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Answers the window's calls, each on its own task, until it hangs up.
+async fn serve(app: AppHandle, read: OwnedReadHalf, down: mpsc::UnboundedSender<Down>) {
+    let mut lines = BufReader::new(read).lines();
+    loop {
+        let call = match lines.next_line().await {
+            Ok(Some(line)) => match serde_json::from_str::<Call>(&line) {
+                Ok(call) => call,
+                Err(e) => {
+                    warn!(error = %e, "bad message from the settings window");
+                    continue;
+                }
+            },
+            Ok(None) => return,
+            Err(e) => return debug!(error = %e, "settings window link closed"),
+        };
+        let (app, down) = (app.clone(), down.clone());
+        tauri::async_runtime::spawn(async move {
+            let result = commands::call(&app, &call.command, call.args).await;
+            let _ = down.send(Down::Reply { id: call.id, result });
+        });
+    }
+}
+
+async fn write_lines<T: Serialize>(mut queue: mpsc::UnboundedReceiver<T>, mut write: OwnedWriteHalf) {
+    while let Some(message) = queue.recv().await {
+        let mut line = match serde_json::to_vec(&message) {
+            Ok(line) => line,
+            Err(e) => {
+                warn!(error = %e, "cannot encode a message for the other process");
+                continue;
+            }
+        };
+        line.push(b'\n');
+        if write.write_all(&line).await.is_err() {
+            return;
+        }
+    }
+}
+
+// ---- the window process ----
+
+/// The window process's side of the link: calls waiting for their reply.
+struct Peer {
+    up: mpsc::UnboundedSender<Call>,
+    next: AtomicU64,
+    waiting: Mutex<HashMap<u64, oneshot::Sender<Result<Value, CommandError>>>>,
+}
+
+impl Peer {
+    async fn call(&self, command: &str, request: Request<'_>) -> Result<Value, CommandError> {
+        let args = match request.body() {
+            InvokeBody::Json(args) => args.clone(),
+            InvokeBody::Raw(_) => return Err(CommandError::failed("binary arguments are not supported")),
+        };
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        lock(&self.waiting).insert(id, reply);
+        let gone = || CommandError::failed("Porthole has quit");
+        self.up
+            .send(Call {
+                id,
+                command: command.to_string(),
+                args,
+            })
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+}
+
+/// Runs the settings window's process: one window, its commands passed to the app.
+pub fn run() -> anyhow::Result<()> {
+    use anyhow::Context;
+    // SAFETY: WINDOW_FD was handed over by the app, and nothing else in this process owns it.
+    let link = unsafe { std::os::unix::net::UnixStream::from_raw_fd(WINDOW_FD) };
+    link.peer_addr().map_err(|e| {
+        anyhow::anyhow!("{WINDOW_FLAG} is started by porthole-app itself (descriptor {WINDOW_FD} is no socket: {e})")
+    })?;
+    // WebKit's own processes must not inherit it: the app sees the window gone when it closes.
+    // SAFETY: a descriptor this process owns.
+    unsafe { libc::fcntl(WINDOW_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
+    link.set_nonblocking(true)?;
+    let (up, queue) = mpsc::unbounded_channel();
+    let app = tauri::Builder::default()
+        .manage(Peer {
+            up,
+            next: AtomicU64::new(0),
+            waiting: Mutex::new(HashMap::new()),
+        })
+        .invoke_handler(handler())
+        .setup(move |app| {
+            #[cfg(target_os = "macos")]
+            app.set_activation_policy(tauri::ActivationPolicy::Accessory);
+            let handle = app.handle().clone();
+            tauri::async_runtime::spawn(async move {
+                match UnixStream::from_std(link) {
+                    Ok(link) => {
+                        let (read, write) = link.into_split();
+                        tauri::async_runtime::spawn(write_lines(queue, write));
+                        follow(handle.clone(), read).await;
+                    }
+                    Err(e) => error!(error = %e, "no link to the app"),
+                }
+                // The app quit (or never answered): so does its window.
+                handle.exit(0);
+            });
+            WebviewWindowBuilder::new(app, SETTINGS, WebviewUrl::App("index.html".into()))
+                .title("Porthole settings")
+                .inner_size(820.0, 640.0)
+                .min_inner_size(560.0, 420.0)
+                .build()?;
+            Ok(())
+        })
+        .build(crate::context())
+        .context("cannot start the settings window")?;
+    // Closing the window ends the process (the default): its memory goes back to the system.
+    app.run(|_, _| {});
+    Ok(())
+}
+
+/// Replies and events from the app, until it hangs up.
+async fn follow(app: AppHandle, read: OwnedReadHalf) {
+    let mut lines = BufReader::new(read).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        match serde_json::from_str::<Down>(&line) {
+            Ok(Down::Reply { id, result }) => {
+                let peer = app.state::<Peer>();
+                if let Some(reply) = lock(&peer.waiting).remove(&id) {
+                    let _ = reply.send(result);
+                }
+            }
+            Ok(Down::Emit { event, payload }) => {
+                let _ = app.emit_to(SETTINGS, &event, payload);
+            }
+            Ok(Down::Focus) => {
+                if let Some(window) = app.get_webview_window(SETTINGS) {
+                    let _ = window.unminimize();
+                    let _ = window.show();
+                    let _ = window.set_focus();
+                }
+            }
+            Err(e) => warn!(error = %e, "bad message from the app"),
+        }
+    }
+}
+
+// The page's commands, each passed to the app as it is (`commands::call` runs them there), and
+// the handler of them all. `build.rs` lists the same names: each is a permission of the window's
+// capability.
+macro_rules! proxies {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[tauri::command]
+            async fn $name(peer: State<'_, Peer>, request: Request<'_>) -> Result<Value, CommandError> {
+                peer.call(stringify!($name), request).await
+            }
+        )*
+
+        fn handler() -> impl Fn(tauri::ipc::Invoke) -> bool + Send + Sync + 'static {
+            tauri::generate_handler![$($name),*]
+        }
+    };
+}
+
+proxies![
+    page_state,
+    catalog,
+    save_forward,
+    remove_forward,
+    set_context,
+    set_enabled,
+    fix_kubeconfig,
+    set_prefs,
+    set_autostart,
+];

@@ -221,7 +221,7 @@ function renderSettings() {
   const context = $("context");
   context.replaceChildren(new Option("kubectl's current-context", ""));
   for (const name of page.contexts) context.append(new Option(name, name));
-  const current = page.snapshot.context || "";
+  const current = page.context || "";
   if (current && !page.contexts.includes(current)) context.append(new Option(`${current} (not in the kubeconfig)`, current));
   context.value = current;
   for (const kind of ["down", "recovered", "context", "fix"]) $(`n-${kind}`).checked = !page.prefs.mutes[kind];

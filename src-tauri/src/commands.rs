@@ -44,6 +44,8 @@ pub struct PageState {
     snapshot: Snapshot,
     forwards: Vec<ForwardDraft>,
     config_path: Option<String>,
+    /// The context the config names (`None`: kubectl's current-context, whichever it is).
+    context: Option<String>,
     contexts: Vec<String>,
     kubectl_context: Option<String>,
     /// Why the contexts could not be read, when they could not.
@@ -169,6 +171,7 @@ async fn page_state(app: &AppHandle, shell: &Shell) -> Result<PageState, Command
         snapshot: shell.engine.snapshot().borrow().clone(),
         forwards: config.forwards.iter().map(|f| draft(f, config.cluster.mode)).collect(),
         config_path: shell.config_path.as_ref().map(|p| p.display().to_string()),
+        context: config.cluster.context.clone(),
         contexts,
         kubectl_context,
         contexts_error,

@@ -357,10 +357,10 @@ async fn window_exists(display: &str, title: &str) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn settings_window_adds_a_forward_through_the_picker_and_refuses_a_bad_one() {
+async fn settings_window_saves_a_forward_the_context_and_a_mute_and_refuses_a_bad_value() {
     // With PORTHOLE_SCREENSHOTS=DIR it also takes the README's pictures, with the preset's ports.
     let screenshots = std::env::var_os("PORTHOLE_SCREENSHOTS");
-    let d = Desktop::start_with_ports(&["console", "api"], screenshots.is_some()).await;
+    let mut d = Desktop::start_with_ports(&["console", "api"], screenshots.is_some()).await;
     let driver = webdriver::Driver::start(&d.home, &d.bus, &["--settings"]).await;
     // The page runs in the window's own process, not in the app's.
     assert_eq!(app::window_processes(&d.home).len(), 1);
@@ -376,6 +376,30 @@ async fn settings_window_adds_a_forward_through_the_picker_and_refuses_a_bad_one
     }
     let api = snapshot.forward("api").and_then(|f| f.local).unwrap();
     webdriver::remove_forward_scenario(&driver, &d.home, api).await;
+    webdriver::context_scenario(&driver, &d.home).await;
+
+    // Muted from the page: the console's breakage is not told, its recovery is.
+    webdriver::mute_down_scenario(&driver, &d.home).await;
+    let spec = OpenChoreo::spec("amp-console").unwrap();
+    let pod = OpenChoreo::pod("amp-console");
+    d.cluster.set_endpoint_ready(spec.namespace, &pod, false);
+    d.cluster.backends["amp-console"].stop().await;
+    // The app logs what it did not show.
+    let log = d.home.path("state/porthole/porthole.log");
+    app::poll_until("the muted notification about console", || async {
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        log.lines()
+            .any(|l| l.contains("notification muted") && l.contains("console"))
+    })
+    .await;
+    let backend = d.cluster.backends.get_mut("amp-console").unwrap();
+    backend.restart().await;
+    let addr = backend.addr();
+    d.cluster.set_endpoint_backend(spec.namespace, &pod, addr);
+    d.cluster.set_endpoint_ready(spec.namespace, &pod, true);
+    wait_notification(&d.bus, "console back", |n| n.summary.ends_with("is back")).await;
+    let told: Vec<_> = d.bus.notifications().into_iter().map(|n| n.summary).collect();
+    assert!(!told.iter().any(|s| s.ends_with("is down")), "{told:?}");
 
     // Closing the window (Escape) leaves the app in the tray, still serving.
     assert!(window_exists(&d.bus.display, "Porthole settings").await);

@@ -245,6 +245,45 @@ pub async fn autostart_scenario(driver: &Driver, home: &Home) {
     .await;
 }
 
+/// The context dropdown: "kubectl's current-context" drops `[cluster] context` from the file,
+/// choosing the preset's context writes it back; the rest of the file is kept as it was.
+pub async fn context_scenario(driver: &Driver, home: &Home) {
+    const LINE: &str = "context = \"kind-openchoreo-local\"";
+    let original = std::fs::read_to_string(home.config()).unwrap();
+    assert!(original.contains(LINE), "{original}");
+    let select = driver.find("#context").await;
+    assert_eq!(
+        select.prop("value").await.unwrap().as_deref(),
+        Some("kind-openchoreo-local")
+    );
+    select.clone().select_by_value("").await.unwrap();
+    let config = || std::fs::read_to_string(home.config()).unwrap();
+    poll_until("the context to leave the config file", || async {
+        !config().contains(LINE)
+    })
+    .await;
+    assert!(config().contains("[cluster]"), "{}", config());
+    select.select_by_value("kind-openchoreo-local").await.unwrap();
+    poll_until("the context to come back to the config file", || async {
+        config().contains(LINE)
+    })
+    .await;
+    assert_eq!(driver.text_of(".error[data-for=context]").await, "");
+}
+
+/// Unticks "a forward goes down": saved in `app.json` beside the config.
+pub async fn mute_down_scenario(driver: &Driver, home: &Home) {
+    let checkbox = driver.find("#n-down").await;
+    assert!(checkbox.is_selected().await.unwrap(), "notifications start on");
+    checkbox.click().await.unwrap();
+    let prefs = home.path("config/porthole/app.json");
+    poll_until("the mute to be saved", || async {
+        let saved = std::fs::read_to_string(&prefs).unwrap_or_default();
+        serde_json::from_str::<serde_json::Value>(&saved).is_ok_and(|v| v["mutes"]["down"] == true)
+    })
+    .await;
+}
+
 /// Presses Escape in the page (with no editor open, it closes the window).
 pub async fn press_escape(driver: &Driver) {
     let body = driver.find("body").await;

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +22,10 @@ use crate::kubeconfig::tools::Tools;
 use crate::kubeconfig::{self, KubeconfigError, Loaded};
 pub use crate::status::{ClusterStatusView, Event, ForwardStatus, RouteView, Snapshot};
 
+mod follow;
+
+use follow::fingerprint;
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("no forward named `{0}`")]
@@ -31,19 +34,8 @@ pub enum EngineError {
     Stopped,
 }
 
-/// How long a burst of kubeconfig writes may take before it is read.
-const KUBECONFIG_SETTLE: Duration = Duration::from_millis(100);
-/// How often changed connection counters are pushed into the snapshot.
-const STATS_PUSH: Duration = Duration::from_secs(1);
 /// Bound on a discovery task noticing its cancellation.
 const DISCOVERY_STOP: Duration = Duration::from_secs(2);
-
-/// Fingerprint of the kubeconfig entries the client for `cluster` is built from.
-fn fingerprint(cluster: &ClusterSpec) -> Option<u64> {
-    let loaded = Loaded::for_cluster(cluster).ok()?;
-    let context = loaded.effective_context(cluster).ok()?;
-    loaded.fingerprint(&context)
-}
 
 /// What forwards share with the engine.
 pub(crate) struct Hub {
@@ -403,40 +395,6 @@ impl Core {
         running.discovery = self.spawn_discovery(cluster);
     }
 
-    /// Re-reads the kubeconfig when its files change: kubectl's current-context for the
-    /// snapshot, and a new client when the context's own entries changed (a re-created kind
-    /// cluster listens on a new port, with new certificates) or the context appeared.
-    async fn follow_kubeconfig(self, files: Vec<PathBuf>, cluster: ClusterSpec, cancel: CancellationToken) {
-        let (_watcher, mut changes) = match kubeconfig::watch(&files) {
-            Ok(watching) => watching,
-            Err(e) => return warn!(error = %e, "cannot watch the kubeconfig; changes are seen on `status` only"),
-        };
-        self.refresh_kubeconfig_state(&cluster).await;
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                change = changes.recv() => if change.is_none() { return },
-            }
-            // Tools write, rename and chmod in a burst: read once after it.
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(KUBECONFIG_SETTLE) => {}
-            }
-            while changes.try_recv().is_ok() {}
-            let Some(cluster) = self.cluster().await else { return };
-            self.refresh_kubeconfig_state(&cluster).await;
-            let mut guard = self.running.lock().await;
-            let Some(running) = guard.as_mut() else { return };
-            self.refresh_kubectl_context(&running.config.cluster);
-            if fingerprint(&cluster) != running.discovery.fingerprint {
-                info!("the kubeconfig entries of the context changed: reconnecting");
-                // This task belongs to the old generation: the new one has its own watcher.
-                self.restart_discovery(running, &cluster).await;
-                return;
-            }
-        }
-    }
-
     /// The cluster settings in effect, `None` once stopped.
     async fn cluster(&self) -> Option<ClusterSpec> {
         self.running.lock().await.as_ref().map(|r| r.config.cluster.clone())
@@ -470,124 +428,5 @@ impl Core {
         };
         let handle = ForwardHandle::spawn(spec.clone(), previous, parent);
         running.forwards.insert(spec.name, handle);
-    }
-
-    /// Copies the connection counters into the snapshot, at most once per `STATS_PUSH` and only
-    /// when they changed: subscribers see traffic without asking, an idle engine stays quiet.
-    async fn follow_stats(self) {
-        let mut tick = tokio::time::interval(STATS_PUSH);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            tokio::select! {
-                _ = self.cancel.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            let counters: Vec<(String, StatsView)> = match self.running.lock().await.as_ref() {
-                Some(running) => running
-                    .forwards
-                    .iter()
-                    .map(|(name, h)| (name.clone(), h.stats.view()))
-                    .collect(),
-                // Not started yet (or stopping: then the cancellation ends this loop).
-                None => continue,
-            };
-            self.hub.snapshot.send_if_modified(|s| {
-                let mut modified = false;
-                for status in &mut s.forwards {
-                    if let Some((_, view)) = counters.iter().find(|(name, _)| *name == status.name)
-                        && status.stats != *view
-                    {
-                        status.stats = *view;
-                        modified = true;
-                    }
-                }
-                modified
-            });
-        }
-    }
-
-    /// Mirrors the cluster view into the snapshot and events.
-    async fn follow_cluster(self) {
-        let mut view = self.view.subscribe();
-        let mut last: ClusterStatusView = (&ClusterStatus::Connecting).into();
-        loop {
-            let (status, context) = {
-                let v = view.borrow_and_update();
-                (ClusterStatusView::from(&v.status), v.context.clone())
-            };
-            if let Some(context) = context {
-                self.set_contexts(Some(Some(context)), None);
-            }
-            if status != last {
-                self.hub.snapshot.send_modify(|s| s.cluster = status.clone());
-                // Only a change of state is news; a new wording of the same failure is not.
-                if status.state != last.state {
-                    let _ = self.hub.events.send(Event::Cluster {
-                        from: last.clone(),
-                        to: status.clone(),
-                    });
-                }
-                last = status;
-            }
-            tokio::select! {
-                _ = self.cancel.cancelled() => return,
-                changed = view.changed() => if changed.is_err() { return },
-            }
-        }
-    }
-
-    /// Reads kubectl's current-context.
-    fn refresh_kubectl_context(&self, cluster: &ClusterSpec) {
-        let current = Loaded::for_cluster(cluster)
-            .ok()
-            .and_then(|l| l.current_context().map(String::from));
-        // With no context configured, Porthole uses kubectl's: the one discovery reports.
-        let context = cluster.context.clone().map(Some);
-        self.set_contexts(context, Some(current));
-    }
-
-    /// Updates Porthole's and kubectl's contexts (`None`: unchanged).
-    fn set_contexts(&self, context: Option<Option<String>>, kubectl: Option<Option<String>>) {
-        self.hub.snapshot.send_if_modified(|s| {
-            let before = (s.context.clone(), s.kubectl_context.clone());
-            if let Some(context) = context {
-                s.context = context;
-            }
-            if let Some(kubectl) = kubectl {
-                s.kubectl_context = kubectl;
-            }
-            (s.context.clone(), s.kubectl_context.clone()) != before
-        });
-    }
-
-    /// Inspects the kubeconfig from Porthole's context and reports a change of state.
-    async fn refresh_kubeconfig_state(&self, cluster: &ClusterSpec) {
-        let Some(expected) = cluster.context.clone() else {
-            return;
-        };
-        let files = kubeconfig::files(cluster);
-        let state = match kubeconfig::state::inspect(files, &expected, &Tools::from_env()).await {
-            Ok(inspection) => inspection.state,
-            Err(e) => return warn!(error = %e, "cannot read the kubeconfig"),
-        };
-        let mut previous = None;
-        let changed = self.hub.snapshot.send_if_modified(|s| {
-            if s.kubeconfig.as_ref() == Some(&state) {
-                return false;
-            }
-            previous = s.kubeconfig.replace(state.clone());
-            true
-        });
-        if !changed {
-            return;
-        }
-        match state.fix() {
-            Some(fix) => warn!(state = state.id(), %fix, "{} (Porthole keeps using its own context)", state.sentence()),
-            None => info!(state = state.id(), "{}", state.sentence()),
-        }
-        let _ = self.hub.events.send(Event::Kubeconfig {
-            from: previous,
-            to: state,
-        });
     }
 }

@@ -1,0 +1,177 @@
+use super::*;
+use rstest::rstest;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, &Source::File("/etc/porthole.toml".into()))
+}
+
+#[test]
+fn every_preset_parses() {
+    for (name, _, _) in PRESETS {
+        let config = Config::preset(name).unwrap();
+        assert_eq!(config.cluster.context.as_deref(), Some("kind-openchoreo-local"));
+        assert_eq!(config.forwards.len(), 5, "{name}");
+    }
+}
+
+#[test]
+fn default_preset_matches_the_quick_start() {
+    let config = Config::preset(DEFAULT_PRESET).unwrap();
+    let got: Vec<(u16, &str, String)> = config
+        .forwards
+        .iter()
+        .map(|f| (f.local_port, f.namespace.as_str(), f.target.to_string()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (3000, "wso2-amp", "amp-console".to_string()),
+            (8080, "wso2-amp", "amp-api".to_string()),
+            (
+                9098,
+                "openchoreo-observability-plane",
+                "amp-traces-observer".to_string()
+            ),
+            (
+                21893,
+                "openchoreo-observability-plane",
+                "opentelemetry-collector".to_string()
+            ),
+            (8443, "openchoreo-data-plane", "gateway-external".to_string()),
+        ]
+    );
+    assert!(
+        config
+            .forwards
+            .iter()
+            .all(|f| f.bind == IpAddr::V4(Ipv4Addr::LOCALHOST))
+    );
+}
+
+#[test]
+fn full_forward_parses() {
+    let config = parse(
+        r#"
+[cluster]
+context = "kind-x"
+node = "x-worker"
+node_address = "hostname"
+
+[[forward]]
+name = "otlp"
+namespace = "obs"
+selector = { "app.kubernetes.io/component" = "collector" }
+local_port = 21893
+service_port = "otlp"
+bind = "0.0.0.0"
+probe = { http = "/healthz" }
+enabled = false
+"#,
+    )
+    .unwrap();
+    assert_eq!(config.cluster.node_address, NodeAddressType::Hostname);
+    let f = &config.forwards[0];
+    assert_eq!(f.service_port, Some(PortRef::Name("otlp".into())));
+    assert_eq!(f.probe, Probe::Http("/healthz".into()));
+    assert!(!f.enabled);
+    assert_eq!(f.target.to_string(), "-l app.kubernetes.io/component=collector");
+}
+
+#[rstest]
+#[case::unknown_key(
+    "[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 1\nlocalport = 2\n",
+    "line 6",
+    "unknown field `localport`"
+)]
+#[case::unknown_cluster_key("[cluster]\ncontxt = \"x\"\n", "line 2", "unknown field `contxt`")]
+#[case::duplicate_name(
+    "[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 1\n[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 2\n",
+    ":7: `name`",
+    "duplicate forward name `a` (first used on line 2)"
+)]
+#[case::duplicate_port(
+    "[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 80\n[[forward]]\nname = \"b\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 80\n",
+    ":10: `local_port`",
+    "port 80 is used by forwards `a` and `b`"
+)]
+#[case::port_range(
+    "[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 70000\n",
+    ":5: `local_port`",
+    "70000 is not a port"
+)]
+#[case::negative_port(
+    "[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = -1\n",
+    ":5: `local_port`",
+    "-1 is not a port"
+)]
+#[case::both_targets(
+    "[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nselector = { app = \"x\" }\nlocal_port = 1\n",
+    ":1: `service`",
+    "has both `service` and `selector`"
+)]
+#[case::no_target(
+    "\n[[forward]]\nname = \"a\"\nnamespace = \"n\"\nlocal_port = 1\n",
+    ":2: `service`",
+    "needs `service"
+)]
+#[case::bad_bind(
+    "[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 1\nbind = \"localhost\"\n",
+    ":6: `bind`",
+    "`localhost` is not an IP address"
+)]
+#[case::bad_probe_path(
+    "[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 1\nprobe = { http = \"healthz\" }\n",
+    "`probe`",
+    "must start with `/`"
+)]
+#[case::bad_node_address("[cluster]\nnode_address = \"external\"\n", "line 2", "unknown variant `external`")]
+fn invalid_configs_name_file_line_and_key(#[case] text: &str, #[case] place: &str, #[case] message: &str) {
+    let err = parse(text).unwrap_err().to_string();
+    assert!(err.starts_with("/etc/porthole.toml"), "{err}");
+    assert!(err.contains(place), "{err} lacks {place}");
+    assert!(err.contains(message), "{err} lacks {message}");
+}
+
+#[test]
+fn mode_defaults_to_the_clusters_and_a_forward_may_override_it() {
+    let text = "[cluster]\nmode = \"tunnel\"\n[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 1\n[[forward]]\nname = \"b\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 2\nmode = \"nodeport\"\n";
+    let config = parse(text).unwrap();
+    assert_eq!(
+        (config.forwards[0].mode, config.forwards[1].mode),
+        (Mode::Tunnel, Mode::Nodeport)
+    );
+    assert_eq!(
+        parse("[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 1\n")
+            .unwrap()
+            .forwards[0]
+            .mode,
+        Mode::Auto
+    );
+    let err = parse("[cluster]\nmode = \"fast\"\n").unwrap_err().to_string();
+    assert!(err.contains("unknown variant `fast`"), "{err}");
+    assert_eq!(parse("[cluster]\nmode = \"auto\"\n").unwrap().cluster.mode, Mode::Auto);
+}
+
+#[test]
+fn hold_is_seconds_from_the_cluster_or_the_forward() {
+    let text = "[cluster]\nhold = 2.5\n[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 1\n[[forward]]\nname = \"b\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 2\nhold = 0\n";
+    let config = parse(text).unwrap();
+    assert_eq!(config.forwards[0].hold, Some(std::time::Duration::from_millis(2500)));
+    assert_eq!(config.forwards[1].hold, Some(std::time::Duration::ZERO));
+    let err = parse("[cluster]\nhold = -1\n").unwrap_err().to_string();
+    assert!(err.contains("not a number of seconds"), "{err}");
+    let err = parse("[cluster]\nhold = \"5s\"\n").unwrap_err().to_string();
+    assert!(err.contains("hold"), "{err}");
+}
+
+#[test]
+fn same_port_on_different_addresses_is_fine() {
+    let text = "[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 80\n[[forward]]\nname = \"b\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 80\nbind = \"127.0.0.2\"\n";
+    assert_eq!(parse(text).unwrap().forwards.len(), 2);
+}
+
+#[test]
+fn explicit_missing_file_is_an_error_naming_it() {
+    let err = Config::discover(Some(Path::new("/nonexistent/porthole.toml"))).unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/porthole.toml"), "{err}");
+}

@@ -1,0 +1,183 @@
+//! A forward's data path: its listener (bind retried, the holder of a taken port named), the
+//! accept loop, and each connection: held while there is no path, then relayed to a node or
+//! tunnelled to a pod.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tracing::{Instrument, debug, debug_span, info, warn};
+
+use super::{Bind, Forward};
+use crate::config::Mode;
+use crate::health::{Cause, CauseId};
+use crate::route::Route;
+use crate::{holder, relay, tunnel};
+
+impl Forward {
+    pub(super) async fn listen(
+        self: Arc<Self>,
+        bind_tx: watch::Sender<Bind>,
+        routes: watch::Receiver<Option<Arc<Route>>>,
+    ) {
+        let addr = SocketAddr::new(self.spec.bind, self.spec.local_port);
+        if !self.spec.bind.is_loopback() {
+            warn!(%addr, "listening on a non-loopback address: other machines can reach this forward");
+        }
+        let mut failed: Option<std::io::ErrorKind> = None;
+        let listener = loop {
+            match TcpListener::bind(addr).await {
+                Ok(listener) => break listener,
+                Err(e) => {
+                    // Once per failure, not per retry: finding the holder scans every process.
+                    if failed != Some(e.kind()) {
+                        failed = Some(e.kind());
+                        let cause = tokio::task::spawn_blocking(move || bind_failure(addr, &e))
+                            .await
+                            .unwrap_or_else(|_| Cause::new(CauseId::ListenFailed, format!("cannot listen on {addr}")));
+                        bind_tx.send_replace(Bind::Failed(cause));
+                    }
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => return,
+                        _ = tokio::time::sleep(self.hub.tuning.bind_retry) => {}
+                    }
+                }
+            }
+        };
+        let local = listener.local_addr().unwrap_or(addr);
+        info!(%local, "listening");
+        bind_tx.send_replace(Bind::Bound(local));
+        self.accept(listener, routes).await;
+    }
+
+    async fn accept(self: Arc<Self>, listener: TcpListener, routes: watch::Receiver<Option<Arc<Route>>>) {
+        loop {
+            let accepted = tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                accepted = listener.accept() => accepted,
+            };
+            let (client, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, usually: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let routes = routes.clone();
+            // Counted from accept, so a forward stopped meanwhile waits for it to drain.
+            self.stats.total.fetch_add(1, Ordering::Relaxed);
+            self.stats.active.fetch_add(1, Ordering::Relaxed);
+            let span = debug_span!("conn", %peer);
+            let this = self.clone();
+            self.hub
+                .connections
+                .spawn(async move { this.serve(client, routes).await }.instrument(span));
+        }
+    }
+
+    async fn serve(self: Arc<Self>, client: TcpStream, mut routes: watch::Receiver<Option<Arc<Route>>>) {
+        let usable = |route: &Option<Arc<Route>>| route.as_ref().is_some_and(|r| r.ready_endpoints > 0);
+        let mut route = routes.borrow_and_update().clone();
+        if !usable(&route) {
+            // No path right now: wait a little for one rather than reset the client at once.
+            self.stats.held.fetch_add(1, Ordering::Relaxed);
+            debug!("no usable path: holding the connection");
+            let hold = self.live.borrow().hold.unwrap_or(self.hub.tuning.hold);
+            let ready = tokio::select! {
+                waited = tokio::time::timeout(hold, routes.wait_for(usable)) => match waited {
+                    Ok(Ok(ready)) => Some(ready.clone()),
+                    _ => None,
+                },
+                _ = self.cancel.cancelled() => None,
+            };
+            if let Some(ready) = ready {
+                route = ready;
+            }
+        }
+        self.relay(client, route).await;
+        self.stats.active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    async fn relay(&self, client: TcpStream, route: Option<Arc<Route>>) {
+        let stats = &self.stats;
+        let Some(route) = route else {
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+            debug!("no route: closing");
+            return;
+        };
+        let first = self.preferred.load(Ordering::Relaxed);
+        if route.mode == Mode::Tunnel {
+            return self.tunnel(client, &route, first).await;
+        }
+        let upstream = match route.connect_from(first, self.hub.tuning.connect_timeout).await {
+            Ok((upstream, index)) => {
+                if index != first {
+                    self.preferred.store(index, Ordering::Relaxed);
+                }
+                upstream
+            }
+            Err(cause) => {
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+                debug!(%cause, "closing");
+                return;
+            }
+        };
+        relay::prepare(&client, &upstream);
+        tokio::select! {
+            result = relay::relay(&client, &upstream, &stats.bytes_up, &stats.bytes_down) => {
+                if let Err(e) = result {
+                    debug!(error = %e, "connection ended with an error");
+                }
+            }
+            _ = self.connections.cancelled() => debug!("closed by shutdown"),
+        }
+    }
+
+    /// The tunnel path of one connection: a port-forward stream to a ready pod.
+    async fn tunnel(&self, client: TcpStream, route: &Route, first: usize) {
+        let stats = &self.stats;
+        let Some(api) = self.client() else {
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+            return debug!("no API connection yet: closing");
+        };
+        let (tunnel, index) = match tunnel::open(&api, route, first, self.hub.tuning.connect_timeout).await {
+            Ok(opened) => opened,
+            Err(cause) => {
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+                return debug!(%cause, "closing");
+            }
+        };
+        if index != first {
+            self.preferred.store(index, Ordering::Relaxed);
+        }
+        debug!(target = %tunnel.target, "tunnel open");
+        tokio::select! {
+            result = tunnel::relay(client, tunnel, &stats.bytes_up, &stats.bytes_down) => {
+                if let Err(e) = result {
+                    debug!(error = %e, "tunnel ended with an error");
+                }
+            }
+            _ = self.connections.cancelled() => debug!("closed by shutdown"),
+        }
+    }
+}
+
+fn bind_failure(addr: SocketAddr, e: &std::io::Error) -> Cause {
+    if e.kind() == std::io::ErrorKind::AddrInUse {
+        let port = addr.port();
+        return match holder::find(port, addr.ip()) {
+            Some(h) => Cause::new(CauseId::PortInUse, format!("port {port} is held by {h}"))
+                .with_fix(format!("stop it (`kill {}`) or choose another `local_port`", h.pid)),
+            None => Cause::new(CauseId::PortInUse, format!("port {port} is in use by another process")).with_fix(
+                format!("find it with `lsof -nP -iTCP:{port} -sTCP:LISTEN`, or choose another `local_port`"),
+            ),
+        };
+    }
+    Cause::new(CauseId::ListenFailed, format!("cannot listen on {addr}: {e}"))
+        .with_fix("choose another `local_port` or `bind` address (ports below 1024 need privileges)")
+}

@@ -1,0 +1,226 @@
+use super::*;
+use crate::config::{Config, Source};
+use serde_json::json;
+
+fn world() -> World {
+    let ns = |name: &str| Arc::new(serde_json::from_value::<Namespace>(json!({"metadata": {"name": name}})).unwrap());
+    let node = |name: &str, ip: &str, ready: &str, cp: bool| {
+        let labels = if cp {
+            json!({CONTROL_PLANE_LABEL: ""})
+        } else {
+            json!({})
+        };
+        Arc::new(
+            serde_json::from_value::<Node>(json!({
+                "metadata": {"name": name, "labels": labels},
+                "status": {
+                    "addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}],
+                    "conditions": [{"type": "Ready", "status": ready}]
+                }
+            }))
+            .unwrap(),
+        )
+    };
+    let svc = |ns: &str, name: &str, ty: &str, ports: serde_json::Value| {
+        Arc::new(
+            serde_json::from_value::<Service>(json!({
+                "metadata": {"name": name, "namespace": ns, "labels": {"app": name}},
+                "spec": {"type": ty, "ports": ports}
+            }))
+            .unwrap(),
+        )
+    };
+    let slice = |ns: &str, svc: &str, ready: bool| {
+        Arc::new(
+            serde_json::from_value::<EndpointSlice>(json!({
+                "metadata": {"name": format!("{svc}-abc"), "namespace": ns, "labels": {SERVICE_NAME_LABEL: svc}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": ["10.244.1.5"], "conditions": {"ready": ready}}]
+            }))
+            .unwrap(),
+        )
+    };
+    World {
+        namespaces: vec![ns("apps")],
+        nodes: vec![
+            node("kind-control-plane", "127.0.0.3", "True", true),
+            node("kind-worker", "127.0.0.2", "True", false),
+            node("kind-worker2", "127.0.0.4", "False", false),
+        ],
+        services: vec![
+            svc(
+                "apps",
+                "web",
+                "NodePort",
+                json!([{"name": "http", "port": 80, "nodePort": 30080}, {"name": "metrics", "port": 9090, "nodePort": 30090}]),
+            ),
+            svc(
+                "apps",
+                "gw",
+                "LoadBalancer",
+                json!([{"name": "https", "port": 443, "nodePort": 31443}]),
+            ),
+            svc("apps", "db", "ClusterIP", json!([{"port": 5432}])),
+        ],
+        endpoint_slices: vec![slice("apps", "web", true), slice("apps", "gw", false)],
+    }
+}
+
+fn forward(extra: &str) -> (ForwardSpec, ClusterSpec) {
+    // The nodePort path unless `extra` says otherwise: most cases here are about it.
+    let mode = if extra.contains("mode =") {
+        ""
+    } else {
+        "mode = \"nodeport\"\n"
+    };
+    let text = format!("[[forward]]\nname = \"f\"\nnamespace = \"apps\"\nlocal_port = 1\n{mode}{extra}\n");
+    let config = Config::parse(&text, &Source::Preset("test")).unwrap();
+    (config.forwards[0].clone(), config.cluster)
+}
+
+fn resolve_with(extra: &str) -> Result<Route, Cause> {
+    let (spec, cluster) = forward(extra);
+    resolve(&spec, &cluster, &world())
+}
+
+/// A listener whose accept queue is full: the kernel drops new SYNs, so connects hang the
+/// way they do to a node that is gone without a trace.
+async fn hanging_listener(ip: &str, port: u16) -> (socket2::Socket, Vec<tokio::net::TcpStream>) {
+    let addr: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&addr.into()).unwrap();
+    socket.listen(0).unwrap();
+    let mut queued = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => queued.push(stream),
+            Ok(Err(e)) => panic!("connect to the filling listener: {e}"),
+            Err(_) => return (socket, queued),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_silent_node_costs_one_bounded_wait_then_the_next_node_answers() {
+    let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = live.local_addr().unwrap().port();
+    let silent_ip = format!("127.{}.{}.9", 100 + std::process::id() % 100, port % 250);
+    let _silent = hanging_listener(&silent_ip, port).await;
+    let mut route = resolve_with("service = \"web\"").unwrap();
+    route.node_port = port;
+    route.targets = vec![
+        NodeTarget {
+            node: "gone".into(),
+            host: Host::Ip(silent_ip.parse().unwrap()),
+        },
+        NodeTarget {
+            node: "alive".into(),
+            host: Host::Ip("127.0.0.1".parse().unwrap()),
+        },
+    ];
+    let bound = Duration::from_millis(300);
+    let started = std::time::Instant::now();
+    let (_, index) = route.connect_from(0, bound).await.unwrap();
+    assert_eq!(index, 1, "the next node answered");
+    assert!(
+        started.elapsed() >= bound,
+        "the silent node was given its bound, no more"
+    );
+    // Starting from the node that answered last skips the silent one.
+    assert_eq!(route.connect_from(1, bound).await.unwrap().1, 1);
+    route.targets.truncate(1);
+    let cause = route.connect_from(0, bound).await.unwrap_err();
+    assert_eq!(cause.id, CauseId::NodeUnreachable);
+    assert!(cause.message.contains("no answer in 300ms"), "{}", cause.message);
+}
+
+#[test]
+fn nodeport_service_resolves_to_ready_workers_first() {
+    let route = resolve_with("service = \"web\"").unwrap();
+    assert_eq!(route.node_port, 30080);
+    assert_eq!(route.port, "http 80/TCP");
+    assert_eq!(route.ready_endpoints, 1);
+    let nodes: Vec<&str> = route.targets.iter().map(|t| t.node.as_str()).collect();
+    assert_eq!(
+        nodes,
+        vec!["kind-worker", "kind-control-plane", "kind-worker2"],
+        "NotReady last"
+    );
+    assert_eq!(route.ready_nodes, 2);
+    assert_eq!(route.primary(), "127.0.0.2:30080");
+}
+
+#[test]
+fn named_and_numbered_ports() {
+    assert_eq!(
+        resolve_with("service = \"web\"\nservice_port = \"metrics\"")
+            .unwrap()
+            .node_port,
+        30090
+    );
+    assert_eq!(
+        resolve_with("service = \"web\"\nservice_port = 9090")
+            .unwrap()
+            .node_port,
+        30090
+    );
+    let cause = resolve_with("service = \"web\"\nservice_port = \"otlp\"").unwrap_err();
+    assert_eq!(cause.id, CauseId::PortNotFound);
+    assert!(
+        cause.message.contains("http 80/TCP, metrics 9090/TCP"),
+        "{}",
+        cause.message
+    );
+}
+
+#[test]
+fn load_balancer_has_node_ports() {
+    let route = resolve_with("service = \"gw\"").unwrap();
+    assert_eq!((route.node_port, route.ready_endpoints), (31443, 0));
+}
+
+#[test]
+fn selector_finds_service() {
+    assert_eq!(resolve_with("selector = { app = \"gw\" }").unwrap().node_port, 31443);
+    let cause = resolve_with("selector = { app = \"nope\" }").unwrap_err();
+    assert_eq!(cause.id, CauseId::ServiceMissing);
+    assert!(cause.message.contains("-l app=nope"), "{}", cause.message);
+}
+
+#[test]
+fn causes() {
+    let cause = resolve_with("service = \"db\"").unwrap_err();
+    assert_eq!(cause.id, CauseId::WrongServiceType);
+    assert!(cause.message.contains("ClusterIP"));
+    assert!(cause.fix.unwrap().contains("type: NodePort"));
+    assert_eq!(
+        resolve_with("service = \"nope\"").unwrap_err().id,
+        CauseId::ServiceMissing
+    );
+    let (mut spec, cluster) = forward("service = \"web\"");
+    spec.namespace = "gone".into();
+    assert_eq!(
+        resolve(&spec, &cluster, &world()).unwrap_err().id,
+        CauseId::NamespaceMissing
+    );
+}
+
+#[test]
+fn pinned_node_and_hostname_addresses() {
+    let (spec, mut cluster) = forward("service = \"web\"");
+    cluster.node = Some("kind-control-plane".into());
+    cluster.node_address = NodeAddressType::Hostname;
+    let route = resolve(&spec, &cluster, &world()).unwrap();
+    assert_eq!(
+        route.targets,
+        vec![NodeTarget {
+            node: "kind-control-plane".into(),
+            host: Host::Name("kind-control-plane".into())
+        }]
+    );
+    cluster.node = Some("nope".into());
+    assert_eq!(
+        resolve(&spec, &cluster, &world()).unwrap_err().id,
+        CauseId::NodeUnreachable
+    );
+}

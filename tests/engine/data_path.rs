@@ -1,0 +1,85 @@
+//! Bytes, half-close and concurrency through the relay, and the counters it pushes.
+
+use super::*;
+
+#[tokio::test]
+async fn bytes_arrive_intact_both_ways() {
+    const SIZE: usize = 100 << 20;
+    let (cluster, _backend) = echo_cluster("bulk", "NodePort").await;
+    let engine = start(&cluster, &forward("echo", NS, "echo")).await;
+    let addr = local(&wait_healthy(&engine, "echo").await);
+
+    let data = pattern(42, SIZE);
+    let sent = checksum(&data);
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        write.write_all(&data).await.unwrap();
+        write.shutdown().await.unwrap();
+    });
+    let mut back = Vec::with_capacity(SIZE);
+    tokio::time::timeout(Duration::from_secs(120), read.read_to_end(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    writer.await.unwrap();
+    assert_eq!(back.len(), SIZE);
+    assert_eq!(checksum(&back), sent, "100 MiB each way, unchanged");
+
+    let status = engine.status().await;
+    let stats = status.forward("echo").unwrap().stats;
+    assert_eq!((stats.bytes_up, stats.bytes_down), (SIZE as u64, SIZE as u64));
+    assert_eq!(stats.total, 1);
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn half_close_reaches_the_backend_and_the_answer_still_arrives() {
+    let (cluster, _backend) = echo_cluster("halfclose", "NodePort").await;
+    let engine = start(&cluster, &forward("echo", NS, "echo")).await;
+    let addr = local(&wait_healthy(&engine, "echo").await);
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"last words").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        back, b"last words",
+        "echoed after our FIN, then the backend's FIN came through"
+    );
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn five_hundred_concurrent_connections() {
+    raise_fd_limit();
+    let (cluster, _backend) = echo_cluster("many", "NodePort").await;
+    let engine = start(&cluster, &forward("echo", NS, "echo")).await;
+    let addr = local(&wait_healthy(&engine, "echo").await);
+    let open = concurrent_round_trips(addr, 500, 4096).await;
+    let status = engine.status().await;
+    assert_eq!(status.forward("echo").unwrap().stats.active, 500);
+    drop(open);
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn connection_counters_are_pushed_without_asking() {
+    let (cluster, _backend) = echo_cluster("counters", "NodePort").await;
+    let engine = start(&cluster, &forward("echo", NS, "echo")).await;
+    let addr = local(&wait_healthy(&engine, "echo").await);
+    let mut open = TcpStream::connect(addr).await.unwrap();
+    round_trip(&mut open, b"12345").await.unwrap();
+    // Only the watched snapshot: no `status()` call refreshes it.
+    let pushed = wait_for(&engine, "echo", "counting", |f| {
+        f.stats.active == 1 && f.stats.bytes_down == 5
+    })
+    .await;
+    assert_eq!((pushed.stats.total, pushed.stats.bytes_up), (1, 5));
+    drop(open);
+    wait_for(&engine, "echo", "closed", |f| f.stats.active == 0).await;
+    engine.shutdown(Duration::from_secs(1)).await;
+}

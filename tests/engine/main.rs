@@ -1,0 +1,28 @@
+//! The engine end to end: real sockets through a fake kind cluster's simulated kube-proxy.
+//! One test binary; the tests are grouped by what they are about.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod api_and_kubeconfig;
+mod causes;
+mod cluster_changes;
+mod data_path;
+mod lifecycle;
+
+use std::time::Duration;
+
+use porthole::Event;
+use porthole::engine::Engine;
+use porthole::health::{CauseId, State};
+use porthole::kubeconfig::state::{self, KubeconfigState};
+use porthole::kubeconfig::tools::Tools;
+use porthole::write::LockWait;
+use support::porthole::*;
+use support::{Backend, FakeCluster, port, service};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn start(cluster: &FakeCluster, forwards: &str) -> Engine {
+    Engine::start(config(cluster, forwards), tuning())
+}

@@ -155,6 +155,51 @@ async fn healthy(tray: &sni::TrayItem, n: usize) {
     .await;
 }
 
+/// How fast the tray follows the engine: every forward turned off through the control socket,
+/// then the time until the tray's icon is the paused one; turned on again, until it is not.
+/// Woken by the tray item's own signals, so the time is the app's, not a polling interval's.
+async fn tray_latency(home: &app::Home, tray: &sni::TrayItem) -> Vec<String> {
+    const GREY: [u8; 3] = [138, 143, 152];
+    const ROUNDS: usize = 10;
+    let mut control = porthole::control::Client::connect(&home.control()).await.unwrap();
+    let names: Vec<String> = control
+        .status()
+        .await
+        .unwrap()
+        .forwards
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        for (enabled, times) in [(false, &mut off), (true, &mut on)] {
+            let started = std::time::Instant::now();
+            for name in &names {
+                control.set_enabled(name, enabled).await.unwrap();
+            }
+            tray.wait_until("the icon to follow", app::WAIT, || async {
+                (tray.icon_colour().await == Some(GREY)) != enabled
+            })
+            .await;
+            times.push(started.elapsed());
+        }
+        healthy(tray, names.len()).await;
+    }
+    let mut lines = Vec::new();
+    for (what, times) in [
+        ("all off → paused icon", &mut off),
+        ("all on → icon not paused", &mut on),
+    ] {
+        times.sort();
+        lines.push(format!(
+            "tray follows the engine ({what}): median {:.1} ms, max {:.1} ms over {ROUNDS} rounds",
+            times[ROUNDS / 2].as_secs_f64() * 1e3,
+            times[ROUNDS - 1].as_secs_f64() * 1e3
+        ));
+    }
+    lines
+}
+
 #[tokio::main]
 async fn main() {
     let cluster = FakeCluster::openchoreo().await;
@@ -177,6 +222,7 @@ async fn main() {
     if std::env::var_os("PORTHOLE_BENCH_SMAPS").is_some() {
         top_mappings(pid);
     }
+    let latency = tray_latency(&home, &tray_only.tray).await;
     drop(tray_only);
 
     // With the window (WebDriver needs it from the start), then with it closed.
@@ -222,5 +268,9 @@ async fn main() {
     processes(pid);
     if std::env::var_os("PORTHOLE_BENCH_SMAPS").is_some() {
         top_mappings(pid);
+    }
+    println!();
+    for line in latency {
+        println!("{line}");
     }
 }

@@ -45,9 +45,9 @@ pub struct Args {
     /// Open the settings window at start
     #[arg(long)]
     settings: bool,
-    /// Be the settings window's process (started by the app itself)
-    #[arg(long = "settings-window", hide = true)]
-    settings_window: bool,
+    /// Be the settings window's process, speaking this link protocol (started by the app itself)
+    #[arg(long = "settings-window", hide = true, value_name = "PROTOCOL")]
+    settings_window: Option<u32>,
 }
 
 /// The app's Tauri context (config, assets, capabilities): one copy for both of its processes.
@@ -65,9 +65,8 @@ pub fn run() -> anyhow::Result<()> {
         unsafe { std::env::set_var("GDK_GL", "disable") };
     }
     let args = Args::parse();
-    if args.settings_window {
-        logs::init(false)?;
-        return window::run();
+    if let Some(protocol) = args.settings_window {
+        return window::run(protocol);
     }
     let log_dir = logs::init(true)?;
     let (config, source) = Config::discover(args.config.as_deref())?;

@@ -37,6 +37,10 @@ pub const WINDOW_FLAG: &str = "--settings-window";
 /// The descriptor the window process finds its end of the socket pair on.
 pub const WINDOW_FD: RawFd = 3;
 
+/// The link's protocol; the window process refuses another (an app updated while running
+/// would start a newer executable than itself on macOS).
+pub const PROTOCOL: u32 = 1;
+
 /// The label of the settings window (its capability is bound to it).
 pub const SETTINGS: &str = "settings";
 
@@ -78,6 +82,7 @@ pub fn open(app: &AppHandle) {
     tauri::async_runtime::spawn(async move {
         let shell = app.state::<Shell>();
         let mut link = lock(&shell.window);
+        // A window that is closing has shut its end: the link is gone by then.
         if let Some(open) = link.as_ref()
             && open.down.send(Down::Focus).is_ok()
         {
@@ -106,10 +111,23 @@ pub fn emit(app: &AppHandle, event: &str, payload: &impl Serialize) {
     }
 }
 
+/// This very executable, even when a package upgrade has replaced the file meanwhile.
+fn this_executable() -> io::Result<std::path::PathBuf> {
+    #[cfg(target_os = "linux")]
+    return Ok("/proc/self/exe".into());
+    #[cfg(not(target_os = "linux"))]
+    std::env::current_exe()
+}
+
 fn start(app: &AppHandle) -> io::Result<Link> {
     let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
-    let mut command = tokio::process::Command::new(std::env::current_exe()?);
-    command.arg(WINDOW_FLAG).stdin(Stdio::null());
+    let mut command = tokio::process::Command::new(this_executable()?);
+    // Named as the app was (the window's class and the process list show it), whatever path
+    // started it.
+    if let Some(name) = std::env::args_os().next() {
+        command.arg0(name);
+    }
+    command.arg(WINDOW_FLAG).arg(PROTOCOL.to_string()).stdin(Stdio::null());
     let fd = theirs.as_raw_fd();
     // SAFETY: between fork and exec the closure makes only async-signal-safe calls (dup2, fcntl).
     unsafe {
@@ -122,17 +140,20 @@ fn start(app: &AppHandle) -> io::Result<Link> {
     let (down, queue) = mpsc::unbounded_channel();
     info!(pid = child.id(), "settings window opened");
     tauri::async_runtime::spawn(write_lines(queue, write));
-    tauri::async_runtime::spawn(serve(app.clone(), read, down.clone()));
-    let app = app.clone();
-    let ours = down.clone();
+    let (app, ours) = (app.clone(), down.clone());
     tauri::async_runtime::spawn(async move {
-        let status = child.wait().await;
-        info!(?status, "settings window closed");
+        serve(&app, read, &ours).await;
+        // The window shut its end as it closed (or its process ended): forget it at once, so
+        // that "Settings…" starts a new one instead of focusing one that is going away.
         let shell = app.state::<Shell>();
         let mut link = lock(&shell.window);
         if link.as_ref().is_some_and(|open| open.down.same_channel(&ours)) {
             *link = None;
         }
+    });
+    tauri::async_runtime::spawn(async move {
+        let status = child.wait().await;
+        info!(?status, "settings window closed");
     });
     Ok(Link { down })
 }
@@ -154,8 +175,9 @@ fn hand_over(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Answers the window's calls, each on its own task, until it hangs up.
-async fn serve(app: AppHandle, read: OwnedReadHalf, down: mpsc::UnboundedSender<Down>) {
+/// Answers the window's calls until it hangs up: one at a time, in the order the page made
+/// them, so that two quick edits land in that order (in the file and in the engine alike).
+async fn serve(app: &AppHandle, read: OwnedReadHalf, down: &mpsc::UnboundedSender<Down>) {
     let mut lines = BufReader::new(read).lines();
     loop {
         let call = match lines.next_line().await {
@@ -169,11 +191,8 @@ async fn serve(app: AppHandle, read: OwnedReadHalf, down: mpsc::UnboundedSender<
             Ok(None) => return,
             Err(e) => return debug!(error = %e, "settings window link closed"),
         };
-        let (app, down) = (app.clone(), down.clone());
-        tauri::async_runtime::spawn(async move {
-            let result = commands::call(&app, &call.command, call.args).await;
-            let _ = down.send(Down::Reply { id: call.id, result });
-        });
+        let result = commands::call(app, &call.command, call.args).await;
+        let _ = down.send(Down::Reply { id: call.id, result });
     }
 }
 
@@ -223,18 +242,33 @@ impl Peer {
     }
 }
 
+/// Whether `fd` is an open socket (checked before anything takes ownership of it).
+fn is_socket(fd: RawFd) -> bool {
+    // SAFETY: fstat only writes the struct it is given.
+    unsafe {
+        let mut stat: libc::stat = std::mem::zeroed();
+        libc::fstat(fd, &mut stat) == 0 && stat.st_mode & libc::S_IFMT == libc::S_IFSOCK
+    }
+}
+
 /// Runs the settings window's process: one window, its commands passed to the app.
-pub fn run() -> anyhow::Result<()> {
+pub fn run(protocol: u32) -> anyhow::Result<()> {
     use anyhow::Context;
-    // SAFETY: WINDOW_FD was handed over by the app, and nothing else in this process owns it.
+    if !is_socket(WINDOW_FD) {
+        anyhow::bail!("{WINDOW_FLAG} is for porthole-app itself (descriptor {WINDOW_FD} is no socket)");
+    }
+    if protocol != PROTOCOL {
+        anyhow::bail!(
+            "porthole-app was updated while it ran (window protocol {protocol}, this one speaks {PROTOCOL}): quit it and start it again"
+        );
+    }
+    // SAFETY: WINDOW_FD is a socket the app handed over, and nothing else in this process owns it.
     let link = unsafe { std::os::unix::net::UnixStream::from_raw_fd(WINDOW_FD) };
-    link.peer_addr().map_err(|e| {
-        anyhow::anyhow!("{WINDOW_FLAG} is started by porthole-app itself (descriptor {WINDOW_FD} is no socket: {e})")
-    })?;
     // WebKit's own processes must not inherit it: the app sees the window gone when it closes.
     // SAFETY: a descriptor this process owns.
     unsafe { libc::fcntl(WINDOW_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
     link.set_nonblocking(true)?;
+    crate::logs::init(false)?;
     let (up, queue) = mpsc::unbounded_channel();
     let app = tauri::Builder::default()
         .manage(Peer {
@@ -243,6 +277,13 @@ pub fn run() -> anyhow::Result<()> {
             waiting: Mutex::new(HashMap::new()),
         })
         .invoke_handler(handler())
+        .on_window_event(|_, event| {
+            if let tauri::WindowEvent::Destroyed = event {
+                // Tell the app now, not when WebKit has finished tearing down.
+                // SAFETY: shutdown on the link's descriptor, which stays open until exit.
+                unsafe { libc::shutdown(WINDOW_FD, libc::SHUT_RDWR) };
+            }
+        })
         .setup(move |app| {
             #[cfg(target_os = "macos")]
             app.set_activation_policy(tauri::ActivationPolicy::Accessory);
@@ -259,11 +300,14 @@ pub fn run() -> anyhow::Result<()> {
                 // The app quit (or never answered): so does its window.
                 handle.exit(0);
             });
-            WebviewWindowBuilder::new(app, SETTINGS, WebviewUrl::App("index.html".into()))
+            let window = WebviewWindowBuilder::new(app, SETTINGS, WebviewUrl::App("index.html".into()))
                 .title("Porthole settings")
                 .inner_size(820.0, 640.0)
                 .min_inner_size(560.0, 420.0)
                 .build()?;
+            // Started from the tray (or a second launch): come to the front over whatever app
+            // is active.
+            let _ = window.set_focus();
             Ok(())
         })
         .build(crate::context())

@@ -413,5 +413,51 @@ async fn settings_window_saves_a_forward_the_context_and_a_mute_and_refuses_a_ba
     })
     .await;
     assert_eq!(snapshot.forwards.len(), 2, "{snapshot:#?}");
+
+    // "Settings…" after the window closed starts a new one.
+    let tray = app::registered(&d.home, &d.bus).await;
+    tray.click("Settings…").await;
+    app::poll_until("a new settings window", || async {
+        window_exists(&d.bus.display, "Porthole settings").await && app::window_processes(&d.home).len() == 1
+    })
+    .await;
     driver.quit().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_window_process_refuses_to_run_without_its_app_or_with_another_protocol() {
+    // Started by hand: no link on descriptor 3.
+    let alone = tokio::process::Command::new(app::APP)
+        .args(["--settings-window", "1"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!alone.status.success());
+    let said = String::from_utf8_lossy(&alone.stderr);
+    assert!(said.contains("--settings-window is for porthole-app itself"), "{said}");
+
+    // A link from an app that speaks another protocol (one updated while it ran).
+    let (_ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&theirs);
+    let mut newer = tokio::process::Command::new(app::APP);
+    newer.args(["--settings-window", "999"]);
+    // SAFETY: descriptor calls only, between fork and exec (dup2's copy is kept across exec).
+    unsafe {
+        newer.pre_exec(move || {
+            let done = if fd == 3 {
+                libc::fcntl(fd, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if done == -1 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        });
+    }
+    let newer = newer.output().await.unwrap();
+    assert!(!newer.status.success());
+    let said = String::from_utf8_lossy(&newer.stderr);
+    assert!(said.contains("updated while it ran") && said.contains("999"), "{said}");
 }

@@ -10,6 +10,20 @@ let page = null;       // the last page_state
 let catalog = null;    // namespaces → services → ports, or null when listing is not possible
 let editing = null;    // null: adding; a name: editing that forward
 
+// Work in flight (a command and the re-render after it): `<body data-pending="0">` once the page
+// has settled. The WebDriver tests wait on it before their next step.
+let pending = 0;
+function busy(handler) {
+  return async (...args) => {
+    document.body.dataset.pending = String(++pending);
+    try {
+      return await handler(...args);
+    } finally {
+      document.body.dataset.pending = String(--pending);
+    }
+  };
+}
+
 function el(tag, text, cls) {
   const e = document.createElement(tag);
   if (text !== undefined) e.textContent = text;
@@ -38,7 +52,7 @@ function renderSnapshot(snapshot) {
     on.checked = f.enabled;
     on.className = "toggle";
     on.title = f.enabled ? "turn off" : "turn on";
-    on.addEventListener("change", () => call("set_enabled", { name: f.name, enabled: on.checked }));
+    on.addEventListener("change", busy(() => call("set_enabled", { name: f.name, enabled: on.checked })));
     const cell = el("td");
     cell.append(on);
     row.append(cell, el("td", f.name), el("td", f.local ? ":" + f.local.split(":").pop() : ""));
@@ -52,11 +66,11 @@ function renderSnapshot(snapshot) {
     const edit = el("button", "Edit");
     edit.type = "button";
     edit.className = "edit";
-    edit.addEventListener("click", () => openEditor(f.name));
+    edit.addEventListener("click", busy(() => openEditor(f.name)));
     const remove = el("button", "Remove");
     remove.type = "button";
     remove.className = "remove secondary";
-    remove.addEventListener("click", () => removeForward(f.name));
+    remove.addEventListener("click", busy(() => removeForward(f.name)));
     actions.append(edit, " ", remove);
     row.append(actions);
     body.append(row);
@@ -242,14 +256,14 @@ async function reload() {
 }
 
 function wire() {
-  $("add").addEventListener("click", () => openEditor(null));
+  $("add").addEventListener("click", busy(() => openEditor(null)));
   $("cancel").addEventListener("click", () => { $("editor").hidden = true; });
-  $("form").addEventListener("submit", save);
+  $("form").addEventListener("submit", busy(save));
   $("f-namespace-pick").addEventListener("change", () => { $("f-namespace").hidden = $("f-namespace-pick").value !== OTHER; fillServices(""); });
   $("f-service-pick").addEventListener("change", () => { $("f-service").hidden = $("f-service-pick").value !== OTHER; fillPorts(""); });
   $("f-service_port-pick").addEventListener("change", () => { $("f-service_port").hidden = $("f-service_port-pick").value !== OTHER; });
   $("f-probe").addEventListener("change", () => { $("f-probe-path").hidden = $("f-probe").value !== "http"; });
-  $("fix").addEventListener("click", async () => {
+  $("fix").addEventListener("click", busy(async () => {
     $("fix-result").textContent = "fixing…";
     try {
       await invoke("fix_kubeconfig");
@@ -257,8 +271,8 @@ function wire() {
     } catch (e) {
       $("fix-result").textContent = e.message || String(e);
     }
-  });
-  $("context").addEventListener("change", async () => {
+  }));
+  $("context").addEventListener("change", busy(async () => {
     clearErrors();
     try {
       await invoke("set_context", { context: $("context").value || null });
@@ -266,17 +280,17 @@ function wire() {
     } catch (e) {
       showError({ field: "context", message: e.message || String(e) });
     }
-  });
+  }));
   for (const kind of ["down", "recovered", "context", "fix"]) {
-    $(`n-${kind}`).addEventListener("change", () => invoke("set_prefs", { prefs: { mutes: mutes() } }));
+    $(`n-${kind}`).addEventListener("change", busy(() => invoke("set_prefs", { prefs: { mutes: mutes() } })));
   }
-  $("autostart").addEventListener("change", async () => {
+  $("autostart").addEventListener("change", busy(async () => {
     try {
       $("autostart").checked = await invoke("set_autostart", { enabled: $("autostart").checked });
     } catch (e) {
       showError({ field: "autostart", message: e.message || String(e) });
     }
-  });
+  }));
   // Escape closes the editor, or else the window (Ctrl/Cmd+W always): the app stays in the tray.
   document.addEventListener("keydown", (e) => {
     const closeKey = (e.ctrlKey || e.metaKey) && e.key.toLowerCase() === "w";
@@ -294,4 +308,4 @@ function wire() {
 }
 
 wire();
-reload().then(() => document.body.classList.add("ready"));
+busy(reload)().then(() => document.body.classList.add("ready"));

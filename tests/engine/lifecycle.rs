@@ -221,3 +221,28 @@ async fn dropping_the_last_handle_stops_everything() {
         .await
         .expect("engine gone");
 }
+
+#[tokio::test]
+async fn quick_successive_context_changes_end_connected_to_the_last() {
+    let (cluster, _backend) = echo_cluster("contexts", "NodePort").await;
+    let engine = start(&cluster, &forward("a", NS, "echo")).await;
+    let a = local(&wait_healthy(&engine, "a").await);
+    let pinned = config(&cluster, &forward("a", NS, "echo"));
+    let mut following = pinned.clone();
+    following.cluster.context = None;
+    // As from the settings page: "kubectl's current-context", then back, each a reconnect,
+    // the second before the first has finished connecting.
+    for round in 0..5 {
+        engine.apply(following.clone()).await.unwrap();
+        engine.apply(pinned.clone()).await.unwrap();
+        wait_snapshot(&engine, "connected after the last change", |s| {
+            s.cluster.state == "connected" && s.forward("a").is_some_and(|f| f.health.state == State::Healthy)
+        })
+        .await;
+        assert_eq!(
+            echo_once(a, b"still works").await.unwrap(),
+            b"still works",
+            "round {round}"
+        );
+    }
+}

@@ -216,17 +216,22 @@ async fn a_wrong_kubectl_context_is_fixed_from_the_menu_and_a_forward_is_turned_
         "{kubeconfig}"
     );
     all_healthy(&app, 2).await;
-    let items = app.tray.menu_items().await;
-    assert!(
-        !items.iter().any(|i| i.label.starts_with("Fix kubeconfig")),
-        "{items:#?}"
-    );
+    // The icon and the menu are two updates: wait for the menu's.
+    app.tray
+        .wait_until("the Fix item to go", WAIT, || async {
+            !app.tray
+                .menu_items()
+                .await
+                .iter()
+                .any(|i| i.label.starts_with("Fix kubeconfig"))
+        })
+        .await;
     // The fix's own notification says it; no second "right again" for the same change.
     assert!(!d.bus.notifications().iter().any(|n| n.summary.contains("right again")));
 
     // Unchecking a forward closes its listener; the other keeps serving.
-    let api = local_addr(&items, "api");
-    let console = local_addr(&items, "console");
+    let items = app.tray.menu_items().await;
+    let (api, console) = (local_addr(&items, "api"), local_addr(&items, "console"));
     assert!(listening(api).await);
     app.tray.click("● api").await;
     app.tray

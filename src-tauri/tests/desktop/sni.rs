@@ -11,6 +11,8 @@ use zbus::{Connection, MatchRule, MessageStream, Proxy};
 
 /// dbusmenu's `(ia{sv}av)`: id, properties, children.
 type Layout = (i32, HashMap<String, OwnedValue>, Vec<OwnedValue>);
+/// What the bus answers for an object path nobody exports (at this moment).
+const UNKNOWN_METHOD: &str = "org.freedesktop.DBus.Error.UnknownMethod";
 
 /// One menu entry as dbusmenu publishes it.
 #[derive(Debug, Clone)]
@@ -81,11 +83,21 @@ impl TrayItem {
 
     /// The menu's top-level items, in order.
     pub async fn menu_items(&self) -> Vec<Item> {
-        let menu = self.menu().await;
-        let (_revision, layout): (u32, Layout) = menu
-            .call("GetLayout", &(0i32, -1i32, Vec::<String>::new()))
-            .await
-            .unwrap();
+        // While the app replaces its menu, the dbusmenu object is briefly not exported: ask
+        // again (bounded) rather than fail on that moment.
+        let mut attempts = 0;
+        let layout: Layout = loop {
+            let menu = self.menu().await;
+            let reply: zbus::Result<(u32, Layout)> = menu.call("GetLayout", &(0i32, -1i32, Vec::<String>::new())).await;
+            match reply {
+                Ok((_revision, layout)) => break layout,
+                Err(zbus::Error::MethodError(name, _, _)) if name.as_str() == UNKNOWN_METHOD && attempts < 100 => {
+                    attempts += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("GetLayout: {e}"),
+            }
+        };
         layout
             .2
             .iter()
@@ -107,8 +119,12 @@ impl TrayItem {
             let clicked: zbus::Result<()> = menu.call("Event", &(item.id, "clicked", Value::from(0i32), 0u32)).await;
             match clicked {
                 Ok(()) => return,
-                Err(zbus::Error::MethodError(_, Some(message), _))
-                    if message.contains("does not refer to a menu item") =>
+                // The item went with a rebuilt menu, or the menu is being re-exported.
+                Err(zbus::Error::MethodError(name, message, _))
+                    if name.as_str() == UNKNOWN_METHOD
+                        || message
+                            .as_deref()
+                            .is_some_and(|m| m.contains("does not refer to a menu item")) =>
                 {
                     continue;
                 }

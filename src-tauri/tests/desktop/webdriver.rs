@@ -100,6 +100,23 @@ impl Driver {
         found.unwrap_or_else(|_| panic!("{css} never showed the expected text"))
     }
 
+    /// Waits until the page has loaded and nothing it started is in flight (`data-pending`,
+    /// counted by the page around each command and the re-render after it).
+    pub async fn settled(&self) {
+        let body = self.find("body").await;
+        poll_until("the page to settle", || async {
+            let ready = body
+                .attr("class")
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|c| c.contains("ready"));
+            let pending = body.attr("data-pending").await.ok().flatten();
+            ready && pending.as_deref() == Some("0")
+        })
+        .await;
+    }
+
     pub async fn quit(self) {
         let _ = self.client.clone().close().await;
     }
@@ -186,6 +203,7 @@ pub async fn add_forward_scenario(driver: &Driver, home: &Home, port: u16) {
 
 /// Removes `api` from the table: gone from the file, its listener closed.
 pub async fn remove_forward_scenario(driver: &Driver, home: &Home, api: std::net::SocketAddr) {
+    driver.settled().await;
     assert!(listening(api).await);
     driver
         .find("#forwards tr[data-name=api] button.remove")
@@ -210,6 +228,7 @@ pub async fn remove_forward_scenario(driver: &Driver, home: &Home, api: std::net
 
 /// "Start at login" writes the desktop session's autostart entry, and unticking removes it.
 pub async fn autostart_scenario(driver: &Driver, home: &Home) {
+    driver.settled().await;
     let entry = || {
         // Where desktop sessions look for login items (auto-launch writes ~/.config/autostart).
         std::fs::read_dir(home.path("home/.config/autostart"))
@@ -223,21 +242,24 @@ pub async fn autostart_scenario(driver: &Driver, home: &Home) {
     let checkbox = driver.find("#autostart").await;
     assert!(!checkbox.is_selected().await.unwrap());
     checkbox.click().await.unwrap();
+    // The entry is written in place: wait for the whole of it, not just the file.
     let written = tokio::time::timeout(WAIT, async {
         loop {
-            if let Some(path) = entry() {
+            if let Some(path) = entry()
+                && std::fs::read_to_string(&path)
+                    .is_ok_and(|text| text.contains("[Desktop Entry]") && text.contains(APP))
+            {
                 return path;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
     .await;
-    let Ok(written) = written else {
+    let Ok(_) = written else {
         let error = driver.text_of(".error[data-for=autostart]").await;
-        panic!("no autostart entry; the page says {error:?}");
+        let text = entry().map(|p| std::fs::read_to_string(p).unwrap_or_default());
+        panic!("no autostart entry naming {APP}: {text:?}; the page says {error:?}");
     };
-    let text = std::fs::read_to_string(&written).unwrap();
-    assert!(text.contains(APP), "{text}");
     checkbox.click().await.unwrap();
     poll_until("unticking to remove the autostart entry", || async {
         entry().is_none()
@@ -256,7 +278,9 @@ pub async fn context_scenario(driver: &Driver, home: &Home) {
         select.prop("value").await.unwrap().as_deref(),
         Some("kind-openchoreo-local")
     );
+    driver.settled().await;
     select.clone().select_by_value("").await.unwrap();
+    driver.settled().await;
     let config = || std::fs::read_to_string(home.config()).unwrap();
     poll_until("the context to leave the config file", || async {
         !config().contains(LINE)
@@ -264,6 +288,7 @@ pub async fn context_scenario(driver: &Driver, home: &Home) {
     .await;
     assert!(config().contains("[cluster]"), "{}", config());
     select.select_by_value("kind-openchoreo-local").await.unwrap();
+    driver.settled().await;
     poll_until("the context to come back to the config file", || async {
         config().contains(LINE)
     })
@@ -272,15 +297,27 @@ pub async fn context_scenario(driver: &Driver, home: &Home) {
 
 /// Unticks "a forward goes down": saved in `app.json` beside the config.
 pub async fn mute_down_scenario(driver: &Driver, home: &Home) {
+    driver.settled().await;
     let checkbox = driver.find("#n-down").await;
     assert!(checkbox.is_selected().await.unwrap(), "notifications start on");
     checkbox.click().await.unwrap();
+    driver.settled().await;
     let prefs = home.path("config/porthole/app.json");
-    poll_until("the mute to be saved", || async {
+    let saved = || {
         let saved = std::fs::read_to_string(&prefs).unwrap_or_default();
         serde_json::from_str::<serde_json::Value>(&saved).is_ok_and(|v| v["mutes"]["down"] == true)
+    };
+    let waited = tokio::time::timeout(WAIT, async {
+        while !saved() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     })
     .await;
+    if waited.is_err() {
+        let ticked = checkbox.is_selected().await;
+        let log = std::fs::read_to_string(home.path("state/porthole/porthole.log")).unwrap_or_default();
+        panic!("the mute was not saved; the box is ticked: {ticked:?}; log:\n{log}");
+    }
 }
 
 /// Presses Escape in the page (with no editor open, it closes the window).

@@ -207,6 +207,24 @@ async fn a_wrong_kubectl_context_is_fixed_from_the_menu_and_a_forward_is_turned_
     let wrong = wait_notification(&d.bus, "about the context", |n| n.summary.contains("kubectl")).await;
     assert!(wrong.body.contains("rancher-desktop"), "{wrong:?}");
 
+    // While another writer holds kubectl's lock, the fix fails (after its bounded wait), says
+    // why, and writes nothing.
+    let kubeconfig_path = d.cluster.kubeconfig();
+    let before = std::fs::read_to_string(&kubeconfig_path).unwrap();
+    let lock = kubeconfig_path.with_file_name(format!(
+        "{}.lock",
+        kubeconfig_path.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::write(&lock, "").unwrap();
+    app.tray.click("Fix kubeconfig").await;
+    let failed = wait_notification(&d.bus, "the fix to fail", |n| {
+        n.summary == "could not fix the kubeconfig"
+    })
+    .await;
+    assert!(failed.body.contains("locked by another writer"), "{failed:?}");
+    assert_eq!(std::fs::read_to_string(&kubeconfig_path).unwrap(), before);
+    std::fs::remove_file(&lock).unwrap();
+
     app.tray.click("Fix kubeconfig").await;
     let fixed = wait_notification(&d.bus, "fix done", |n| n.summary == "kubeconfig fixed").await;
     assert!(fixed.body.contains("backup"), "{fixed:?}");

@@ -68,8 +68,8 @@ impl Home {
             ),
         ];
         if std::env::var_os("PORTHOLE_SCREENSHOTS").is_some() {
-            // WebKit's page snapshots (WebDriver screenshots) need GL in the app's process,
-            // which the app turns off for itself unless GDK_GL is set.
+            // WebKit's page snapshots (WebDriver screenshots) need GL in the window's process,
+            // which inherits the app's environment; the app turns GL off unless GDK_GL is set.
             env.push(("GDK_GL".into(), String::new()));
         }
         env

@@ -148,7 +148,7 @@ fn serve_control(app: &tauri::AppHandle, engine: Engine, path: PathBuf, cancel: 
                 shell::notify(
                     &app,
                     vec![Notice {
-                        kind: Kind::Down,
+                        kind: Kind::App,
                         summary: "Porthole's control socket is taken".into(),
                         body: format!("{e}. Is `porthole up` running too?"),
                     }],

@@ -26,6 +26,9 @@ pub enum Kind {
     Fix,
     /// The config file was edited into something invalid: always shown.
     Config,
+    /// The app itself failed at something (its control socket, its settings window): always
+    /// shown.
+    App,
 }
 
 /// Which kinds to show: each can be muted in the settings.
@@ -45,7 +48,7 @@ impl Mutes {
             Kind::Recovered => self.recovered,
             Kind::Context => self.context,
             Kind::Fix => self.fix,
-            Kind::Config => false,
+            Kind::Config | Kind::App => false,
         }
     }
 }

@@ -29,7 +29,8 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
 use crate::commands::{self, CommandError};
-use crate::shell::{Shell, lock};
+use crate::notices::{Kind, Notice};
+use crate::shell::{self, Shell, lock};
 
 /// The hidden flag that makes the executable the settings window's process.
 pub const WINDOW_FLAG: &str = "--settings-window";
@@ -90,7 +91,10 @@ pub fn open(app: &AppHandle) {
         }
         match start(&app) {
             Ok(started) => *link = Some(started),
-            Err(e) => error!(error = %e, "cannot open the settings window"),
+            Err(e) => {
+                error!(error = %e, "cannot open the settings window");
+                shell::notify(&app, vec![failure("cannot open the settings window", e.to_string())]);
+            }
         }
     });
 }
@@ -140,8 +144,9 @@ fn start(app: &AppHandle) -> io::Result<Link> {
     let (down, queue) = mpsc::unbounded_channel();
     info!(pid = child.id(), "settings window opened");
     tauri::async_runtime::spawn(write_lines(queue, write));
-    let (app, ours) = (app.clone(), down.clone());
+    let (serving, ours) = (app.clone(), down.clone());
     tauri::async_runtime::spawn(async move {
+        let app = serving;
         serve(&app, read, &ours).await;
         // The window shut its end as it closed (or its process ended): forget it at once, so
         // that "Settings…" starts a new one instead of focusing one that is going away.
@@ -151,11 +156,30 @@ fn start(app: &AppHandle) -> io::Result<Link> {
             *link = None;
         }
     });
+    let app = app.clone();
     tauri::async_runtime::spawn(async move {
-        let status = child.wait().await;
-        info!(?status, "settings window closed");
+        match child.wait().await {
+            Ok(status) if status.success() => info!("settings window closed"),
+            // Closed by a crash, a kill or a refusal to start: say so, or "Settings…" would
+            // seem to do nothing.
+            Ok(status) => {
+                error!(%status, "settings window ended abnormally");
+                let log = app.state::<Shell>().log_dir.join("porthole.log");
+                let body = format!("{status}; details in {}", log.display());
+                shell::notify(&app, vec![failure("the settings window closed unexpectedly", body)]);
+            }
+            Err(e) => warn!(error = %e, "cannot wait for the settings window"),
+        }
     });
     Ok(Link { down })
+}
+
+fn failure(summary: &str, body: String) -> Notice {
+    Notice {
+        kind: Kind::App,
+        summary: summary.into(),
+        body,
+    }
 }
 
 /// In the child, before exec: its end of the pair becomes [`WINDOW_FD`], kept across exec.

@@ -356,6 +356,22 @@ async fn a_second_launch_hands_over_to_the_first_and_opens_its_settings() {
     assert_eq!(read_log().matches("settings window opened").count(), 1);
     assert_eq!(app::window_processes(&d.home), window);
 
+    // A window process that dies (a crash) is told, and "Settings…" starts a new one.
+    // SAFETY: a signal to the test's own child's child; no memory is involved.
+    unsafe { libc::kill(window[0] as i32, libc::SIGKILL) };
+    let told = wait_notification(&d.bus, "the crash", |n| n.summary.contains("settings window")).await;
+    assert_eq!(told.summary, "the settings window closed unexpectedly");
+    assert!(
+        told.body.contains("signal: 9") && told.body.contains("porthole.log"),
+        "{told:?}"
+    );
+    app.tray.click("Settings…").await;
+    app::poll_until("a new settings window", || async {
+        let now = app::window_processes(&d.home);
+        now.len() == 1 && now != window && window_exists(&d.bus.display, "Porthole settings").await
+    })
+    .await;
+
     // Quitting the app ends its window too.
     app.tray.click("Quit Porthole").await;
     let status = tokio::time::timeout(WAIT, app.child.wait())
@@ -436,6 +452,10 @@ async fn settings_window_saves_a_forward_the_context_and_a_mute_and_refuses_a_ba
     })
     .await;
     assert_eq!(snapshot.forwards.len(), 2, "{snapshot:#?}");
+
+    // A window closed by the user ended cleanly: nothing to tell.
+    let told: Vec<_> = d.bus.notifications().into_iter().map(|n| n.summary).collect();
+    assert!(!told.iter().any(|s| s.contains("settings window")), "{told:?}");
 
     // "Settings…" after the window closed starts a new one.
     let tray = app::registered(&d.home, &d.bus).await;

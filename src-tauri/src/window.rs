@@ -25,6 +25,7 @@ use tauri::{AppHandle, Emitter, Manager, State, WebviewUrl, WebviewWindowBuilder
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
@@ -41,6 +42,10 @@ pub const WINDOW_FD: RawFd = 3;
 /// The link's protocol; the window process refuses another (an app updated while running
 /// would start a newer executable than itself on macOS).
 pub const PROTOCOL: u32 = 1;
+
+/// Messages queued for the other process at most: a window that stops reading (hung) costs
+/// this much, not a snapshot a second for as long as it hangs.
+const QUEUE: usize = 256;
 
 /// The label of the settings window (its capability is bound to it).
 pub const SETTINGS: &str = "settings";
@@ -72,7 +77,7 @@ pub enum Down {
 
 /// The app's link to a running window process.
 pub struct Link {
-    down: mpsc::UnboundedSender<Down>,
+    down: mpsc::Sender<Down>,
 }
 
 /// Opens the settings window, or brings it to the front if it is open.
@@ -84,10 +89,12 @@ pub fn open(app: &AppHandle) {
         let shell = app.state::<Shell>();
         let mut link = lock(&shell.window);
         // A window that is closing has shut its end: the link is gone by then.
-        if let Some(open) = link.as_ref()
-            && open.down.send(Down::Focus).is_ok()
-        {
-            return info!("settings window brought forward");
+        if let Some(open) = link.as_ref() {
+            match open.down.try_send(Down::Focus) {
+                Ok(()) => return info!("settings window brought forward"),
+                Err(TrySendError::Full(_)) => return warn!("the settings window does not answer"),
+                Err(TrySendError::Closed(_)) => {}
+            }
         }
         match start(&app) {
             Ok(started) => *link = Some(started),
@@ -106,10 +113,13 @@ pub fn emit(app: &AppHandle, event: &str, payload: &impl Serialize) {
     let Some(open) = link.as_ref() else { return };
     match serde_json::to_value(payload) {
         Ok(payload) => {
-            let _ = open.down.send(Down::Emit {
+            let emitted = open.down.try_send(Down::Emit {
                 event: event.to_string(),
                 payload,
             });
+            if let Err(TrySendError::Full(_)) = emitted {
+                debug!(event, "the settings window is not reading: event dropped");
+            }
         }
         Err(e) => warn!(event, error = %e, "cannot encode an event for the settings window"),
     }
@@ -141,7 +151,7 @@ fn start(app: &AppHandle) -> io::Result<Link> {
     drop(theirs);
     ours.set_nonblocking(true)?;
     let (read, write) = UnixStream::from_std(ours)?.into_split();
-    let (down, queue) = mpsc::unbounded_channel();
+    let (down, queue) = mpsc::channel(QUEUE);
     info!(pid = child.id(), "settings window opened");
     tauri::async_runtime::spawn(write_lines(queue, write));
     let (serving, ours) = (app.clone(), down.clone());
@@ -201,7 +211,7 @@ fn hand_over(fd: RawFd) -> io::Result<()> {
 
 /// Answers the window's calls until it hangs up: one at a time, in the order the page made
 /// them, so that two quick edits land in that order (in the file and in the engine alike).
-async fn serve(app: &AppHandle, read: OwnedReadHalf, down: &mpsc::UnboundedSender<Down>) {
+async fn serve(app: &AppHandle, read: OwnedReadHalf, down: &mpsc::Sender<Down>) {
     let mut lines = BufReader::new(read).lines();
     loop {
         let call = match lines.next_line().await {
@@ -216,11 +226,14 @@ async fn serve(app: &AppHandle, read: OwnedReadHalf, down: &mpsc::UnboundedSende
             Err(e) => return debug!(error = %e, "settings window link closed"),
         };
         let result = commands::call(app, &call.command, call.args).await;
-        let _ = down.send(Down::Reply { id: call.id, result });
+        // Waits while the window is not reading: that holds back its own next calls only.
+        if down.send(Down::Reply { id: call.id, result }).await.is_err() {
+            return;
+        }
     }
 }
 
-async fn write_lines<T: Serialize>(mut queue: mpsc::UnboundedReceiver<T>, mut write: OwnedWriteHalf) {
+async fn write_lines<T: Serialize>(mut queue: mpsc::Receiver<T>, mut write: OwnedWriteHalf) {
     while let Some(message) = queue.recv().await {
         let mut line = match serde_json::to_vec(&message) {
             Ok(line) => line,
@@ -240,7 +253,7 @@ async fn write_lines<T: Serialize>(mut queue: mpsc::UnboundedReceiver<T>, mut wr
 
 /// The window process's side of the link: calls waiting for their reply.
 struct Peer {
-    up: mpsc::UnboundedSender<Call>,
+    up: mpsc::Sender<Call>,
     next: AtomicU64,
     waiting: Mutex<HashMap<u64, oneshot::Sender<Result<Value, CommandError>>>>,
 }
@@ -261,6 +274,7 @@ impl Peer {
                 command: command.to_string(),
                 args,
             })
+            .await
             .map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
@@ -293,7 +307,7 @@ pub fn run(protocol: u32) -> anyhow::Result<()> {
     unsafe { libc::fcntl(WINDOW_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
     link.set_nonblocking(true)?;
     crate::logs::init(false)?;
-    let (up, queue) = mpsc::unbounded_channel();
+    let (up, queue) = mpsc::channel(QUEUE);
     let app = tauri::Builder::default()
         .manage(Peer {
             up,

@@ -504,3 +504,57 @@ async fn the_window_process_refuses_to_run_without_its_app_or_with_another_proto
     let said = String::from_utf8_lossy(&newer.stderr);
     assert!(said.contains("updated while it ran") && said.contains("999"), "{said}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_settings_window_costs_a_bounded_queue_and_catches_up() {
+    let d = Desktop::start(&["console"]).await;
+    let app = App::start(&d.home, &d.bus, &["--settings"]).await;
+    all_healthy(&app, 1).await;
+    app::poll_until("the settings window", || async {
+        app::window_processes(&d.home).len() == 1 && window_exists(&d.bus.display, "Porthole settings").await
+    })
+    .await;
+    let window = app::window_processes(&d.home)[0];
+    let log = d.home.path("state/porthole/porthole.log");
+    let logged = |what: &'static str| {
+        let log = log.clone();
+        move || {
+            let log = log.clone();
+            async move { std::fs::read_to_string(&log).is_ok_and(|l| l.contains(what)) }
+        }
+    };
+
+    // The window stops reading; the engine keeps changing (each toggle is a snapshot and an
+    // event for the window), far past what its queue and the socket hold.
+    struct Resume(i32);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            // SAFETY: a signal to the app's own child (stopped below); no memory is involved.
+            unsafe { libc::kill(self.0, libc::SIGCONT) };
+        }
+    }
+    // SAFETY: as above. Resumed when `resume` goes, even if the test fails first.
+    unsafe { libc::kill(window as i32, libc::SIGSTOP) };
+    let resume = Resume(window as i32);
+    let mut control = Client::connect(&d.home.control()).await.unwrap();
+    for _ in 0..300 {
+        control.set_enabled("console", false).await.unwrap();
+        control.set_enabled("console", true).await.unwrap();
+    }
+    app.tray.click("Settings…").await;
+    app::poll_until(
+        "the app to find the window's queue full",
+        logged("the settings window does not answer"),
+    )
+    .await;
+    all_healthy(&app, 1).await;
+
+    // It wakes up, reads what was kept, and answers again.
+    drop(resume);
+    app::poll_until("the window to catch up", || async {
+        app.tray.click("Settings…").await;
+        logged("settings window brought forward")().await
+    })
+    .await;
+    assert_eq!(app::window_processes(&d.home), vec![window]);
+}

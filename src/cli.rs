@@ -420,8 +420,24 @@ fn init(preset: &str, force: bool, file: Option<&Path>) -> anyhow::Result<ExitCo
     if path.exists() && !force {
         bail!("{} exists; use --force to overwrite it", path.display());
     }
-    porthole::write::create(&path, text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
-    println!("wrote the {preset} preset to {}", path.display());
+    if !path.exists() {
+        porthole::write::create(&path, text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+        println!("wrote the {preset} preset to {}", path.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    // --force over a config of the user's: kept as a backup first, like every other edit.
+    let replaced = porthole::write::replace(&path, porthole::write::LockWait::default(), |_| {
+        Ok::<_, std::convert::Infallible>(text.to_string())
+    })?;
+    match replaced {
+        Ok(Some(written)) => println!(
+            "wrote the {preset} preset to {} (the old one is in {})",
+            path.display(),
+            written.backup.display()
+        ),
+        Ok(None) => println!("{} already holds the {preset} preset", path.display()),
+        Err(never) => match never {},
+    }
     Ok(ExitCode::SUCCESS)
 }
 

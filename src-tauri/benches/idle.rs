@@ -159,7 +159,6 @@ async fn healthy(tray: &sni::TrayItem, n: usize) {
 /// then the time until the tray's icon is the paused one; turned on again, until it is not.
 /// Woken by the tray item's own signals, so the time is the app's, not a polling interval's.
 async fn tray_latency(home: &app::Home, tray: &sni::TrayItem) -> Vec<String> {
-    const GREY: [u8; 3] = [138, 143, 152];
     const ROUNDS: usize = 10;
     let mut control = porthole::control::Client::connect(&home.control()).await.unwrap();
     let names: Vec<String> = control
@@ -178,7 +177,7 @@ async fn tray_latency(home: &app::Home, tray: &sni::TrayItem) -> Vec<String> {
                 control.set_enabled(name, enabled).await.unwrap();
             }
             tray.wait_until("the icon to follow", app::WAIT, || async {
-                (tray.icon_colour().await == Some(GREY)) != enabled
+                (tray.icon_colour().await == Some(sni::GREY)) != enabled
             })
             .await;
             times.push(started.elapsed());

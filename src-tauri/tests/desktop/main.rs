@@ -21,15 +21,9 @@ use porthole::health::State;
 
 use app::{App, Home, WAIT, listening};
 use bus::{Bus, Notification};
-use sni::Item;
+use sni::{BLUE, GREEN, GREY, Item, RED};
 use support::FakeCluster;
 use support::openchoreo::OpenChoreo;
-
-/// The colours of `icons/tray/*.png` (see `icons/draw.py`).
-const GREEN: [u8; 3] = [46, 157, 79];
-const RED: [u8; 3] = [217, 59, 59];
-const BLUE: [u8; 3] = [59, 111, 217];
-const GREY: [u8; 3] = [138, 143, 152];
 
 fn forwards(items: &[Item]) -> Vec<&Item> {
     items.iter().filter(|i| i.toggle.is_some()).collect()

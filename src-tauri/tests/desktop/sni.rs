@@ -11,6 +11,12 @@ use zbus::{Connection, MatchRule, MessageStream, Proxy};
 
 /// dbusmenu's `(ia{sv}av)`: id, properties, children.
 type Layout = (i32, HashMap<String, OwnedValue>, Vec<OwnedValue>);
+/// The colours of `icons/tray/*.png` (see `icons/draw.py`).
+pub const GREEN: [u8; 3] = [46, 157, 79];
+pub const RED: [u8; 3] = [217, 59, 59];
+pub const BLUE: [u8; 3] = [59, 111, 217];
+pub const GREY: [u8; 3] = [138, 143, 152];
+
 /// What the bus answers for an object path nobody exports (at this moment).
 const UNKNOWN_METHOD: &str = "org.freedesktop.DBus.Error.UnknownMethod";
 

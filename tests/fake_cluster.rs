@@ -414,3 +414,24 @@ async fn api_requires_a_client_certificate() {
         "served without a client certificate: {answer:?}"
     );
 }
+
+#[tokio::test]
+async fn kube_proxy_can_lag_the_api() {
+    let (cluster, node_ip, _backend) = echo_cluster().await;
+    let old_port = cluster.node_port("ns", "echo", 0).expect("node port");
+    cluster.set_proxy_lag(Duration::from_secs(1));
+    let new_port = cluster.change_node_port("ns", "echo", 0);
+    // The API already says the new port; the data plane still has the old one.
+    assert_echoes(SocketAddr::new(node_ip, old_port)).await;
+    assert_refused(SocketAddr::new(node_ip, new_port)).await;
+    // Then it follows: polled, since the lag is the fake's own timer and announces nothing.
+    let followed = timeout(WAIT, async {
+        while TcpStream::connect(SocketAddr::new(node_ip, new_port)).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(followed.is_ok(), "kube-proxy followed the change");
+    assert_echoes(SocketAddr::new(node_ip, new_port)).await;
+    assert_refused(SocketAddr::new(node_ip, old_port)).await;
+}

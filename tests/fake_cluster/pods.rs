@@ -320,3 +320,74 @@ async fn unreachable_api_cuts_live_port_forwards() {
     assert_ends(&mut stream).await;
     streams(&cluster, 0).await;
 }
+
+#[tokio::test]
+async fn the_upgrade_is_answered_before_the_kubelet_is_reached_and_its_failure_comes_late() {
+    let (cluster, _, backend) = echo_cluster().await;
+    let port = backend.addr().port();
+    let delay = Duration::from_millis(600);
+    cluster.set_kubelet_delay(delay);
+    cluster.set_kubelet_reachable(false);
+    let started = tokio::time::Instant::now();
+    let mut forwarder = pods(&cluster)
+        .await
+        .portforward("echo-0", &[port])
+        .await
+        .expect("the upgrade is answered: the client holds an open stream");
+    assert!(started.elapsed() < delay, "answered before the kubelet was dialed");
+    let error = forwarder.take_error(port).expect("error future");
+    let mut stream = forwarder.take_stream(port).expect("stream");
+    let message = timeout(WAIT, error).await.expect("error in time").expect("a message");
+    assert!(started.elapsed() >= delay, "the failure comes after the dial's delay");
+    let status: serde_json::Value = serde_json::from_str(&message).expect("a Status object");
+    assert_eq!(status["code"], 500);
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("error dialing backend: dial tcp: lookup echo-worker"),
+        "{status}"
+    );
+    assert_ends(&mut stream).await;
+    assert_eq!(backend.connections(), 0, "the pod was never dialed");
+
+    // A slow but reachable kubelet: bytes written at once wait for the dial, then flow.
+    cluster.set_kubelet_reachable(true);
+    let mut forwarder = pods(&cluster).await.portforward("echo-0", &[port]).await.unwrap();
+    let mut stream = forwarder.take_stream(port).expect("stream");
+    round_trip(&mut stream, b"early bytes").await;
+}
+
+#[tokio::test]
+async fn a_new_pods_slice_appears_empty_then_not_ready_then_ready() {
+    let (cluster, _, _backend) = echo_cluster().await;
+    let slices: Api<EndpointSlice> = Api::namespaced(client(&cluster).await, "ns");
+    let rv = cluster.resource_version().to_string();
+    let mut stream = slices.watch(&WatchParams::default(), &rv).await.expect("watch").boxed();
+    let second = Backend::echo().await;
+    cluster.add_endpoint("ns", "echo", "echo-1", second.addr(), true);
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let event = next_change(&mut stream).await;
+        let (kind, slice) = match event {
+            Some(WatchEvent::Added(slice)) => ("ADDED", slice),
+            Some(WatchEvent::Modified(slice)) => ("MODIFIED", slice),
+            other => panic!("unexpected {other:?}"),
+        };
+        let ready = slice
+            .endpoints
+            .first()
+            .map(|e| e.conditions.as_ref().unwrap().ready.unwrap());
+        let node = slice.endpoints.first().and_then(|e| e.node_name.clone());
+        seen.push((kind, ready, node));
+    }
+    let node = Some("echo-worker".to_string());
+    assert_eq!(
+        seen,
+        [
+            ("ADDED", None, None),
+            ("MODIFIED", Some(false), node.clone()),
+            ("MODIFIED", Some(true), node)
+        ]
+    );
+}

@@ -194,8 +194,22 @@ impl FakeCluster {
         let shared = self.shared();
         let mut state = shared.lock();
         let result = change(&mut state);
-        proxy::reconcile(shared, &mut state);
+        let lag = state.proxy.lag;
+        if lag.is_zero() {
+            proxy::reconcile(shared, &mut state);
+        } else {
+            let shared = shared.clone();
+            shared.runtime.clone().spawn(async move {
+                tokio::time::sleep(lag).await;
+                proxy::reconcile(&shared, &mut shared.lock());
+            });
+        }
         result
+    }
+
+    /// kube-proxy follows later API changes `lag` after them instead of at once (zero: at once).
+    pub fn set_proxy_lag(&self, lag: std::time::Duration) {
+        self.shared().lock().proxy.lag = lag;
     }
 
     // ---- faults ----

@@ -42,6 +42,16 @@ pub struct Controls {
     cut: Mutex<CancellationToken>,
     stalled: watch::Sender<bool>,
     streams: watch::Sender<usize>,
+    kubelet: Mutex<Kubelet>,
+}
+
+/// How the API server's dial to a node's kubelet goes, after it has answered the upgrade.
+#[derive(Clone, Copy, Default)]
+struct Kubelet {
+    /// How long the dial takes (a slow node, a DNS lookup).
+    delay: Duration,
+    /// The dial fails after `delay`, with `error dialing backend` (the node container is gone).
+    unreachable: bool,
 }
 
 impl Controls {
@@ -50,7 +60,12 @@ impl Controls {
             cut: Mutex::new(shutdown.child_token()),
             stalled: watch::channel(false).0,
             streams: watch::channel(0).0,
+            kubelet: Mutex::new(Kubelet::default()),
         }
+    }
+
+    fn kubelet(&self) -> Kubelet {
+        *self.kubelet.lock().expect("kubelet lock")
     }
 
     fn cut_token(&self) -> CancellationToken {
@@ -74,6 +89,23 @@ impl FakeCluster {
         self.shared().port_forwards.stalled.send_replace(stalled);
     }
 
+    /// The API server's dial to the kubelet takes `delay` for later port-forwards (it answers
+    /// the upgrade first, as a real one does, so the client already holds an open stream).
+    pub fn set_kubelet_delay(&self, delay: Duration) {
+        self.shared().port_forwards.kubelet.lock().expect("kubelet lock").delay = delay;
+    }
+
+    /// `true`: the API server's dial to the kubelet fails (after the delay) with a 500 Status on
+    /// each port's error channel, worded as a real one words a node it cannot resolve.
+    pub fn set_kubelet_reachable(&self, reachable: bool) {
+        self.shared()
+            .port_forwards
+            .kubelet
+            .lock()
+            .expect("kubelet lock")
+            .unreachable = !reachable;
+    }
+
     /// Live port-forward streams: one per requested port of each open connection, from its
     /// connect to the pod until both of its directions have ended.
     pub fn port_forward_streams(&self) -> usize {
@@ -93,6 +125,8 @@ struct Plan {
     ip: IpAddr,
     ports: Vec<u16>,
     sandbox: String,
+    /// The pod's node, whose kubelet the API server dials.
+    node: String,
 }
 
 /// Answers `GET|POST /api/v1/namespaces/{ns}/pods/{name}/portforward?ports=..`.
@@ -171,9 +205,9 @@ fn plan(shared: &Shared, req: &Request<Incoming>, namespace: &str, name: &str) -
         .pods
         .get(&(namespace.to_string(), name.to_string()))
         .ok_or_else(|| not_found(Kind::Pod, name))?;
-    if pod.node.is_none() {
+    let Some(node) = pod.node.clone() else {
         return Err(bad_request(&format!("pod {name} does not have a host assigned")));
-    }
+    };
     if ports.is_empty() {
         return Err(text(StatusCode::BAD_REQUEST, "query parameter \"port\" is required"));
     }
@@ -188,6 +222,7 @@ fn plan(shared: &Shared, req: &Request<Incoming>, namespace: &str, name: &str) -
         ip: pod.backend.ip(),
         ports,
         sandbox: pod.sandbox.clone(),
+        node,
     })
 }
 
@@ -216,34 +251,66 @@ fn ports(query: &str) -> Result<Vec<u16>, String> {
     Ok(ports)
 }
 
-/// One WebSocket connection: the port prefixes, then a relay per port; it ends (with a Close)
-/// once every port's relay has ended, as the kubelet's handler does.
+/// One WebSocket connection, as a real API server serves it: the upgrade is already answered
+/// and each port's prefix written; then the API server dials the node's kubelet (which may be
+/// slow, or fail: a 500 Status on each error channel, and the end); then a relay per port,
+/// each dialing the pod. It ends (with a Close) once every port's relay has ended, as the
+/// kubelet's handler does.
 async fn session<S>(ws: WebSocketStream<S>, plan: Plan, controls: &Controls)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let (sink, stream) = ws.split();
     let (out, out_rx) = mpsc::channel::<Message>(16);
-    let mut inputs = Vec::new();
-    let mut relays = Vec::new();
-    for (index, port) in plan.ports.iter().copied().enumerate() {
-        let channel = u8::try_from(2 * index).unwrap_or(u8::MAX - 1);
-        // The kubelet writes each port number first on the data, then on the error channel.
-        let _ = out.send(frame(channel, &port.to_le_bytes())).await;
+    let channels: Vec<u8> = (0..plan.ports.len())
+        .map(|index| u8::try_from(2 * index).unwrap_or(u8::MAX - 1))
+        .collect();
+    for (channel, port) in channels.iter().zip(&plan.ports) {
+        // Each port number first on the data, then on the error channel.
+        let _ = out.send(frame(*channel, &port.to_le_bytes())).await;
         let _ = out.send(frame(channel + 1, &port.to_le_bytes())).await;
+    }
+    let mut inputs = Vec::new();
+    let mut input_rxs = Vec::new();
+    for _ in &plan.ports {
         let (input, input_rx) = mpsc::channel::<Bytes>(8);
         inputs.push(input);
-        let target = Target {
-            channel,
-            addr: SocketAddr::new(plan.ip, port),
-            sandbox: plan.sandbox.clone(),
-        };
-        relays.push(relay(target, input_rx, out.clone(), controls));
+        input_rxs.push(input_rx);
+    }
+    let kubelet = controls.kubelet();
+    let writer = write_client(sink, out_rx);
+    let reader = read_client(stream, inputs);
+    tokio::pin!(writer, reader);
+    // The dial to the kubelet, while the client's first bytes queue up.
+    let dialed = async {
+        tokio::time::sleep(kubelet.delay).await;
+        if kubelet.unreachable {
+            let status = dial_failure(&plan.node);
+            for channel in &channels {
+                let _ = out.send(frame(channel + 1, status.as_bytes())).await;
+            }
+            return false;
+        }
+        true
+    };
+    let reached = tokio::select! {
+        reached = dialed => reached,
+        _ = &mut writer => return,
+    };
+    let mut relays = Vec::new();
+    if reached {
+        for ((channel, port), input_rx) in channels.iter().zip(&plan.ports).zip(input_rxs) {
+            let target = Target {
+                channel: *channel,
+                addr: SocketAddr::new(plan.ip, *port),
+                sandbox: plan.sandbox.clone(),
+            };
+            relays.push(relay(target, input_rx, out.clone(), controls));
+        }
     }
     drop(out);
-    let done = async { tokio::join!(write_client(sink, out_rx), futures::future::join_all(relays)) };
-    let reader = read_client(stream, inputs);
-    tokio::pin!(done, reader);
+    let done = async { tokio::join!(&mut writer, futures::future::join_all(relays)) };
+    tokio::pin!(done);
     let mut reading = true;
     loop {
         tokio::select! {
@@ -338,6 +405,21 @@ async fn relay(target: Target, mut input: mpsc::Receiver<Bytes>, out: mpsc::Send
         _ = &mut up => { let _ = tokio::time::timeout(LINGER, &mut down).await; }
         _ = &mut down => { let _ = tokio::time::timeout(LINGER, &mut up).await; }
     }
+}
+
+/// The API server's Status when it cannot reach a node's kubelet, as kube-apiserver words a
+/// node name its resolver does not know.
+fn dial_failure(node: &str) -> String {
+    serde_json::json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": format!("error dialing backend: dial tcp: lookup {node} on 127.0.0.11:53: no such host"),
+        "reason": "InternalError",
+        "code": 500,
+    })
+    .to_string()
 }
 
 /// The kubelet's message on the error channel when containerd cannot reach the port.

@@ -45,6 +45,9 @@ pub fn tuning() -> Tuning {
         bind_retry: Duration::from_millis(100),
         drain_timeout: Duration::from_secs(5),
         hold: Duration::from_secs(10),
+        // The fake's kubelet answers at once unless a test delays it (and sets its own).
+        tunnel_settle: Duration::from_millis(500),
+        api_read_timeout: Duration::from_secs(300),
     }
 }
 

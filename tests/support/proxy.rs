@@ -1,7 +1,8 @@
 //! The simulated kube-proxy: a TCP listener on every node address at every node port of
 //! every NodePort or LoadBalancer service that has a ready endpoint, relaying to those
 //! endpoints in turn. Without a ready endpoint the port is closed, so a connect is refused,
-//! as iptables kube-proxy's REJECT rule does. Reconciled synchronously on every change.
+//! as iptables kube-proxy's REJECT rule does. Reconciled synchronously on every change, or
+//! after a lag a test sets.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -29,6 +30,9 @@ pub struct Proxy {
     listeners: BTreeMap<SocketAddr, Listener>,
     /// The node addresses do not answer from the host (Docker Desktop, Colima): no listeners.
     pub hidden: bool,
+    /// How long after an API change the data plane follows it (a real kube-proxy programs a
+    /// changed nodePort up to about a second later); zero: at once, before the control returns.
+    pub lag: Duration,
 }
 
 struct Listener {

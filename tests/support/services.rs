@@ -287,6 +287,31 @@ fn sync_slices(state: &mut State, namespace: &str, service_name: &str) {
         }
     }
     for slice in desired.values() {
+        let name = slice.metadata.name.as_deref().unwrap_or_default();
+        if state.store.get(Kind::EndpointSlice, namespace, name).is_none() {
+            // The controller's sequence for a new pod: the slice first with no endpoints, then
+            // the pod's address not ready, then (once its readiness probe passes) ready.
+            let mut staged = slice.clone();
+            let endpoints = std::mem::take(&mut staged.endpoints);
+            state.store.put(Kind::EndpointSlice, to_value(&staged));
+            if endpoints
+                .iter()
+                .any(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+            {
+                staged.endpoints = endpoints
+                    .into_iter()
+                    .map(|mut e| {
+                        e.conditions = Some(EndpointConditions {
+                            ready: Some(false),
+                            serving: Some(false),
+                            terminating: Some(false),
+                        });
+                        e
+                    })
+                    .collect();
+                state.store.put(Kind::EndpointSlice, to_value(&staged));
+            }
+        }
         state.store.put(Kind::EndpointSlice, to_value(slice));
     }
 }
@@ -336,6 +361,7 @@ fn slice(service: &Service, pod_name: &str, pod: &Pod) -> EndpointSlice {
                 namespace: Some(namespace),
                 ..Default::default()
             }),
+            node_name: pod.node.clone(),
             ..Default::default()
         }],
         ports: Some(vec![EndpointPort {

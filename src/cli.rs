@@ -231,37 +231,64 @@ fn render(snapshot: &Snapshot) -> String {
         }
         None => {}
     }
-    out += &format!(
-        "{:<18} {:<22} {:<10} {:<22} {:>9} {:>12}\n",
-        "NAME", "LOCAL", "STATE", "ROUTE", "CONN", "BYTES"
-    );
-    for f in &snapshot.forwards {
-        out += &render_forward(f);
+    let rows: Vec<[String; 6]> = snapshot.forwards.iter().map(row).collect();
+    let header = ["NAME", "LOCAL", "STATE", "ROUTE", "CONN", "BYTES"].map(String::from);
+    let mut widths = [0usize; 6];
+    for cells in std::iter::once(&header).chain(&rows) {
+        for (width, cell) in widths.iter_mut().zip(cells) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    out += &line(&header, &widths);
+    for (f, cells) in snapshot.forwards.iter().zip(&rows) {
+        out += &line(cells, &widths);
+        out += &cause_lines(f);
     }
     out
 }
 
-fn render_forward(f: &ForwardStatus) -> String {
-    let local = f.local.map_or("-".into(), |a| a.to_string());
-    let route = f.route.as_ref().map_or("-".into(), |r| r.target.clone());
-    let conns = format!("{}/{}", f.stats.active, f.stats.total);
-    let bytes = human_bytes(f.stats.bytes_up + f.stats.bytes_down);
-    let mut line = format!(
-        "{:<18} {:<22} {:<10} {:<22} {:>9} {:>12}\n",
-        f.name,
-        local,
+/// One forward's cells: name, local address, state, route, connections (open/total), bytes.
+fn row(f: &ForwardStatus) -> [String; 6] {
+    [
+        f.name.clone(),
+        f.local.map_or("-".into(), |a| a.to_string()),
         f.health.state.to_string(),
-        route,
-        conns,
-        bytes
-    );
+        f.route.as_ref().map_or("-".into(), |r| r.describe()),
+        format!("{}/{}", f.stats.active, f.stats.total),
+        human_bytes(f.stats.bytes_up + f.stats.bytes_down),
+    ]
+}
+
+/// Cells padded to the column widths: text left-aligned, the two counters right-aligned.
+fn line(cells: &[String; 6], widths: &[usize; 6]) -> String {
+    let mut out = String::new();
+    for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
+        let pad = " ".repeat(width - cell.chars().count());
+        let last = i == cells.len() - 1;
+        match i {
+            4 | 5 => out += &format!("{pad}{cell}"),
+            _ => out += &format!("{cell}{pad}"),
+        }
+        out += if last { "\n" } else { "  " };
+    }
+    out
+}
+
+fn cause_lines(f: &ForwardStatus) -> String {
+    let mut lines = String::new();
     if let Some(cause) = &f.health.cause {
-        line += &format!("    {}: {}\n", cause.id, cause.message);
+        lines += &format!("    {}: {}\n", cause.id, cause.message);
         if let Some(fix) = &cause.fix {
-            line += &format!("    fix: {fix}\n");
+            lines += &format!("    fix: {fix}\n");
         }
     }
-    line
+    lines
+}
+
+fn render_forward(f: &ForwardStatus) -> String {
+    let cells = row(f);
+    let widths = cells.clone().map(|c| c.chars().count());
+    line(&cells, &widths) + &cause_lines(f)
 }
 
 fn human_bytes(n: u64) -> String {
@@ -280,7 +307,8 @@ fn human_bytes(n: u64) -> String {
 }
 
 async fn wait(control_path: &Path, timeout: Duration, names: &[String]) -> anyhow::Result<ExitCode> {
-    let mut client = Client::connect(control_path).await?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut client = connect_by(control_path, deadline, timeout).await?;
     client.watch().await?;
     let mut last = client.next_snapshot().await?;
     for name in names {
@@ -288,7 +316,6 @@ async fn wait(control_path: &Path, timeout: Duration, names: &[String]) -> anyho
             bail!("no forward named `{name}`");
         }
     }
-    let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let waiting: Vec<&ForwardStatus> = last
             .forwards
@@ -313,6 +340,27 @@ async fn wait(control_path: &Path, timeout: Duration, names: &[String]) -> anyho
                     eprint!("{}", render_forward(f));
                 }
                 return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+}
+
+/// Connects to the control socket, retrying until `deadline`: `porthole up & porthole wait`
+/// starts both at once, and the engine binds its socket a moment later.
+async fn connect_by(control_path: &Path, deadline: tokio::time::Instant, timeout: Duration) -> anyhow::Result<Client> {
+    let mut pause = Duration::from_millis(20);
+    loop {
+        match Client::connect(control_path).await {
+            Ok(client) => return Ok(client),
+            Err(e) if tokio::time::Instant::now() + pause >= deadline => {
+                bail!(
+                    "waited {}s for Porthole's engine and none started: {e}",
+                    timeout.as_secs()
+                )
+            }
+            Err(_) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(250));
             }
         }
     }
@@ -471,5 +519,105 @@ async fn relay(listen: SocketAddr, target: &str) -> anyhow::Result<ExitCode> {
             let (up, down) = Default::default();
             let _ = porthole::relay::relay(&client, &upstream, &up, &down).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use porthole::config::Mode;
+    use porthole::engine::{ClusterStatusView, RouteView};
+    use porthole::health::{Cause, CauseId, Health};
+
+    use super::*;
+
+    fn forward(name: &str, port: u16, route: Option<RouteView>, health: Health) -> ForwardStatus {
+        ForwardStatus {
+            name: name.into(),
+            namespace: "ns".into(),
+            service: name.into(),
+            local: Some(([127, 0, 0, 1], port).into()),
+            enabled: true,
+            health,
+            path: route.as_ref().map(|r| r.path),
+            route,
+            stats: Default::default(),
+        }
+    }
+
+    fn route(path: Mode, target: &str, pod: Option<&str>) -> RouteView {
+        RouteView {
+            path,
+            target: target.into(),
+            pod: pod.map(str::to_string),
+            node: "worker".into(),
+            service_type: "NodePort".into(),
+            port: "http 80/TCP".into(),
+            node_port: 30080,
+            ready_nodes: 1,
+            ready_endpoints: 1,
+        }
+    }
+
+    #[test]
+    fn the_table_names_the_path_and_keeps_its_columns_aligned() {
+        let healthy = Health::new(State::Healthy, None);
+        let snapshot = Snapshot {
+            context: Some("kind-a".into()),
+            kubectl_context: Some("kind-a".into()),
+            kubeconfig: None,
+            cluster: ClusterStatusView {
+                state: "connected".into(),
+                detail: None,
+            },
+            forwards: vec![
+                forward(
+                    "a-rather-long-forward-name",
+                    3000,
+                    Some(route(Mode::Nodeport, "172.18.0.3:30080", None)),
+                    healthy.clone(),
+                ),
+                forward(
+                    "api",
+                    8080,
+                    Some(route(
+                        Mode::Tunnel,
+                        "wso2-amp/amp-api-7d9f8b6c4d-x2x9q:8080",
+                        Some("wso2-amp/amp-api-7d9f8b6c4d-x2x9q:8080"),
+                    )),
+                    healthy,
+                ),
+                forward(
+                    "otel",
+                    21893,
+                    Some(route(Mode::Tunnel, "-", None)),
+                    Health::new(
+                        State::Down,
+                        Some(Cause::new(CauseId::NoReadyEndpoints, "no ready endpoints")),
+                    ),
+                ),
+            ],
+        };
+        let table = render(&snapshot);
+        let lines: Vec<&str> = table.lines().skip(1).filter(|l| !l.starts_with("    ")).collect();
+        assert_eq!(lines.len(), 4, "{table}");
+        assert!(
+            lines[2].contains("tunnel → wso2-amp/amp-api-7d9f8b6c4d-x2x9q:8080"),
+            "{table}"
+        );
+        assert!(lines[3].contains("tunnel (no ready pod)"), "{table}");
+        // Every column starts where its header does, whatever the lengths before it.
+        for header in ["LOCAL", "STATE", "ROUTE"] {
+            let at = lines[0].find(header).unwrap();
+            for line in &lines[1..] {
+                let cell = &line.chars().skip(at).collect::<String>();
+                assert!(
+                    line.chars().nth(at - 1) == Some(' ') && !cell.starts_with(' '),
+                    "{header} misaligned:\n{table}"
+                );
+            }
+        }
+        // The counters end where their headers end.
+        let end = lines[0].chars().count();
+        assert!(lines[1..].iter().all(|l| l.chars().count() == end), "{table}");
     }
 }

@@ -73,7 +73,8 @@ pub struct ClusterView {
     pub status: ClusterStatus,
     /// `None` until every watch has listed once; afterwards, the last known objects.
     pub world: Option<Arc<World>>,
-    /// The client discovery uses, for tunnels through the API server.
+    /// The client for tunnels through the API server (no read timeout: see
+    /// [`crate::kubeconfig::Clients`]).
     pub client: Option<ApiClient>,
 }
 
@@ -157,22 +158,28 @@ enum Signal {
 
 const KINDS: usize = 4;
 
-/// Runs discovery until cancelled, publishing into `view`.
-pub async fn run(cluster: ClusterSpec, view: watch::Sender<ClusterView>, cancel: CancellationToken) {
+/// Runs discovery until cancelled, publishing into `view`; `read_timeout` bounds each read of
+/// its requests and watches.
+pub async fn run(
+    cluster: ClusterSpec,
+    view: watch::Sender<ClusterView>,
+    cancel: CancellationToken,
+    read_timeout: Duration,
+) {
     let mut retry = Reconnect::default();
     loop {
         let attempt = async {
             let loaded = Loaded::for_cluster(&cluster)?;
-            loaded.client(&cluster).await
+            loaded.clients(&cluster, read_timeout).await
         };
         match attempt.await {
-            Ok((client, context)) => {
-                info!(%context, "watching cluster");
+            Ok(clients) => {
+                info!(context = %clients.context, "watching cluster");
                 view.send_modify(|v| {
-                    v.context = Some(context);
-                    v.client = Some(ApiClient(client.clone()));
+                    v.context = Some(clients.context);
+                    v.client = Some(ApiClient(clients.tunnel));
                 });
-                watch_cluster(client, &view, &cancel).await;
+                watch_cluster(clients.api, &view, &cancel).await;
                 return;
             }
             Err(e) => {

@@ -102,8 +102,8 @@ async fn reach_cluster(config: &Config, timeout: Duration, checks: &mut Vec<Chec
     };
     checks.push(Check::pass("context", format!("{context} is in the kubeconfig")));
     checks.push(kubectl_context_check(&context, loaded.current_context()));
-    let client = match loaded.client(&config.cluster).await {
-        Ok((client, _)) => client,
+    let client = match loaded.clients(&config.cluster, timeout).await {
+        Ok(clients) => clients.api,
         Err(e) => return fail(checks, "API server", e.cause()),
     };
     let failure = match tokio::time::timeout(timeout, list_world(&client)).await {

@@ -371,7 +371,13 @@ impl Core {
         let cancel = self.cancel.child_token();
         self.view.send_modify(|v| *v = v.next_generation(cluster.clone()));
         let task = tokio::spawn(
-            discovery::run(cluster.clone(), self.view.clone(), cancel.clone()).instrument(info_span!("discovery")),
+            discovery::run(
+                cluster.clone(),
+                self.view.clone(),
+                cancel.clone(),
+                self.hub.tuning.api_read_timeout,
+            )
+            .instrument(info_span!("discovery")),
         );
         let files = kubeconfig::files(cluster);
         let follow = self.clone().follow_kubeconfig(files, cluster.clone(), cancel.clone());
@@ -409,6 +415,7 @@ impl Core {
             local: Some(SocketAddr::new(spec.bind, spec.local_port)),
             enabled: spec.enabled,
             health: initial.clone(),
+            path: None,
             route: None,
             stats: StatsView::default(),
         };

@@ -38,9 +38,18 @@ pub(crate) enum RouteChange {
 impl RouteChange {
     fn classify(old: Option<&Route>, new: Option<&Route>) -> RouteChange {
         match (old, new) {
-            (Some(o), Some(n)) if o.node_port == n.node_port && o.targets == n.targets => RouteChange::Endpoints {
-                was_zero: o.ready_endpoints == 0,
-            },
+            // The same path: the same nodePort on the same nodes, or a tunnel to the same pod
+            // first (the one probes and connections try first).
+            (Some(o), Some(n))
+                if o.mode == n.mode
+                    && o.node_port == n.node_port
+                    && o.targets == n.targets
+                    && o.pods.first() == n.pods.first() =>
+            {
+                RouteChange::Endpoints {
+                    was_zero: o.ready_endpoints == 0,
+                }
+            }
             _ => RouteChange::Path,
         }
     }
@@ -66,6 +75,12 @@ pub struct Tuning {
     /// How long a new connection is held, instead of refused, while the forward has no usable
     /// path (a rollout replacing the only pod, a service being re-created).
     pub hold: Duration,
+    /// How long a probe through a tunnel listens for a late failure (the API server answers
+    /// the upgrade first and reaches the kubelet after) before a quiet stream counts as open.
+    pub tunnel_settle: Duration,
+    /// Bound on each read of the API requests and watches (not of tunnels, which carry quiet
+    /// connections); longer than a watch's server-side timeout.
+    pub api_read_timeout: Duration,
 }
 
 impl Default for Tuning {
@@ -79,6 +94,10 @@ impl Default for Tuning {
             bind_retry: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(5),
             hold: Duration::from_secs(5),
+            // A real kubelet's refusal arrived after ~1.3 s, an unreachable kubelet's after
+            // ~2 s (a DNS timeout in the API server): both inside it, with room.
+            tunnel_settle: Duration::from_secs(3),
+            api_read_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -120,6 +139,22 @@ impl Stats {
             bytes_down: self.bytes_down.load(Ordering::Relaxed),
             held: self.held.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// Why `auto` takes the path it takes, from the route with both candidates.
+fn path_reason(both: &Route, nodes_answer: Option<bool>) -> String {
+    let port = both.node_port;
+    match nodes_answer {
+        _ if both.service_type == "ClusterIP" => "the tunnel: a ClusterIP service has no nodePort".into(),
+        _ if port == 0 && both.targets.is_empty() => "the tunnel: no node address to try the nodePort on".into(),
+        _ if port == 0 => format!("the tunnel: service port {} has no nodePort", both.port),
+        Some(true) => format!("the nodePort: a node answers on {}", both.primary()),
+        Some(false) => format!(
+            "the tunnel: no node answers on nodePort {port} from this host (node addresses are not \
+             routable here, as under Docker Desktop or Colima, or the nodes are down)"
+        ),
+        None => format!("the tunnel while checking whether a node answers on nodePort {port}"),
     }
 }
 
@@ -247,11 +282,14 @@ impl Forward {
         let helpers = TaskTracker::new();
         if this.spec.enabled {
             helpers.spawn(this.clone().listen(bind_tx, route_rx.clone()).in_current_span());
-            let (live, timeout, forward) = (this.live.clone(), this.hub.tuning.probe_timeout, this.clone());
+            let (live, tuning, forward) = (this.live.clone(), this.hub.tuning.clone(), this.clone());
             let check = move |route: Arc<Route>| {
-                let probe = live.borrow().probe.clone();
-                let client = forward.client();
-                async move { probe::check(&probe, &route, client.as_ref(), timeout).await }
+                let (probe, settle) = {
+                    let spec = live.borrow();
+                    (spec.probe.clone(), spec.tunnel_settle.unwrap_or(tuning.tunnel_settle))
+                };
+                let (client, timeout) = (forward.client(), tuning.probe_timeout);
+                async move { probe::check(&probe, &route, client.as_ref(), timeout, settle).await }
             };
             let (tuning, cancel) = (this.hub.tuning.clone(), this.cancel.clone());
             helpers.spawn(
@@ -275,7 +313,7 @@ impl Forward {
             );
         }
         let mut nodes_answer: Option<bool> = None;
-        let mut path: Option<Mode> = None;
+        let mut decision: Option<(Mode, String)> = None;
         helpers.close();
         let mut last = previous;
         let mut local = None;
@@ -298,14 +336,10 @@ impl Forward {
                         changed
                     });
                     *candidates = candidates.choose(nodes_answer);
-                    if path.replace(candidates.mode) != Some(candidates.mode) {
-                        let reason = match (candidates.mode, candidates.node_port) {
-                            (Mode::Nodeport, _) => "a node answers on the nodePort",
-                            (_, 0) => "the service has no nodePort",
-                            _ if nodes_answer.is_none() => "checking whether a node answers",
-                            _ => "no node answers on the nodePort",
-                        };
-                        info!(path = ?candidates.mode, "{reason}");
+                    let now = (candidates.mode, path_reason(&raw, nodes_answer));
+                    if decision.as_ref() != Some(&now) {
+                        info!(path = ?now.0, "{}", now.1);
+                        decision = Some(now);
                     }
                 }
                 let new_generation = std::mem::replace(&mut generation, v.generation) != v.generation;
@@ -402,6 +436,7 @@ impl Forward {
                 modified = true;
             }
             if entry.route != route {
+                entry.path = route.as_ref().map(|r| r.path);
                 entry.route = route;
                 modified = true;
             }

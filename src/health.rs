@@ -12,7 +12,7 @@ use crate::route::Route;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum State {
-    /// Not known yet: the cluster is being read or the first probe has not answered.
+    /// Not known yet: the cluster is being read, or no probe has succeeded on the current path.
     Starting,
     /// The whole path answers.
     Healthy,
@@ -58,6 +58,8 @@ pub enum CauseId {
     ListenFailed,
     /// The API server would not open a port-forward to any ready pod.
     TunnelFailed,
+    /// The API server opened the port-forward but cannot reach the node's kubelet.
+    KubeletUnreachable,
     ProbeFailed,
 }
 
@@ -87,6 +89,7 @@ impl CauseId {
             CauseId::PortInUse => "port-in-use",
             CauseId::ListenFailed => "listen-failed",
             CauseId::TunnelFailed => "tunnel-failed",
+            CauseId::KubeletUnreachable => "kubelet-unreachable",
             CauseId::ProbeFailed => "probe-failed",
         }
     }
@@ -166,31 +169,28 @@ pub enum Listener {
 /// Consecutive probe outcomes, so that one failed probe does not flap the state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProbeRecord {
-    /// Some probe has answered since the route's path last changed.
-    pub answered: bool,
+    /// Some probe has succeeded since the route's path last changed: until then the path is
+    /// not proven, and a failure (below the threshold) is not a blip of a working path.
+    pub proven: bool,
     pub consecutive_failures: u32,
     pub last_failure: Option<Cause>,
 }
 
 impl ProbeRecord {
-    /// Forgets what was learnt of an old path; a route that comes back from zero ready
-    /// endpoints starts over from a clean count (no probe ran while it had none).
+    /// Forgets what was learnt of an old path. A route that comes back from zero ready
+    /// endpoints starts over too: what was proven was proven of pods that have gone.
     pub(crate) fn route_changed(&mut self, change: crate::forward::RouteChange) {
         use crate::forward::RouteChange;
         match change {
-            RouteChange::Path => *self = ProbeRecord::default(),
-            RouteChange::Endpoints { was_zero: true } => {
-                self.consecutive_failures = 0;
-                self.last_failure = None;
-            }
+            RouteChange::Path | RouteChange::Endpoints { was_zero: true } => *self = ProbeRecord::default(),
             RouteChange::Endpoints { was_zero: false } | RouteChange::None => {}
         }
     }
 
     pub fn record(&mut self, outcome: Result<(), Cause>) {
-        self.answered = true;
         match outcome {
             Ok(()) => {
+                self.proven = true;
                 self.consecutive_failures = 0;
                 self.last_failure = None;
             }
@@ -257,7 +257,7 @@ impl Inputs {
                 .with_fix("a cluster waking from sleep is NotReady for a while; else check `kubectl get nodes`");
             return Health::new(State::Degraded, Some(cause));
         }
-        if self.listener == Listener::Binding || !self.probe.answered {
+        if self.listener == Listener::Binding || !self.probe.proven {
             return Health::new(State::Starting, None);
         }
         Health::new(State::Healthy, None)
@@ -356,6 +356,25 @@ mod tests {
         let mut inputs = healthy_inputs();
         inputs.probe = ProbeRecord::default();
         assert_eq!(inputs.health().state, State::Starting);
+    }
+
+    #[test]
+    fn a_path_whose_first_probes_fail_is_never_healthy() {
+        let mut inputs = healthy_inputs();
+        inputs.probe = ProbeRecord::default();
+        inputs.probe.record(Err(probe_failure()));
+        assert_eq!(
+            inputs.health().state,
+            State::Starting,
+            "one failure of an unproven path"
+        );
+        inputs.probe.record(Err(probe_failure()));
+        inputs.probe.record(Err(probe_failure()));
+        assert_eq!(inputs.health().state, State::Down);
+        inputs.probe.record(Ok(()));
+        assert_eq!(inputs.health().state, State::Healthy);
+        inputs.probe.route_changed(crate::forward::RouteChange::Path);
+        assert_eq!(inputs.health().state, State::Starting, "a new path is proven again");
     }
 
     #[test]

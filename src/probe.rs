@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Mode, Probe};
 use crate::health::{Cause, CauseId};
-use crate::route::Route;
+use crate::route::{Protocol, Route};
 
 pub(crate) fn node_unreachable_fix() -> &'static str {
     if cfg!(target_os = "macos") {
@@ -55,50 +55,137 @@ pub(crate) async fn schedule<F, Fut>(
     }
 }
 
-/// Runs one probe through the route: `tcp` also waits a moment for a refusal relayed by a proxy.
+/// What a probe says to the far end: `auto` resolved by what the route's port speaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Conversation {
+    /// Connected, and not refused or closed at once.
+    Tcp,
+    /// A GET answered; `strict`: with a status below 500 (an `http` probe), else any status
+    /// (`auto`: a server that answers HTTP is there).
+    Http { path: String, strict: bool },
+    /// A TLS handshake; `strict`: completed (a `tls` probe), else a TLS answer of any kind,
+    /// an alert included (`auto`: a server that wants another name still speaks TLS).
+    Tls { strict: bool },
+    /// HTTP/2's connection preface answered with SETTINGS (gRPC, h2c).
+    H2c,
+}
+
+impl Conversation {
+    fn of(probe: &Probe, route: &Route) -> Conversation {
+        match probe {
+            Probe::Tcp => Conversation::Tcp,
+            Probe::Http(path) => Conversation::Http {
+                path: path.clone(),
+                strict: true,
+            },
+            Probe::Tls => Conversation::Tls { strict: true },
+            Probe::Auto => match route.protocol {
+                Protocol::Tcp => Conversation::Tcp,
+                Protocol::Http => Conversation::Http {
+                    path: "/".into(),
+                    strict: false,
+                },
+                Protocol::Tls => Conversation::Tls { strict: false },
+                Protocol::H2c => Conversation::H2c,
+            },
+        }
+    }
+
+    /// Every conversation but `tcp` ends with an answer from the server itself.
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(&self, stream: S) -> Result<(), String> {
+        match self {
+            Conversation::Tcp => settled(stream).await,
+            Conversation::Http { path, strict } => http(stream, path, *strict).await,
+            Conversation::Tls { strict } => tls(stream, *strict).await,
+            Conversation::H2c => h2c(stream).await,
+        }
+    }
+}
+
+/// Runs one probe through the route, each step bounded by `timeout`; through a tunnel, the
+/// far side also gets `settle` to report a failure (see [`through_tunnel`]).
 pub async fn check(
     probe: &Probe,
     route: &Route,
     client: Option<&kube::Client>,
     timeout: Duration,
+    settle: Duration,
 ) -> Result<(), Cause> {
+    let conversation = Conversation::of(probe, route);
     if route.mode == Mode::Tunnel {
         let client =
             client.ok_or_else(|| Cause::new(CauseId::ClusterUnreachable, "no connection to the API server yet"))?;
         let (tunnel, _) = crate::tunnel::open(client, route, 0, timeout).await?;
-        let via = tunnel.target.clone();
-        // Keeps the port-forward open while the probe talks through it.
-        let (io, _keep) = tunnel.split();
-        return speak(probe, io, route, &via, timeout).await;
+        return through_tunnel(&conversation, tunnel, route, timeout, settle).await;
     }
     let (stream, index) = route.connect_from(0, timeout).await?;
     let via = route
         .targets
         .get(index)
         .map_or_else(|| route.primary(), |t| format!("{}:{}", t.host, route.node_port));
-    speak(probe, stream, route, &via, timeout).await
+    match tokio::time::timeout(timeout, conversation.run(stream)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(what)) => Err(serving_failure(route, &via, &what)),
+        Err(_) => Err(serving_failure(route, &via, &format!("no answer in {timeout:?}"))),
+    }
 }
 
-/// The probe's part of the conversation, over whichever path is in use.
-async fn speak<S>(probe: &Probe, stream: S, route: &Route, via: &str, timeout: Duration) -> Result<(), Cause>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let failed = |what: String| {
-        Cause::new(CauseId::ProbeFailed, format!("{} via {via}: {what}", route.service)).with_fix(format!(
-            "the service's pods do not serve it properly; check `kubectl get pods -n {0}` and `kubectl logs -n {0}`",
-            route.namespace
-        ))
+/// The path answered, but not as a server should: the pods do not serve the port properly.
+fn serving_failure(route: &Route, via: &str, what: &str) -> Cause {
+    Cause::new(CauseId::ProbeFailed, format!("{} via {via}: {what}", route.service)).with_fix(format!(
+        "the service's pods do not serve it properly; check `kubectl get pods -n {0}` and `kubectl logs -n {0}`",
+        route.namespace
+    ))
+}
+
+/// A probe through a port-forward stream. The stream opening proves nothing: the API server
+/// answers the upgrade before it dials the kubelet, which dials the pod after that, and
+/// either failure comes back later on the error channel. So the probe is healthy only on an
+/// answer from the pod (any bytes, for `tcp`), or, for `tcp` to a server that waits for its
+/// client, once `settle` has passed with neither a failure reported nor the stream closed.
+async fn through_tunnel(
+    conversation: &Conversation,
+    tunnel: crate::tunnel::Tunnel,
+    route: &Route,
+    timeout: Duration,
+    settle: Duration,
+) -> Result<(), Cause> {
+    let (via, pod) = (tunnel.target.clone(), tunnel.pod.clone());
+    // The forwarder is kept while the probe talks: dropping it ends the stream.
+    let (io, _forwarder, verdict) = tunnel.split();
+    let talk = async {
+        match conversation {
+            Conversation::Tcp => first_word(io, settle).await,
+            other => match tokio::time::timeout(timeout + settle, other.run(io)).await {
+                Ok(outcome) => outcome.map_err(Some),
+                Err(_) => Err(Some(format!("no answer in {:?}", timeout + settle))),
+            },
+        }
     };
-    let outcome = match probe {
-        Probe::Tcp => tokio::time::timeout(timeout, settled(stream)).await,
-        Probe::Http(path) => tokio::time::timeout(timeout, http(stream, path)).await,
-        Probe::Tls => tokio::time::timeout(timeout, tls(stream)).await,
-    };
-    match outcome {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(what)) => Err(failed(what)),
-        Err(_) => Err(failed(format!("no answer in {timeout:?}"))),
+    // The far side's verdict first: when it speaks, the stream's end that follows is its doing.
+    tokio::select! {
+        biased;
+        Some(message) = verdict => Err(crate::tunnel::verdict(&message, route, &pod)),
+        outcome = talk => match outcome {
+            Ok(()) => Ok(()),
+            Err(Some(what)) => Err(serving_failure(route, &via, &what)),
+            Err(None) => Err(Cause::new(
+                CauseId::TunnelFailed,
+                format!("the port-forward to {via} closed before the pod said anything, with no reason given"),
+            )
+            .with_fix("the API server or the node's kubelet ended it: check `kubectl get nodes` and the pod's events")),
+        },
+    }
+}
+
+/// For `tcp` through a tunnel: the pod's first bytes, or `settle` of quiet, prove the stream;
+/// its end first (`Err(None)`) does not.
+async fn first_word<S: AsyncRead + Unpin>(mut stream: S, settle: Duration) -> Result<(), Option<String>> {
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(settle, stream.read(&mut byte)).await {
+        Err(_) | Ok(Ok(1..)) => Ok(()),
+        Ok(Ok(0)) => Err(None),
+        Ok(Err(e)) => Err(Some(format!("the stream failed: {e}"))),
     }
 }
 
@@ -117,7 +204,7 @@ async fn settled<S: AsyncRead + Unpin>(mut stream: S) -> Result<(), String> {
     }
 }
 
-async fn http<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, path: &str) -> Result<(), String> {
+async fn http<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, path: &str, strict: bool) -> Result<(), String> {
     let request =
         format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: porthole-probe\r\nConnection: close\r\n\r\n");
     stream
@@ -139,20 +226,49 @@ async fn http<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, path: &str) -> R
         .and_then(|rest| rest.get(2..5))
         .and_then(|code| code.parse().ok())
         .ok_or_else(|| format!("not an HTTP response: {:?}", line.lines().next().unwrap_or_default()))?;
-    if status >= 500 {
+    if strict && status >= 500 {
         return Err(format!("GET {path} answered {status}"));
     }
     Ok(())
 }
 
-async fn tls<S: AsyncRead + AsyncWrite + Unpin>(stream: S) -> Result<(), String> {
+/// HTTP/2 in the clear: the client preface and an empty SETTINGS frame; a server answers with
+/// its own SETTINGS frame first.
+async fn h2c<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) -> Result<(), String> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    const SETTINGS: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];
+    const SETTINGS_TYPE: u8 = 4;
+    let hello = [PREFACE, &SETTINGS[..]].concat();
+    stream
+        .write_all(&hello)
+        .await
+        .map_err(|e| format!("cannot send the HTTP/2 preface: {e}"))?;
+    let mut header = [0u8; 9];
+    match stream.read_exact(&mut header).await {
+        Ok(_) if header[3] == SETTINGS_TYPE => Ok(()),
+        Ok(_) => Err("not an HTTP/2 server: its first frame is not SETTINGS".into()),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Err("connection closed before an HTTP/2 answer (does it speak gRPC in the clear?)".into())
+        }
+        Err(e) => Err(format!("cannot read the HTTP/2 answer: {e}")),
+    }
+}
+
+async fn tls<S: AsyncRead + AsyncWrite + Unpin>(stream: S, strict: bool) -> Result<(), String> {
     let connector = tokio_rustls::TlsConnector::from(Arc::new(insecure::config()));
     let name = rustls::pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
-    connector
-        .connect(name, stream)
-        .await
-        .map_err(|e| format!("TLS handshake failed: {e}"))?;
-    Ok(())
+    match connector.connect(name, stream).await {
+        Ok(_) => Ok(()),
+        Err(e) if !strict && alerted(&e) => Ok(()),
+        Err(e) => Err(format!("TLS handshake failed: {e}")),
+    }
+}
+
+/// Whether the handshake failed on an alert from the server: a TLS server answered.
+fn alerted(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|e| matches!(e, rustls::Error::AlertReceived(_)))
 }
 
 /// A TLS client that accepts any certificate: the probe asks "does it speak TLS", not "is it trusted"
@@ -222,6 +338,8 @@ mod tests {
     use crate::route::{Host, NodeTarget};
     use tokio::net::TcpListener;
 
+    const SECOND: Duration = Duration::from_secs(1);
+
     fn route_to(addrs: &[std::net::SocketAddr]) -> Route {
         let ips: Vec<std::net::IpAddr> = addrs.iter().map(|a| a.ip()).collect();
         Route::for_tests(&ips, addrs[0].port(), 1)
@@ -243,7 +361,7 @@ mod tests {
     async fn http_probe_reads_the_status() {
         let ok = serve_once(b"HTTP/1.1 204 No Content\r\n\r\n").await;
         assert_eq!(
-            check(&Probe::Http("/".into()), &route_to(&[ok]), None, Duration::from_secs(5)).await,
+            check(&Probe::Http("/".into()), &route_to(&[ok]), None, SECOND * 5, SECOND).await,
             Ok(())
         );
         let bad = serve_once(b"HTTP/1.1 503 Service Unavailable\r\n\r\n").await;
@@ -251,7 +369,8 @@ mod tests {
             &Probe::Http("/healthz".into()),
             &route_to(&[bad]),
             None,
-            Duration::from_secs(5),
+            SECOND * 5,
+            SECOND,
         )
         .await
         .unwrap_err();
@@ -260,9 +379,66 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn auto_speaks_what_the_port_says() {
+        let probe = |protocol| {
+            let mut route = Route::for_tests(&["127.0.0.1".parse().unwrap()], 1, 1);
+            route.protocol = protocol;
+            Conversation::of(&Probe::Auto, &route)
+        };
+        assert_eq!(probe(Protocol::Tcp), Conversation::Tcp);
+        assert_eq!(
+            probe(Protocol::Http),
+            Conversation::Http {
+                path: "/".into(),
+                strict: false
+            }
+        );
+        assert_eq!(probe(Protocol::Tls), Conversation::Tls { strict: false });
+        assert_eq!(probe(Protocol::H2c), Conversation::H2c);
+        // An explicit probe wins over the port.
+        let mut route = Route::for_tests(&["127.0.0.1".parse().unwrap()], 1, 1);
+        route.protocol = Protocol::Http;
+        assert_eq!(Conversation::of(&Probe::Tcp, &route), Conversation::Tcp);
+    }
+
+    #[tokio::test]
+    async fn an_auto_http_probe_takes_any_answer_an_http_probe_wants_below_500() {
+        let mut route = route_to(&[serve_once(b"HTTP/1.1 500 Internal Server Error\r\n\r\n").await]);
+        route.protocol = Protocol::Http;
+        assert_eq!(check(&Probe::Auto, &route, None, SECOND * 5, SECOND).await, Ok(()));
+        let mut route = route_to(&[serve_once(b"SSH-2.0-OpenSSH_9.6\r\n").await]);
+        route.protocol = Protocol::Http;
+        let cause = check(&Probe::Auto, &route, None, SECOND * 5, SECOND).await.unwrap_err();
+        assert!(cause.message.contains("not an HTTP response"), "{}", cause.message);
+    }
+
+    #[tokio::test]
+    async fn the_h2c_probe_wants_a_settings_frame() {
+        // A gRPC server's first frame: SETTINGS, empty.
+        let mut route = route_to(&[serve_once(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await]);
+        route.protocol = Protocol::H2c;
+        assert_eq!(check(&Probe::Auto, &route, None, SECOND * 5, SECOND).await, Ok(()));
+        let mut route = route_to(&[serve_once(b"HTTP/1.1 400 Bad Request\r\n\r\n").await]);
+        route.protocol = Protocol::H2c;
+        let cause = check(&Probe::Auto, &route, None, SECOND * 5, SECOND).await.unwrap_err();
+        assert!(cause.message.contains("not an HTTP/2 server"), "{}", cause.message);
+    }
+
+    #[tokio::test]
+    async fn an_auto_tls_probe_takes_an_alert_as_a_tls_answer() {
+        // A fatal handshake_failure alert, as a server with no certificate for the name sends.
+        let alert: &'static [u8] = &[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28];
+        let mut route = route_to(&[serve_once(alert).await]);
+        route.protocol = Protocol::Tls;
+        assert_eq!(check(&Probe::Auto, &route, None, SECOND * 5, SECOND).await, Ok(()));
+        let route = route_to(&[serve_once(alert).await]);
+        assert!(check(&Probe::Tls, &route, None, SECOND * 5, SECOND).await.is_err());
+    }
+
+    #[tokio::test]
     async fn tls_probe_fails_on_plain_tcp() {
         let plain = serve_once(b"SSH-2.0-nope\r\n").await;
-        let cause = check(&Probe::Tls, &route_to(&[plain]), None, Duration::from_secs(5))
+        let cause = check(&Probe::Tls, &route_to(&[plain]), None, SECOND * 5, SECOND)
             .await
             .unwrap_err();
         assert_eq!(cause.id, CauseId::ProbeFailed);

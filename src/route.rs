@@ -66,6 +66,46 @@ pub struct NodeTarget {
 pub struct PodTarget {
     pub name: String,
     pub port: u16,
+    /// The node it runs on, as its EndpointSlice says (whose kubelet the API server dials).
+    pub node: Option<String>,
+}
+
+/// What a service port says it speaks, for the `auto` probe.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Http,
+    Tls,
+    /// HTTP/2 in the clear: gRPC, h2c.
+    H2c,
+}
+
+impl Protocol {
+    /// From the port's `appProtocol`, else its name (`http`, `http-web`, `grpc-api`, as Istio
+    /// and most charts name them), else its number (443 and 8443 are TLS).
+    pub fn of(port: &ServicePort) -> Protocol {
+        let by_word = |word: &str| match word {
+            "http" | "kubernetes.io/ws" | "ws" => Some(Protocol::Http),
+            "https" | "tls" | "kubernetes.io/wss" | "wss" => Some(Protocol::Tls),
+            "grpc" | "h2c" | "http2" | "kubernetes.io/h2c" => Some(Protocol::H2c),
+            _ => None,
+        };
+        let app = port.app_protocol.as_deref().map(str::to_ascii_lowercase);
+        if let Some(protocol) = app.as_deref().and_then(by_word) {
+            return protocol;
+        }
+        let name = port.name.as_deref().unwrap_or_default().to_ascii_lowercase();
+        let prefix = name.split(['-', '_']).next().unwrap_or_default();
+        if let Some(protocol) = by_word(&name).or_else(|| by_word(prefix)) {
+            return protocol;
+        }
+        match port.port {
+            443 | 8443 => Protocol::Tls,
+            _ => Protocol::Tcp,
+        }
+    }
 }
 
 /// Where new connections of a forward go: the nodePort on each usable node, in order.
@@ -77,6 +117,8 @@ pub struct Route {
     pub service_type: String,
     /// The service port, as `name port/protocol`.
     pub port: String,
+    /// What the service port says it speaks.
+    pub protocol: Protocol,
     pub mode: Mode,
     /// The nodePort (0 for a tunnel).
     pub node_port: u16,
@@ -112,12 +154,13 @@ impl Route {
         }
     }
 
-    /// `host:nodePort` of the first node, as shown in status lines.
+    /// `host:nodePort` of the first node; for a tunnel, `tunnel → namespace/pod:port` of the
+    /// first pod (as logs and route events say it).
     pub fn primary(&self) -> String {
         if self.mode == Mode::Tunnel {
             return match self.pods.first() {
-                Some(pod) => format!("pod {}/{}:{}", self.namespace, pod.name, pod.port),
-                None => "pod -".into(),
+                Some(pod) => format!("tunnel → {}/{}:{}", self.namespace, pod.name, pod.port),
+                None => "tunnel (no ready pod)".into(),
             };
         }
         match self.targets.first() {
@@ -198,6 +241,7 @@ impl Route {
             service: "ns/svc".into(),
             service_type: "NodePort".into(),
             port: "http 80/TCP".into(),
+            protocol: Protocol::Tcp,
             mode: Mode::Nodeport,
             node_port,
             ready_nodes: targets.len(),
@@ -250,6 +294,7 @@ pub fn resolve(spec: &ForwardSpec, cluster: &ClusterSpec, world: &World) -> Resu
         service: name.clone(),
         service_type: service_type.clone(),
         port: describe_port(port),
+        protocol: Protocol::of(port),
         mode: spec.mode,
         node_port: 0,
         targets: Vec::new(),
@@ -326,7 +371,11 @@ fn ready_pods(ns: &str, service: &str, port: &ServicePort, world: &World) -> Vec
             if let Some(name) = pod.and_then(|r| r.name.clone()).filter(|_| ready)
                 && !pods.iter().any(|p| p.name == name)
             {
-                pods.push(PodTarget { name, port: number });
+                pods.push(PodTarget {
+                    name,
+                    port: number,
+                    node: endpoint.node_name.clone(),
+                });
             }
         }
     }

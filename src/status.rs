@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::Mode;
 use crate::discovery::ClusterStatus;
 use crate::forward::StatsView;
 use crate::health::Health;
@@ -22,6 +23,8 @@ pub struct ForwardStatus {
     pub local: Option<SocketAddr>,
     pub enabled: bool,
     pub health: Health,
+    /// The path new connections take: `nodeport`, `tunnel`, or none (no route).
+    pub path: Option<Mode>,
     pub route: Option<RouteView>,
     /// Pushed into the watched snapshot within a second of changing; exact from `Engine::status`.
     pub stats: StatsView,
@@ -30,8 +33,15 @@ pub struct ForwardStatus {
 /// A route as shown to users.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteView {
-    /// `node-address:nodePort` of the node tried first.
+    /// `nodeport` or `tunnel`.
+    pub path: Mode,
+    /// `node-address:nodePort` of the node tried first; for a tunnel, `namespace/pod:port` of
+    /// the pod tried first, or `-` when no pod is ready.
     pub target: String,
+    /// For a tunnel: `namespace/pod:port` of the pod tried first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// The node tried first; for a tunnel, the first pod's node.
     pub node: String,
     pub service_type: String,
     pub port: String,
@@ -42,14 +52,38 @@ pub struct RouteView {
 
 impl From<&Route> for RouteView {
     fn from(route: &Route) -> RouteView {
+        let first_pod = route.pods.first();
+        let pod = first_pod
+            .filter(|_| route.mode == Mode::Tunnel)
+            .map(|p| format!("{}/{}:{}", route.namespace, p.name, p.port));
+        let node = match route.mode {
+            Mode::Tunnel => first_pod.and_then(|p| p.node.clone()),
+            _ => route.targets.first().map(|t| t.node.clone()),
+        };
         RouteView {
-            target: route.primary(),
-            node: route.targets.first().map(|t| t.node.clone()).unwrap_or_default(),
+            path: route.mode,
+            target: match route.mode {
+                Mode::Tunnel => pod.clone().unwrap_or_else(|| "-".into()),
+                _ => route.primary(),
+            },
+            pod,
+            node: node.unwrap_or_default(),
             service_type: route.service_type.clone(),
             port: route.port.clone(),
             node_port: route.node_port,
             ready_nodes: route.ready_nodes,
             ready_endpoints: route.ready_endpoints,
+        }
+    }
+}
+
+impl RouteView {
+    /// The route in words: `10.0.0.3:30080`, `tunnel → ns/pod:8080`, `tunnel (no ready pod)`.
+    pub fn describe(&self) -> String {
+        match (self.path, &self.pod) {
+            (Mode::Tunnel, Some(pod)) => format!("tunnel → {pod}"),
+            (Mode::Tunnel, None) => "tunnel (no ready pod)".into(),
+            _ => self.target.clone(),
         }
     }
 }

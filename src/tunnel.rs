@@ -12,27 +12,47 @@ use tokio::io::DuplexStream;
 use tokio::net::TcpStream;
 
 use crate::health::{Cause, CauseId};
-use crate::route::Route;
+use crate::route::{PodTarget, Route};
 
 /// An open stream to one pod's port.
 pub struct Tunnel {
     pub io: DuplexStream,
     /// Kept for the stream's life: it owns the WebSocket and reports the kubelet's errors.
     forwarder: Portforwarder,
-    port: u16,
+    /// The pod it goes to.
+    pub pod: PodTarget,
     /// `namespace/pod:port`, for logs and status.
     pub target: String,
 }
 
 impl Tunnel {
-    /// The stream, and what must live as long as it is used.
-    pub fn split(self) -> (DuplexStream, Portforwarder) {
-        (self.io, self.forwarder)
+    /// The stream, what must live as long as it is used, and the verdict of the far side: a
+    /// message from the API server or the kubelet that the stream failed (`None`: it ended
+    /// without a word).
+    pub fn split(
+        mut self,
+    ) -> (
+        DuplexStream,
+        Portforwarder,
+        impl Future<Output = Option<String>> + use<>,
+    ) {
+        let error = self.forwarder.take_error(self.pod.port);
+        let verdict = async move {
+            match error {
+                Some(error) => error.await,
+                None => std::future::pending().await,
+            }
+        };
+        (self.io, self.forwarder, verdict)
     }
 }
 
 /// Opens a stream to the route's first pod that accepts one, starting at `first` (the pod that
 /// worked last); returns the index used. Each attempt is bounded by `timeout`.
+///
+/// A stream that opens is not yet a path: a real API server answers the upgrade before it
+/// dials the kubelet, and the kubelet dials the pod after that. Their failures arrive later,
+/// on the error channel ([`Tunnel::split`], worded by [`verdict`]).
 pub async fn open(
     client: &kube::Client,
     route: &Route,
@@ -42,6 +62,7 @@ pub async fn open(
     let pods: Api<Pod> = Api::namespaced(client.clone(), &route.namespace);
     let count = route.pods.len();
     let mut failures = Vec::new();
+    let mut forbidden = false;
     for index in (0..count).map(|i| (first + i) % count) {
         let pod = &route.pods[index];
         let target = format!("{}/{}:{}", route.namespace, pod.name, pod.port);
@@ -51,31 +72,106 @@ pub async fn open(
                     let tunnel = Tunnel {
                         io,
                         forwarder,
-                        port: pod.port,
+                        pod: pod.clone(),
                         target,
                     };
                     return Ok((tunnel, index));
                 }
                 None => failures.push(format!("{target} (no stream)")),
             },
-            Ok(Err(e)) => failures.push(format!("{target} ({e})")),
+            Ok(Err(e)) => {
+                forbidden |= refused_with(&e, 403);
+                failures.push(format!("{target} ({e})"));
+            }
             Err(_) => failures.push(format!("{target} (no answer in {timeout:?})")),
         }
     }
     if count == 0 {
         failures.push("no ready pod".into());
     }
+    let failures = failures.join(", ");
+    if forbidden {
+        return Err(Cause::new(
+            CauseId::TunnelFailed,
+            format!(
+                "the API server refuses port-forwards to {} for these credentials (403): {failures}",
+                route.service
+            ),
+        )
+        .with_fix(format!(
+            "grant `create` on `pods/portforward` in namespace {} to this context's user (an RBAC Role), \
+             or use `mode = \"nodeport\"` where node addresses answer",
+            route.namespace
+        )));
+    }
     Err(Cause::new(
         CauseId::TunnelFailed,
-        format!(
-            "cannot open a port-forward to {}: {}",
-            route.service,
-            failures.join(", ")
-        ),
+        format!("cannot open a port-forward to {}: {failures}", route.service),
     )
-    .with_fix(
-        "check `kubectl get pods -n NAMESPACE`; the API server must allow pods/portforward for these credentials",
+    .with_fix(format!(
+        "check the pods: `kubectl get pods -n {}` (a pod that is restarting comes back by itself)",
+        route.namespace
+    )))
+}
+
+/// Whether the API server answered the upgrade with this HTTP status.
+fn refused_with(error: &kube::Error, code: u16) -> bool {
+    use kube::client::UpgradeConnectionError;
+    match error {
+        kube::Error::UpgradeConnection(UpgradeConnectionError::ProtocolSwitch(status)) => status.as_u16() == code,
+        kube::Error::Api(status) => status.code == code,
+        _ => false,
+    }
+}
+
+/// What a failure reported on a stream's error channel means for the user.
+///
+/// - `error dialing backend: …` (a 500 Status from the API server): it cannot reach the node's
+///   kubelet; the node container is stopped, renamed or re-created.
+/// - the kubelet's `… failed to connect to localhost:PORT …: connection refused`: nothing in
+///   the pod listens on the port.
+/// - anything else: the port-forward failed, with the message.
+pub fn verdict(message: &str, route: &Route, pod: &PodTarget) -> Cause {
+    let message = status_message(message);
+    let target = format!("{}/{}:{}", route.namespace, pod.name, pod.port);
+    if message.contains("error dialing backend") {
+        let node = pod.node.as_deref().unwrap_or("the pod's node");
+        return Cause::new(
+            CauseId::KubeletUnreachable,
+            format!("the API server cannot reach the kubelet of {node} for {target}: {message}"),
+        )
+        .with_fix(format!(
+            "the node's container is stopped or was re-created: check `docker ps -a --filter name={node}` \
+             and start it (`docker start {node}`); a re-created cluster needs `porthole fix-kubeconfig`"
+        ));
+    }
+    if message.contains("connection refused") {
+        return Cause::new(
+            CauseId::ProbeFailed,
+            format!("pod {target} refuses port {}: nothing listens on it", pod.port),
+        )
+        .with_fix(format!(
+            "check that the container listens on port {} (`kubectl logs -n {} {}`), or correct the \
+             service's targetPort",
+            pod.port, route.namespace, pod.name
+        ));
+    }
+    Cause::new(
+        CauseId::TunnelFailed,
+        format!("the port-forward to {target} failed: {message}"),
+    )
+    .with_fix(format!(
+        "check the pod: `kubectl describe pod -n {} {}`",
+        route.namespace, pod.name
     ))
+}
+
+/// The `message` of a Status object, or the text as it is (the kubelet writes plain text).
+fn status_message(text: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
+        .unwrap_or_else(|| text.trim().to_string())
 }
 
 /// After the local client's end-of-file, how long the pod may stay silent before the tunnel is
@@ -84,29 +180,28 @@ pub async fn open(
 const HALF_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Relays a local connection through a tunnel until either side ends; counts bytes both ways.
-/// An error reported by the kubelet (the pod refused the port) resets the local connection.
-pub async fn relay(mut client: TcpStream, tunnel: Tunnel, up: &AtomicU64, down: &AtomicU64) -> std::io::Result<()> {
+/// An error reported by the API server or the kubelet (the pod refused the port) resets the
+/// local connection. `settle`: how long the far side may take to be reached at all (see
+/// [`pump`]).
+pub async fn relay(
+    mut client: TcpStream,
+    tunnel: Tunnel,
+    settle: Duration,
+    up: &AtomicU64,
+    down: &AtomicU64,
+) -> std::io::Result<()> {
     let _ = client.set_nodelay(true);
-    let Tunnel {
-        io,
-        mut forwarder,
-        port,
-        ..
-    } = tunnel;
-    let error = forwarder.take_error(port);
+    let (io, forwarder, verdict) = tunnel.split();
     let outcome = {
-        let pump = pump(&mut client, io, up, down);
+        let pump = pump(&mut client, io, settle, up, down);
         tokio::pin!(pump);
-        match error {
-            Some(error) => tokio::select! {
-                result = &mut pump => result,
-                message = error => match message {
-                    Some(message) => Err(std::io::Error::other(message)),
-                    // Closed without a word: the stream is ending; let the bytes in flight through.
-                    None => pump.await,
-                },
+        tokio::select! {
+            result = &mut pump => result,
+            message = verdict => match message {
+                Some(message) => Err(std::io::Error::other(message)),
+                // Closed without a word: the stream is ending; let the bytes in flight through.
+                None => pump.await,
             },
-            None => pump.await,
         }
     };
     forwarder.abort();
@@ -117,8 +212,16 @@ pub async fn relay(mut client: TcpStream, tunnel: Tunnel, up: &AtomicU64, down: 
 }
 
 /// Both directions at once. The client's end-of-file is not passed on (the protocol cannot);
-/// the pod's answer then gets [`HALF_CLOSE_GRACE`] of silence before the tunnel closes.
-async fn pump(client: &mut TcpStream, io: DuplexStream, up: &AtomicU64, down: &AtomicU64) -> std::io::Result<()> {
+/// the pod's answer then gets [`HALF_CLOSE_GRACE`] of silence before the tunnel closes, or
+/// `settle` while the pod has said nothing yet (the API server may still be reaching the
+/// kubelet, which then dials the pod: a request sent at once with a half-close waits for both).
+async fn pump(
+    client: &mut TcpStream,
+    io: DuplexStream,
+    settle: Duration,
+    up: &AtomicU64,
+    down: &AtomicU64,
+) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mut from_pod, mut to_pod) = tokio::io::split(io);
     let (mut from_client, mut to_client) = client.split();
@@ -138,10 +241,16 @@ async fn pump(client: &mut TcpStream, io: DuplexStream, up: &AtomicU64, down: &A
     let downward = async {
         let mut buf = vec![0u8; 32 * 1024];
         let mut half_closed = false;
+        let mut spoken = false;
         loop {
+            let grace = if spoken {
+                HALF_CLOSE_GRACE
+            } else {
+                HALF_CLOSE_GRACE.max(settle)
+            };
             let read = async {
                 if half_closed {
-                    tokio::time::timeout(HALF_CLOSE_GRACE, from_pod.read(&mut buf))
+                    tokio::time::timeout(grace, from_pod.read(&mut buf))
                         .await
                         .unwrap_or(Ok(0))
                 } else {
@@ -158,6 +267,7 @@ async fn pump(client: &mut TcpStream, io: DuplexStream, up: &AtomicU64, down: &A
             if n == 0 {
                 return to_client.shutdown().await;
             }
+            spoken = true;
             to_client.write_all(&buf[..n]).await?;
             down.fetch_add(n as u64, Ordering::Relaxed);
         }

@@ -346,3 +346,43 @@ async fn a_config_named_by_the_environment_must_exist() {
         text(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn up_and_wait_started_together_succeed_every_time() {
+    let cluster = FakeCluster::openchoreo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = preset_config(dir.path(), &cluster);
+    let control = dir.path().join("control.sock");
+    for round in 0..20 {
+        // `porthole up & porthole wait`: nothing between them, so `wait` usually starts before
+        // the engine has bound its control socket.
+        let mut up = porthole(&["--config", path(&config), "--control", path(&control), "up"])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let wait = run(&["--control", path(&control), "wait", "--timeout", "30"]).await;
+        assert!(
+            wait.status.success(),
+            "round {round}: wait failed: {}",
+            text(&wait.stderr)
+        );
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(up.id().unwrap() as libc::pid_t, libc::SIGTERM) };
+        let exit = tokio::time::timeout(WAIT, up.wait()).await.unwrap().unwrap();
+        assert!(exit.success(), "round {round}: {exit:?}");
+        assert!(!control.exists(), "round {round}: the socket is removed on exit");
+    }
+}
+
+#[tokio::test]
+async fn wait_without_an_engine_waits_its_timeout_and_says_for_what() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = dir.path().join("none.sock");
+    let out = run(&["--control", path(&control), "wait", "--timeout", "1"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("waited 1s for Porthole's engine") && stderr.contains(path(&control)),
+        "{stderr}"
+    );
+}

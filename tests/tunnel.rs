@@ -5,6 +5,7 @@ mod support;
 
 use std::time::Duration;
 
+use porthole::config::Mode;
 use porthole::engine::Engine;
 use porthole::health::{CauseId, State};
 use support::FakeCluster;
@@ -27,7 +28,11 @@ async fn bytes_arrive_intact_both_ways_through_the_tunnel() {
     let engine = start(&cluster).await;
     let status = wait_healthy(&engine, "echo").await;
     let route = status.route.clone().unwrap();
-    assert_eq!(route.target, format!("pod {NS}/echo-0:{}", _backend.addr().port()));
+    let pod = format!("{NS}/echo-0:{}", _backend.addr().port());
+    assert_eq!((route.path, route.pod.as_deref()), (Mode::Tunnel, Some(pod.as_str())));
+    assert_eq!(route.target, pod);
+    assert_eq!(route.describe(), format!("tunnel → {pod}"));
+    assert_eq!(status.path, Some(Mode::Tunnel));
     let data: Vec<u8> = (0..SIZE).map(|i| (i * 31 % 251) as u8).collect();
     let sent = checksum(&data);
     let stream = TcpStream::connect(local(&status)).await.unwrap();
@@ -73,7 +78,7 @@ async fn a_replaced_pod_takes_the_new_connections() {
     let addr = local(&wait_healthy(&engine, "echo").await);
     let old_port = backend.addr().port();
     cluster.restart_pod(NS, "echo-0", &mut backend).await;
-    let new_target = format!("pod {NS}/echo-0:{}", backend.addr().port());
+    let new_target = format!("{NS}/echo-0:{}", backend.addr().port());
     assert_ne!(backend.addr().port(), old_port);
     wait_for(&engine, "echo", "on the new pod", |f| {
         f.health.state == State::Healthy && f.route.as_ref().is_some_and(|r| r.target == new_target)
@@ -129,17 +134,18 @@ async fn a_hundred_concurrent_tunnelled_connections() {
 #[tokio::test]
 async fn the_probe_through_the_tunnel_sees_a_pod_that_refuses() {
     let (cluster, backend) = echo_cluster("tunrefuse", "ClusterIP").await;
+    let backend_port = backend.addr().port();
     let engine = start(&cluster).await;
     wait_healthy(&engine, "echo").await;
     // The process dies; the endpoint still says ready: only the kubelet's refusal tells.
     backend.stop().await;
     let down = wait_cause(&engine, "echo", State::Down, CauseId::ProbeFailed).await;
-    assert!(
-        down.health
-            .cause
-            .unwrap()
-            .message
-            .contains(&format!("via {NS}/echo-0:"))
+    let message = down.health.cause.unwrap().message;
+    let port = backend_port;
+    assert_eq!(
+        message,
+        format!("pod {NS}/echo-0:{port} refuses port {port}: nothing listens on it"),
+        "the kubelet's refusal, in words about the pod (there is no nodePort on this path)"
     );
     engine.shutdown(Duration::from_secs(1)).await;
 }
@@ -168,7 +174,7 @@ async fn auto_takes_the_tunnel_where_node_addresses_do_not_answer_and_switches_b
     cluster.set_node_addresses_reachable(false);
     let engine = Engine::start(config(&cluster, &auto_forward()), tuning());
     let status = wait_for(&engine, "echo", "healthy through the tunnel", |f| {
-        f.health.state == State::Healthy && f.route.as_ref().is_some_and(|r| r.target.starts_with("pod "))
+        f.health.state == State::Healthy && f.route.as_ref().is_some_and(|r| r.path == Mode::Tunnel)
     })
     .await;
     let addr = local(&status);
@@ -180,7 +186,7 @@ async fn auto_takes_the_tunnel_where_node_addresses_do_not_answer_and_switches_b
     let porthole::Event::Route { from, to, .. } = event else {
         unreachable!()
     };
-    assert!(from.unwrap().starts_with("pod "));
+    assert!(from.unwrap().starts_with("tunnel → "));
     assert!(to.unwrap().ends_with(&format!(":{node_port}")));
     wait_healthy(&engine, "echo").await;
     assert_eq!(echo_once(addr, b"direct now").await.unwrap(), b"direct now");
@@ -192,7 +198,7 @@ async fn auto_serves_a_cluster_ip_service_through_the_tunnel() {
     let (cluster, _backend) = echo_cluster("autoclusterip", "ClusterIP").await;
     let engine = Engine::start(config(&cluster, &auto_forward()), tuning());
     let status = wait_healthy(&engine, "echo").await;
-    assert!(status.route.as_ref().unwrap().target.starts_with("pod apps/echo-0:"));
+    assert!(status.route.as_ref().unwrap().target.starts_with("apps/echo-0:"));
     assert_eq!(
         echo_once(local(&status), b"no error, a tunnel").await.unwrap(),
         b"no error, a tunnel"
@@ -261,7 +267,7 @@ async fn the_preset_works_as_shipped_where_node_addresses_do_not_answer() {
     let engine = Engine::start(config, tuning());
     for name in ["console", "api", "traces-observer", "otel-collector", "gateway"] {
         wait_for(&engine, name, "healthy through the tunnel", |f| {
-            f.health.state == State::Healthy && f.route.as_ref().is_some_and(|r| r.target.starts_with("pod "))
+            f.health.state == State::Healthy && f.route.as_ref().is_some_and(|r| r.path == Mode::Tunnel)
         })
         .await;
     }
@@ -293,5 +299,116 @@ async fn a_silently_stalled_tunnel_is_caught_by_the_probe_and_recovers() {
     assert!(message.contains("no answer"), "{message}");
     oc.stall_port_forwards(false);
     wait_healthy(&engine, "api").await;
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+/// Every state a forward goes through from its start, by its events (subscribed before the
+/// engine's tasks run: the test runtime is single-threaded), until `done`.
+async fn states_until(
+    events: &mut tokio::sync::broadcast::Receiver<porthole::Event>,
+    done: impl Fn(&porthole::health::Health) -> bool,
+) -> Vec<porthole::health::Health> {
+    let mut seen = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(porthole::Event::Forward { to, .. }) = events.recv().await {
+                let end = done(&to);
+                seen.push(to);
+                if end {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("never reached the state; saw {seen:#?}"));
+    seen
+}
+
+/// The test timings, with the engine's own settle window: the one a real cluster needs.
+fn with_the_default_settle() -> porthole::Tuning {
+    porthole::Tuning {
+        tunnel_settle: porthole::Tuning::default().tunnel_settle,
+        ..tuning()
+    }
+}
+
+#[tokio::test]
+async fn a_kubelet_the_api_server_cannot_reach_is_named_and_never_reported_healthy() {
+    let (cluster, _backend) = echo_cluster("tunkubelet", "ClusterIP").await;
+    // As a real API server with a node it cannot resolve: the upgrade is answered at once, the
+    // failure comes 2 s later on the error channel.
+    cluster.set_kubelet_delay(Duration::from_secs(2));
+    cluster.set_kubelet_reachable(false);
+    let tuning = with_the_default_settle();
+    let engine = Engine::start(config(&cluster, &tunnel_forward()), tuning);
+    let mut events = engine.events();
+    let seen = states_until(&mut events, |h| h.state == State::Down).await;
+    assert!(
+        seen.iter().all(|h| h.state != State::Healthy),
+        "a tunnel whose kubelet is unreachable was reported healthy: {seen:#?}"
+    );
+    let cause = seen.last().unwrap().cause.clone().unwrap();
+    let node = cluster.pod(NS, "echo-0").unwrap().spec.unwrap().node_name.unwrap();
+    assert_eq!(cause.id, CauseId::KubeletUnreachable, "{cause}");
+    assert!(
+        cause.message.contains(&format!("kubelet of {node}")) && cause.message.contains("error dialing backend"),
+        "{cause}"
+    );
+    assert!(cause.fix.unwrap().contains(&format!("docker start {node}")));
+    // The node comes back: so does the forward.
+    cluster.set_kubelet_reachable(true);
+    wait_healthy(&engine, "echo").await;
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_slow_kubelet_ends_healthy_without_a_flap() {
+    let (cluster, _backend) = echo_cluster("tunslow", "ClusterIP").await;
+    cluster.set_kubelet_delay(Duration::from_millis(1500));
+    let tuning = with_the_default_settle();
+    let engine = Engine::start(config(&cluster, &tunnel_forward()), tuning);
+    let mut events = engine.events();
+    let seen = states_until(&mut events, |h| h.state == State::Healthy).await;
+    assert!(
+        seen.iter()
+            .all(|h| h.state == State::Starting || h.state == State::Healthy),
+        "a slow but working kubelet flapped: {seen:#?}"
+    );
+    let addr = local(engine.status().await.forward("echo").unwrap());
+    assert_eq!(echo_once(addr, b"slow, but there").await.unwrap(), b"slow, but there");
+    // Steady afterwards: the next probes through the same slow kubelet stay healthy.
+    let next = tokio::time::timeout(Duration::from_secs(4), states_until(&mut events, |_| true)).await;
+    assert!(next.is_err(), "the state changed again: {next:?}");
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_tunnelled_connection_idle_past_every_engine_timeout_still_carries_bytes() {
+    let (cluster, _backend) = echo_cluster("tunidle", "ClusterIP").await;
+    // Every timeout of the engine shortened below the idle time: the API client's read
+    // timeout (which once closed quiet tunnels too), probes, connects, the settle window.
+    let tuning = porthole::Tuning {
+        api_read_timeout: Duration::from_secs(1),
+        probe_timeout: Duration::from_millis(500),
+        connect_timeout: Duration::from_millis(500),
+        tunnel_settle: Duration::from_millis(200),
+        ..tuning()
+    };
+    let engine = Engine::start(config(&cluster, &tunnel_forward()), tuning);
+    // Quiet watches hit the 1 s read timeout and reconnect, so the forward may read degraded
+    // at times: serving either way.
+    let serving = wait_for(&engine, "echo", "serving", |f| {
+        matches!(f.health.state, State::Healthy | State::Degraded)
+    })
+    .await;
+    let mut session = TcpStream::connect(local(&serving)).await.unwrap();
+    round_trip(&mut session, b"hello").await.unwrap();
+    // The quiet itself is what is tested, so it is a plain wait.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    round_trip(&mut session, b"still here after the quiet")
+        .await
+        .expect("an idle tunnelled connection lives as long as both ends want");
+    round_trip(&mut session, b"and again").await.unwrap();
     engine.shutdown(Duration::from_secs(1)).await;
 }

@@ -33,6 +33,12 @@ function el(tag, text, cls) {
 
 // ---- forwards table, kept live by `snapshot` events ----
 
+// The route in words, as `porthole status` says it.
+function routeText(route) {
+  if (route.path !== "tunnel") return route.target;
+  return route.pod ? "tunnel → " + route.pod : "tunnel (no ready pod)";
+}
+
 function renderSnapshot(snapshot) {
   const cluster = snapshot.cluster;
   $("cluster").textContent =
@@ -60,7 +66,7 @@ function renderSnapshot(snapshot) {
     const state = el("td");
     state.append(el("span", f.health.state, `state ${f.health.state}`));
     if (f.health.cause) state.append(el("div", f.health.cause.message, "cause"));
-    if (f.route) state.append(el("div", "→ " + f.route.target, "cause"));
+    if (f.route) state.append(el("div", "→ " + routeText(f.route), "cause"));
     row.append(state);
     const actions = el("td");
     const edit = el("button", "Edit");
@@ -161,7 +167,7 @@ function fillPorts(current) {
 async function openEditor(name) {
   editing = name;
   clearErrors();
-  const draft = name ? page.forwards.find((f) => f.name === name) : { name: "", namespace: "", service: "", service_port: "", local_port: "", bind: "", probe: "tcp", mode: "", enabled: true };
+  const draft = name ? page.forwards.find((f) => f.name === name) : { name: "", namespace: "", service: "", service_port: "", local_port: "", bind: "", probe: "auto", mode: "", enabled: true };
   $("editor-title").textContent = name ? `Edit ${name}` : "Add forward";
   try {
     catalog = await invoke("catalog");

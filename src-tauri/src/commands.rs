@@ -66,6 +66,7 @@ fn draft(spec: &porthole::config::ForwardSpec, default_mode: Mode) -> ForwardDra
         local_port: spec.local_port.to_string(),
         bind: spec.bind.to_string(),
         probe: match &spec.probe {
+            Probe::Auto => "auto".into(),
             Probe::Tcp => "tcp".into(),
             Probe::Tls => "tls".into(),
             Probe::Http(path) => format!("http:{path}"),

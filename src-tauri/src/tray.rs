@@ -165,7 +165,7 @@ pub fn status_text(snapshot: &Snapshot) -> String {
         out += &format!("{:<20} {:>6}  {:<9}", f.name, port(f), f.health.state.to_string());
         match (&f.health.cause, &f.route) {
             (Some(cause), _) => out += &format!(" {}: {}", cause.id.as_str(), cause.message),
-            (None, Some(route)) => out += &format!(" → {}", route.target),
+            (None, Some(route)) => out += &format!(" → {}", route.describe()),
             (None, None) => {}
         }
         out.push('\n');
@@ -250,6 +250,7 @@ mod tests {
             local: Some(([127, 0, 0, 1], port).into()),
             enabled: state != State::Disabled,
             health: Health::new(state, cause),
+            path: None,
             route: None,
             stats: Default::default(),
         }

@@ -248,9 +248,9 @@ fn forward_table(draft: &ForwardDraft) -> Result<Table, EditError> {
         }
     }
     match draft.probe.trim() {
-        "" | "tcp" => {}
-        "tls" => {
-            table.insert("probe", value("tls"));
+        "" | "auto" => {}
+        kind @ ("tcp" | "tls") => {
+            table.insert("probe", value(kind));
         }
         probe => {
             let path = probe.strip_prefix("http:").unwrap_or(probe);

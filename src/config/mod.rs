@@ -89,6 +89,10 @@ pub struct ClusterSpec {
     /// How long a connection that arrives while a forward has no usable path (a rollout) waits
     /// for one, unless a forward says otherwise; `None`: the engine's default (5 s).
     pub hold: Option<Seconds>,
+    /// How long a probe through a tunnel listens for the API server's or the kubelet's verdict
+    /// before a quiet stream counts as open; `None`: the engine's default (3 s). The API server
+    /// answers the upgrade before it reaches the kubelet, so a failure arrives later.
+    pub tunnel_settle: Option<Seconds>,
 }
 
 /// A duration written in seconds: `5`, `2.5`.
@@ -155,6 +159,8 @@ pub struct ForwardSpec {
     pub mode: Mode,
     /// This forward's hold (see [`ClusterSpec::hold`]), else the cluster's.
     pub hold: Option<std::time::Duration>,
+    /// `[cluster] tunnel_settle`, for this forward's tunnel probes.
+    pub tunnel_settle: Option<std::time::Duration>,
 }
 
 /// How a forward finds its service.
@@ -198,8 +204,12 @@ impl fmt::Display for PortRef {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Probe {
-    /// A TCP connect through the route.
+    /// At the level the service port says it speaks (its `appProtocol`, its name such as
+    /// `http`, `https`, `grpc`, or 443/8443): an HTTP request answered with any status, a TLS
+    /// server's answer, an HTTP/2 server's SETTINGS; else `tcp`.
     #[default]
+    Auto,
+    /// A TCP connect through the route (through a tunnel: no refusal or error while it settles).
     Tcp,
     /// An HTTP/1.1 GET of this path; any status below 500 counts as alive.
     Http(String),
@@ -253,6 +263,7 @@ impl Config {
             ports: HashMap::new(),
             mode: raw.cluster.mode,
             hold: raw.cluster.hold,
+            tunnel_settle: raw.cluster.tunnel_settle,
         };
         let forwards = raw
             .forward
@@ -333,6 +344,7 @@ struct Validator<'t> {
     mode: Mode,
     /// `[cluster] hold`: the default of every forward.
     hold: Option<Seconds>,
+    tunnel_settle: Option<Seconds>,
 }
 
 impl Validator<'_> {
@@ -395,6 +407,7 @@ impl Validator<'_> {
             enabled: raw.enabled,
             mode: raw.mode.unwrap_or(self.mode),
             hold: raw.hold.or(self.hold).map(|s| s.0),
+            tunnel_settle: self.tunnel_settle.map(|s| s.0),
         })
     }
 

@@ -165,6 +165,24 @@ fn hold_is_seconds_from_the_cluster_or_the_forward() {
 }
 
 #[test]
+fn the_probe_is_auto_by_default_and_tunnel_settle_comes_from_the_cluster() {
+    let text = "[cluster]\ntunnel_settle = 1.5\n[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 1\n[[forward]]\nname = \"b\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 2\nprobe = \"tcp\"\n";
+    let config = parse(text).unwrap();
+    assert_eq!(config.forwards[0].probe, Probe::Auto);
+    assert_eq!(config.forwards[1].probe, Probe::Tcp);
+    let settle = Some(std::time::Duration::from_millis(1500));
+    assert!(config.forwards.iter().all(|f| f.tunnel_settle == settle));
+    let err =
+        parse("[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 1\ntunnel_settle = 1\n")
+            .unwrap_err()
+            .to_string();
+    assert!(
+        err.contains("tunnel_settle"),
+        "a cluster setting, not a forward's: {err}"
+    );
+}
+
+#[test]
 fn same_port_on_different_addresses_is_fine() {
     let text = "[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 80\n[[forward]]\nname = \"b\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 80\nbind = \"127.0.0.2\"\n";
     assert_eq!(parse(text).unwrap().forwards.len(), 2);

@@ -156,8 +156,13 @@ impl Forward {
             self.preferred.store(index, Ordering::Relaxed);
         }
         debug!(target = %tunnel.target, "tunnel open");
+        let settle = self
+            .live
+            .borrow()
+            .tunnel_settle
+            .unwrap_or(self.hub.tuning.tunnel_settle);
         tokio::select! {
-            result = tunnel::relay(client, tunnel, &stats.bytes_up, &stats.bytes_down) => {
+            result = tunnel::relay(client, tunnel, settle, &stats.bytes_up, &stats.bytes_down) => {
                 if let Err(e) = result {
                     debug!(error = %e, "tunnel ended with an error");
                 }

@@ -2,6 +2,7 @@
 //! noticing when the files change.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub mod edit;
 pub mod state;
@@ -141,8 +142,10 @@ impl Loaded {
         Ok(context)
     }
 
-    /// A client for the effective context, with bounded connect and read timeouts.
-    pub async fn client(&self, cluster: &ClusterSpec) -> Result<(kube::Client, String), KubeconfigError> {
+    /// The clients for the effective context: `api` for requests and watches, its reads bounded
+    /// by `read_timeout` (longer than a watch's server-side timeout, so watches are not cut; a
+    /// hung API server is still given up on), and `tunnel` for port-forward streams.
+    pub async fn clients(&self, cluster: &ClusterSpec, read_timeout: Duration) -> Result<Clients, KubeconfigError> {
         let context = self.effective_context(cluster)?;
         let options = KubeConfigOptions {
             context: Some(context.clone()),
@@ -155,13 +158,64 @@ impl Loaded {
         let mut config = kube::Config::from_custom_kubeconfig(self.merged.clone(), &options)
             .await
             .map_err(|e| client_err(e.to_string()))?;
-        config.connect_timeout = Some(std::time::Duration::from_secs(5));
-        // Longer than a watch's server-side timeout (290 s), so watches are not cut; a hung API
-        // server is still given up on.
-        config.read_timeout = Some(std::time::Duration::from_secs(300));
-        let client = kube::Client::try_from(config).map_err(|e| client_err(e.to_string()))?;
-        Ok((client, context))
+        config.connect_timeout = Some(CONNECT_TIMEOUT);
+        config.read_timeout = Some(read_timeout);
+        let api = kube::Client::try_from(config.clone()).map_err(|e| client_err(e.to_string()))?;
+        let tunnel = stream_client(config).map_err(|e| client_err(e.to_string()))?;
+        Ok(Clients { api, tunnel, context })
     }
+}
+
+/// Bound on connecting to the API server.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle time before TCP keepalive probes start on a port-forward stream's connection, and
+/// between them: a dead API server (a sleeping laptop's VM, a pulled cable) is found within
+/// about a minute, without cutting a stream that is only quiet.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_RETRIES: u32 = 3;
+
+/// The clients for one context (see [`Loaded::clients`]).
+#[derive(Clone)]
+pub struct Clients {
+    pub api: kube::Client,
+    pub tunnel: kube::Client,
+    pub context: String,
+}
+
+/// A client for port-forward streams. They carry users' connections, which may stay quiet for
+/// hours (a database session, an idle WebSocket) and the protocol sends no pings: no read
+/// timeout, so quiet is not mistaken for dead; TCP keepalive finds a dead peer instead.
+/// `TCP_NODELAY`, so a stream's small first writes (the upgrade, a request) are not held back.
+/// kube's own stack is used behind a proxy (it alone speaks to proxies): without the read
+/// timeout, with no keepalive of ours.
+fn stream_client(mut config: kube::Config) -> Result<kube::Client, kube::Error> {
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::rt::TokioExecutor;
+    use kube::client::ConfigExt;
+    use tower::{BoxError, ServiceBuilder};
+
+    config.read_timeout = None;
+    if config.proxy_url.is_some() {
+        return kube::Client::try_from(config);
+    }
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(config.connect_timeout);
+    http.set_keepalive(Some(KEEPALIVE_IDLE));
+    http.set_keepalive_interval(Some(KEEPALIVE_INTERVAL));
+    http.set_keepalive_retries(Some(KEEPALIVE_RETRIES));
+    let https = config.rustls_https_connector_with_connector(http)?;
+    let client: hyper_util::client::legacy::Client<_, kube::client::Body> =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(https);
+    let service = ServiceBuilder::new()
+        .layer(config.base_uri_layer())
+        .option_layer(config.auth_layer()?)
+        .layer(config.extra_headers_layer()?)
+        .map_err(BoxError::from)
+        .service(client);
+    Ok(kube::Client::new(service, config.default_namespace))
 }
 
 impl Loaded {

@@ -224,3 +224,30 @@ fn pinned_node_and_hostname_addresses() {
         CauseId::NodeUnreachable
     );
 }
+
+#[test]
+fn a_port_says_what_it_speaks_by_app_protocol_then_name_then_number() {
+    use super::Protocol;
+    let port = |name: &str, number: i32, app: Option<&str>| ServicePort {
+        name: Some(name.into()),
+        port: number,
+        app_protocol: app.map(str::to_string),
+        ..Default::default()
+    };
+    let cases = [
+        (port("web", 80, Some("http")), Protocol::Http),
+        (port("web", 80, Some("kubernetes.io/h2c")), Protocol::H2c),
+        (port("http", 443, Some("kubernetes.io/wss")), Protocol::Tls),
+        (port("http", 8080, None), Protocol::Http),
+        (port("http-metrics", 9090, None), Protocol::Http),
+        (port("https", 8443, None), Protocol::Tls),
+        (port("grpc-otlp", 4317, None), Protocol::H2c),
+        (port("gateway", 443, None), Protocol::Tls),
+        (port("", 8443, None), Protocol::Tls),
+        (port("tcp", 7000, None), Protocol::Tcp),
+        (port("otlp", 21893, None), Protocol::Tcp),
+    ];
+    for (port, expected) in cases {
+        assert_eq!(Protocol::of(&port), expected, "{port:?}");
+    }
+}

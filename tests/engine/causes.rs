@@ -5,7 +5,7 @@ use super::*;
 #[tokio::test]
 async fn cluster_ip_service_is_the_wrong_type_and_says_what_to_change() {
     let (cluster, _backend) = echo_cluster("clusterip", "NodePort").await;
-    cluster.apply_service(service(NS, "internal", "ClusterIP", vec![port("http", 80)]));
+    cluster.apply_service(service(NS, "internal", "ClusterIP", vec![port("tcp", 80)]));
     let engine = start(&cluster, &forward("internal", NS, "internal")).await;
     let status = wait_cause(&engine, "internal", State::Down, CauseId::WrongServiceType).await;
     let cause = status.health.cause.unwrap();
@@ -13,7 +13,7 @@ async fn cluster_ip_service_is_the_wrong_type_and_says_what_to_change() {
     assert!(cause.fix.unwrap().contains("type: NodePort"));
 
     // Changing the live service to NodePort heals the forward without a restart.
-    cluster.apply_service(service(NS, "internal", "NodePort", vec![port("http", 80)]));
+    cluster.apply_service(service(NS, "internal", "NodePort", vec![port("tcp", 80)]));
     cluster.add_endpoint(NS, "internal", "internal-0", _backend.addr(), true);
     wait_healthy(&engine, "internal").await;
     engine.shutdown(Duration::from_secs(1)).await;

@@ -27,8 +27,8 @@ async fn pod_restart_then_new_connections_succeed() {
     };
     assert_eq!(
         from.state,
-        State::Down,
-        "recovery is reported as a transition from down"
+        State::Starting,
+        "recovery passes through starting: the pod that came back is proven by a probe first"
     );
     engine.shutdown(Duration::from_secs(1)).await;
 }
@@ -110,5 +110,54 @@ async fn a_node_with_a_new_address_is_followed() {
     .await;
     assert_eq!(status.route.unwrap().node, "moved-worker");
     assert_eq!(echo_once(addr, b"moved").await.unwrap(), b"moved");
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_node_port_change_kube_proxy_programs_a_second_later_is_never_down() {
+    let (cluster, _backend) = echo_cluster("proxylag", "NodePort").await;
+    // The engine's own confirmation (retry after a second, three failures), as users run it.
+    let defaults = porthole::Tuning::default();
+    let tuning = porthole::Tuning {
+        probe_retry: defaults.probe_retry,
+        failure_threshold: defaults.failure_threshold,
+        ..tuning()
+    };
+    let engine = Engine::start(config(&cluster, &forward("echo", NS, "echo")), tuning);
+    let addr = local(&wait_healthy(&engine, "echo").await);
+    let mut events = engine.events();
+    // A real kube-proxy programs a changed nodePort up to about a second after the API says it.
+    cluster.set_proxy_lag(Duration::from_secs(1));
+    let new_port = cluster.change_node_port(NS, "echo", 0);
+    let mut seen = Vec::new();
+    let healthy_again = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(Event::Forward { to, .. }) = events.recv().await {
+                seen.push(to.state);
+                if to.state == State::Healthy {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(healthy_again.is_ok(), "never healthy again: {seen:?}");
+    assert!(
+        !seen.contains(&State::Down),
+        "a lagging kube-proxy took it down: {seen:?}"
+    );
+    assert_eq!(
+        engine
+            .status()
+            .await
+            .forward("echo")
+            .unwrap()
+            .route
+            .as_ref()
+            .unwrap()
+            .node_port,
+        new_port
+    );
+    assert_eq!(echo_once(addr, b"on the new port").await.unwrap(), b"on the new port");
     engine.shutdown(Duration::from_secs(1)).await;
 }

@@ -147,11 +147,11 @@ fn serve_control(app: &tauri::AppHandle, engine: Engine, path: PathBuf, cancel: 
                 error!(error = %e, "no control socket: `porthole status` cannot reach this app");
                 shell::notify(
                     &app,
-                    vec![Notice {
-                        kind: Kind::App,
-                        summary: "Porthole's control socket is taken".into(),
-                        body: format!("{e}. Is `porthole up` running too?"),
-                    }],
+                    vec![Notice::new(
+                        Kind::App,
+                        "Porthole's control socket is taken",
+                        format!("{e}. Is `porthole up` running too?"),
+                    )],
                 );
             }
         }

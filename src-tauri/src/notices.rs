@@ -1,11 +1,17 @@
-//! Which notifications to show, from the engine's events: one per real transition, a summary
-//! instead of a burst, nothing for what the engine did not report. Pure: [`crate::shell`] feeds
-//! it events and a clock, and shows what comes out.
+//! Which notifications to show, from what the engine reports: one per real transition, a
+//! summary instead of a burst, nothing for what the engine did not report. Pure: [`crate::shell`]
+//! feeds it snapshots, events and a clock, and shows what comes out.
+//!
+//! It is level-triggered: per forward it keeps the last settled state the engine reported
+//! (down, or up: healthy or degraded; `starting` settles nothing) and what the user was last
+//! told. A flush tells the difference. So a recovery is told whatever states it passed through
+//! (`down → starting → healthy`), a state seen twice (in a snapshot and in an event) is told
+//! once, and a forward that is down when the app starts is told as soon as it is seen down.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use porthole::health::{Cause, State};
+use porthole::health::{Cause, Health, State};
 use porthole::kubeconfig::state::{Fixed, KubeconfigState};
 use porthole::{Event, Snapshot};
 use serde::{Deserialize, Serialize};
@@ -58,20 +64,52 @@ pub struct Notice {
     pub kind: Kind,
     pub summary: String,
     pub body: String,
+    /// The forwards it is about (none for kubeconfig and app notices).
+    pub forwards: Vec<String>,
 }
 
-/// A forward that changed within the current batch.
+impl Notice {
+    pub fn new(kind: Kind, summary: impl Into<String>, body: impl Into<String>) -> Notice {
+        Notice {
+            kind,
+            summary: summary.into(),
+            body: body.into(),
+            forwards: Vec::new(),
+        }
+    }
+}
+
+/// A forward's last settled state, as far as notifications go.
+#[derive(Debug, Clone, PartialEq)]
+enum Settled {
+    /// Nothing settled yet (only `starting` seen).
+    Unknown,
+    /// Healthy or degraded: serving.
+    Up,
+    Down(Option<Cause>),
+    /// Turned off: nothing is told until it is on again.
+    Off,
+}
+
+/// What the user was last told of a forward (muting is the shell's: a muted notice counts as
+/// told, so its recovery is told as it would be).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Told {
+    Nothing,
+    Down,
+}
+
 #[derive(Debug, Clone)]
-struct Change {
+struct Track {
     port: String,
-    /// `Some` when it went down (with its cause), `None` when it came back.
-    down: Option<Option<Cause>>,
+    settled: Settled,
+    told: Told,
 }
 
 #[derive(Debug, Default)]
 pub struct Notices {
-    /// By forward name; a forward that goes down and back within a batch cancels out.
-    batch: BTreeMap<String, Change>,
+    /// By forward name.
+    forwards: BTreeMap<String, Track>,
     batch_since: Option<Instant>,
     fixed_at: Option<Instant>,
 }
@@ -90,39 +128,57 @@ impl Notices {
         self.batch_since.map(|t| t + BATCH)
     }
 
+    /// Takes the state of every forward in a snapshot: forwards it no longer has are forgotten.
+    pub fn observe_snapshot(&mut self, snapshot: &Snapshot, now: Instant) {
+        self.forwards.retain(|name, _| snapshot.forward(name).is_some());
+        for forward in &snapshot.forwards {
+            self.health(&forward.name, &forward.health, snapshot, now);
+        }
+    }
+
     /// Takes one engine event; kubeconfig notices come out at once, forward ones at [`flush`].
     ///
     /// [`flush`]: Notices::flush
     pub fn observe(&mut self, event: &Event, snapshot: &Snapshot, now: Instant) -> Vec<Notice> {
         match event {
-            Event::Forward { name, from, to } => {
-                let went_down = from.state != State::Down && to.state == State::Down;
-                let came_back = from.state == State::Down && matches!(to.state, State::Healthy | State::Degraded);
-                let turned_off = to.state == State::Disabled;
-                if turned_off {
-                    self.batch.remove(name);
-                } else if went_down || came_back {
-                    let change = Change {
-                        port: port_of(snapshot, name),
-                        down: went_down.then(|| to.cause.clone()),
-                    };
-                    match self.batch.remove(name) {
-                        // Down and back (or back and down) inside one batch: nothing to tell.
-                        Some(earlier) if earlier.down.is_some() != change.down.is_some() => {}
-                        _ => {
-                            self.batch.insert(name.clone(), change);
-                        }
-                    }
-                    self.batch_since.get_or_insert(now);
-                }
+            Event::Forward { name, to, .. } => {
+                self.health(name, to, snapshot, now);
                 Vec::new()
             }
             Event::Removed { name } => {
-                self.batch.remove(name);
+                self.forwards.remove(name);
                 Vec::new()
             }
             Event::Kubeconfig { from, to } => self.kubeconfig(from.as_ref(), to, now),
             Event::Route { .. } | Event::Cluster { .. } => Vec::new(),
+        }
+    }
+
+    fn health(&mut self, name: &str, health: &Health, snapshot: &Snapshot, now: Instant) {
+        let settled = match health.state {
+            State::Starting => return,
+            State::Healthy | State::Degraded => Settled::Up,
+            State::Down => Settled::Down(health.cause.clone()),
+            State::Disabled => Settled::Off,
+        };
+        let track = self.forwards.entry(name.to_string()).or_insert_with(|| Track {
+            port: String::new(),
+            settled: Settled::Unknown,
+            told: Told::Nothing,
+        });
+        let port = port_of(snapshot, name);
+        if !port.is_empty() {
+            track.port = port;
+        }
+        if settled == Settled::Off {
+            // Nothing is told while off, and nothing of before once it is on again.
+            track.told = Told::Nothing;
+        }
+        let was_down = matches!(track.settled, Settled::Down(_));
+        let is_down = matches!(settled, Settled::Down(_));
+        track.settled = settled;
+        if was_down != is_down || track.pending() {
+            self.batch_since.get_or_insert(now);
         }
     }
 
@@ -133,19 +189,19 @@ impl Notices {
             if let Some(fix) = to.fix() {
                 body += &format!(". Fix: {fix} (Fix kubeconfig in the Porthole menu).");
             }
-            return vec![Notice {
-                kind: Kind::Context,
-                summary: "kubectl points away from Porthole's cluster".into(),
+            return vec![Notice::new(
+                Kind::Context,
+                "kubectl points away from Porthole's cluster",
                 body,
-            }];
+            )];
         }
         let echo = self.fixed_at.is_some_and(|t| now.duration_since(t) < FIX_ECHO);
         if to.is_ok() && from.is_some_and(|s| !s.is_ok()) && !echo {
-            return vec![Notice {
-                kind: Kind::Context,
-                summary: "kubectl's context is right again".into(),
-                body: to.sentence(),
-            }];
+            return vec![Notice::new(
+                Kind::Context,
+                "kubectl's context is right again",
+                to.sentence(),
+            )];
         }
         Vec::new()
     }
@@ -159,58 +215,70 @@ impl Notices {
                 if let Some(backup) = &fixed.backup {
                     body += &format!(" (backup: {})", backup.display());
                 }
-                Notice {
-                    kind: Kind::Fix,
-                    summary: "kubeconfig fixed".into(),
-                    body,
-                }
+                Notice::new(Kind::Fix, "kubeconfig fixed", body)
             }
-            Ok(None) => Notice {
-                kind: Kind::Fix,
-                summary: "kubeconfig already right".into(),
-                body: "nothing was changed".into(),
-            },
-            Err(error) => Notice {
-                kind: Kind::Fix,
-                summary: "could not fix the kubeconfig".into(),
-                body: error.clone(),
-            },
+            Ok(None) => Notice::new(Kind::Fix, "kubeconfig already right", "nothing was changed"),
+            Err(error) => Notice::new(Kind::Fix, "could not fix the kubeconfig", error.clone()),
         }
     }
 
-    /// The forward notices of the batch: one each, or a summary from [`SUMMARY_FROM`] on.
+    /// The forward notices of the batch: for each forward whose settled state differs from
+    /// what the user was told, one notice, or a summary from [`SUMMARY_FROM`] forwards on.
     pub fn flush(&mut self) -> Vec<Notice> {
         self.batch_since = None;
-        let batch = std::mem::take(&mut self.batch);
-        let (down, back): (Vec<_>, Vec<_>) = batch.into_iter().partition(|(_, c)| c.down.is_some());
+        let mut down: Vec<(String, String, Option<Cause>)> = Vec::new();
+        let mut back: Vec<(String, String)> = Vec::new();
+        for (name, track) in &mut self.forwards {
+            match (&track.settled, track.told) {
+                (Settled::Down(cause), Told::Nothing) => {
+                    track.told = Told::Down;
+                    down.push((name.clone(), track.port.clone(), cause.clone()));
+                }
+                (Settled::Up, Told::Down) => {
+                    track.told = Told::Nothing;
+                    back.push((name.clone(), track.port.clone()));
+                }
+                _ => {}
+            }
+        }
         let mut notices = Vec::new();
         if down.len() >= SUMMARY_FROM {
             notices.push(down_summary(&down));
         } else {
-            notices.extend(down.iter().map(|(name, change)| {
-                let cause = change.down.clone().flatten();
-                Notice {
-                    kind: Kind::Down,
-                    summary: format!("{name} {} is down", change.port),
-                    body: cause_text(cause.as_ref()),
-                }
+            notices.extend(down.into_iter().map(|(name, port, cause)| Notice {
+                kind: Kind::Down,
+                summary: format!("{name} {port} is down"),
+                body: cause_text(cause.as_ref()),
+                forwards: vec![name],
             }));
         }
         if back.len() >= SUMMARY_FROM {
-            let names: Vec<&str> = back.iter().map(|(n, _)| n.as_str()).collect();
+            let names: Vec<String> = back.into_iter().map(|(n, _)| n).collect();
             notices.push(Notice {
                 kind: Kind::Recovered,
-                summary: format!("{} forwards are back", back.len()),
+                summary: format!("{} forwards are back", names.len()),
                 body: names.join(", "),
+                forwards: names,
             });
         } else {
-            notices.extend(back.iter().map(|(name, change)| Notice {
+            notices.extend(back.into_iter().map(|(name, port)| Notice {
                 kind: Kind::Recovered,
-                summary: format!("{name} {} is back", change.port),
+                summary: format!("{name} {port} is back"),
                 body: "healthy again".into(),
+                forwards: vec![name],
             }));
         }
         notices
+    }
+}
+
+impl Track {
+    /// Whether the next flush has something to tell (or to settle silently).
+    fn pending(&self) -> bool {
+        matches!(
+            (&self.settled, self.told),
+            (Settled::Down(_), Told::Nothing) | (Settled::Up, Told::Down)
+        )
     }
 }
 
@@ -227,23 +295,24 @@ fn cause_text(cause: Option<&Cause>) -> String {
 }
 
 /// "5 forwards are down": the shared cause once (the cluster went away), else each one's.
-fn down_summary(down: &[(String, Change)]) -> Notice {
-    let causes: Vec<Option<&Cause>> = down
-        .iter()
-        .map(|(_, c)| c.down.as_ref().and_then(|c| c.as_ref()))
-        .collect();
+fn down_summary(down: &[(String, String, Option<Cause>)]) -> Notice {
+    let causes: Vec<Option<&Cause>> = down.iter().map(|(_, _, c)| c.as_ref()).collect();
     let shared = causes
         .first()
         .copied()
         .flatten()
         .filter(|first| causes.iter().all(|c| c.is_some_and(|c| c.id == first.id)));
-    let names: Vec<&str> = down.iter().map(|(n, _)| n.as_str()).collect();
+    let names: Vec<String> = down.iter().map(|(n, _, _)| n.clone()).collect();
     let body = match shared {
         Some(cause) => format!("{} ({})", cause_text(Some(cause)), names.join(", ")),
         None => down
             .iter()
-            .zip(&causes)
-            .map(|((name, _), cause)| format!("{name}: {}", cause.map_or("no cause reported", |c| &c.message)))
+            .map(|(name, _, cause)| {
+                format!(
+                    "{name}: {}",
+                    cause.as_ref().map_or("no cause reported", |c| c.message.as_str())
+                )
+            })
             .collect::<Vec<_>>()
             .join("\n"),
     };
@@ -251,6 +320,7 @@ fn down_summary(down: &[(String, Change)]) -> Notice {
         kind: Kind::Down,
         summary: format!("{} forwards are down", down.len()),
         body,
+        forwards: names,
     }
 }
 
@@ -280,6 +350,7 @@ mod tests {
                     local: Some(([127, 0, 0, 1], 3000 + i as u16).into()),
                     enabled: true,
                     health: Health::new(State::Healthy, None),
+                    path: None,
                     route: None,
                     stats: Default::default(),
                 })
@@ -404,5 +475,251 @@ mod tests {
             n.observe(&ev(&wrong, &ok), &snap, t + Duration::from_secs(1))
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_recovery_through_starting_is_told() {
+        let snap = snapshot(&["ghost"]);
+        let mut n = Notices::default();
+        let t = Instant::now();
+        n.observe(
+            &change("ghost", State::Healthy, State::Down, Some(CauseId::ServiceMissing)),
+            &snap,
+            t,
+        );
+        assert_eq!(n.flush()[0].summary, "ghost :3000 is down");
+        n.observe(&change("ghost", State::Down, State::Starting, None), &snap, t);
+        assert!(n.deadline().is_none(), "starting settles nothing");
+        n.observe(&change("ghost", State::Starting, State::Healthy, None), &snap, t);
+        let back = n.flush();
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].summary, "ghost :3000 is back");
+    }
+
+    #[test]
+    fn a_forward_down_at_start_is_told_once_from_the_snapshot_and_its_event() {
+        let mut snap = snapshot(&["ghost"]);
+        snap.forwards[0].health = Health::new(State::Down, Some(Cause::new(CauseId::ServiceMissing, "gone")));
+        let mut n = Notices::default();
+        let t = Instant::now();
+        // The event was published before the app subscribed: only the snapshot says it.
+        n.observe_snapshot(&snap, t);
+        n.observe(
+            &change("ghost", State::Starting, State::Down, Some(CauseId::ServiceMissing)),
+            &snap,
+            t,
+        );
+        n.observe_snapshot(&snap, t);
+        let told = n.flush();
+        assert_eq!(told.len(), 1);
+        assert_eq!(told[0].body, "gone");
+        n.observe_snapshot(&snap, t);
+        assert!(n.deadline().is_none() && n.flush().is_empty());
+    }
+}
+
+/// The notices as a state machine, over random sequences of what the engine reports.
+#[cfg(test)]
+mod properties {
+    use std::collections::BTreeMap;
+
+    use porthole::engine::{ClusterStatusView, ForwardStatus};
+    use porthole::health::CauseId;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const NAMES: [&str; 4] = ["f0", "f1", "f2", "f3"];
+
+    #[derive(Debug, Clone, Copy)]
+    enum Via {
+        Event,
+        Snapshot,
+        Both,
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Health {
+            forward: usize,
+            state: State,
+            cause: CauseId,
+            via: Via,
+        },
+        Remove {
+            forward: usize,
+            via: Via,
+        },
+        Wait(u64),
+    }
+
+    fn state() -> impl Strategy<Value = State> {
+        prop_oneof![
+            3 => Just(State::Starting),
+            3 => Just(State::Healthy),
+            1 => Just(State::Degraded),
+            4 => Just(State::Down),
+            1 => Just(State::Disabled),
+        ]
+    }
+
+    fn via() -> impl Strategy<Value = Via> {
+        prop_oneof![Just(Via::Event), Just(Via::Snapshot), Just(Via::Both)]
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        let cause = prop_oneof![Just(CauseId::ServiceMissing), Just(CauseId::ClusterUnreachable)];
+        prop_oneof![
+            8 => (0..NAMES.len(), state(), cause, via())
+                .prop_map(|(forward, state, cause, via)| Step::Health { forward, state, cause, via }),
+            1 => (0..NAMES.len(), via()).prop_map(|(forward, via)| Step::Remove { forward, via }),
+            4 => (0u64..1200).prop_map(Step::Wait),
+        ]
+    }
+
+    /// The engine's side: each present forward's health, in config order.
+    #[derive(Default)]
+    struct World {
+        forwards: BTreeMap<usize, Health>,
+        /// The last state of each forward other than `starting`, as the checker's truth.
+        settled: BTreeMap<usize, State>,
+    }
+
+    impl World {
+        fn snapshot(&self) -> Snapshot {
+            Snapshot {
+                context: None,
+                kubectl_context: None,
+                kubeconfig: None,
+                cluster: ClusterStatusView {
+                    state: "connected".into(),
+                    detail: None,
+                },
+                forwards: self
+                    .forwards
+                    .iter()
+                    .map(|(i, health)| ForwardStatus {
+                        name: NAMES[*i].into(),
+                        namespace: "ns".into(),
+                        service: NAMES[*i].into(),
+                        local: Some(([127, 0, 0, 1], 3000 + *i as u16).into()),
+                        enabled: health.state != State::Disabled,
+                        health: health.clone(),
+                        path: None,
+                        route: None,
+                        stats: Default::default(),
+                    })
+                    .collect(),
+            }
+        }
+    }
+
+    /// What the user has been shown, per forward, checked against the world at every flush.
+    #[derive(Default)]
+    struct Checker {
+        told_down: BTreeMap<usize, bool>,
+    }
+
+    impl Checker {
+        fn forget(&mut self, forward: usize) {
+            self.told_down.remove(&forward);
+        }
+
+        fn check(&mut self, notices: &[Notice], world: &World) -> Result<(), TestCaseError> {
+            for notice in notices {
+                for name in &notice.forwards {
+                    let i = NAMES.iter().position(|n| n == name).expect("a known name");
+                    let settled = world.settled.get(&i).copied();
+                    let told = self.told_down.entry(i).or_default();
+                    match notice.kind {
+                        Kind::Down => {
+                            prop_assert_eq!(settled, Some(State::Down), "{} told down but it is not", name);
+                            prop_assert!(!*told, "{} told down twice without a back", name);
+                            *told = true;
+                        }
+                        Kind::Recovered => {
+                            prop_assert!(
+                                matches!(settled, Some(State::Healthy | State::Degraded)),
+                                "{} told back but it is {:?}",
+                                name,
+                                settled
+                            );
+                            prop_assert!(*told, "{} told back without a down", name);
+                            *told = false;
+                        }
+                        other => prop_assert!(false, "unexpected notice kind {:?}", other),
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+
+    fn feed(n: &mut Notices, world: &World, event: Option<Event>, via: Via, now: Instant) {
+        let snapshot = world.snapshot();
+        if let (Some(event), Via::Event | Via::Both) = (event, via) {
+            let out = n.observe(&event, &snapshot, now);
+            assert!(out.is_empty(), "forward events tell nothing before a flush");
+        }
+        if matches!(via, Via::Snapshot | Via::Both) {
+            n.observe_snapshot(&snapshot, now);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn every_down_and_every_recovery_is_told_once(
+            steps in proptest::collection::vec(step(), 1..80),
+        ) {
+            let mut n = Notices::default();
+            let mut world = World::default();
+            let mut checker = Checker::default();
+            let mut now = Instant::now();
+            for step in steps {
+                if n.deadline().is_some_and(|d| d <= now) {
+                    let out = n.flush();
+                    checker.check(&out, &world)?;
+                }
+                match step {
+                    Step::Wait(ms) => now += Duration::from_millis(ms),
+                    Step::Health { forward, state, cause, via } => {
+                        let cause = (state == State::Down).then(|| Cause::new(cause, "broken"));
+                        let to = Health::new(state, cause);
+                        let from = world.forwards.insert(forward, to.clone()).unwrap_or(Health::new(State::Starting, None));
+                        if state != State::Starting {
+                            world.settled.insert(forward, state);
+                        }
+                        if state == State::Disabled {
+                            checker.forget(forward);
+                        }
+                        let event = Event::Forward { name: NAMES[forward].into(), from, to };
+                        feed(&mut n, &world, Some(event), via, now);
+                    }
+                    Step::Remove { forward, via } => {
+                        if world.forwards.remove(&forward).is_some() {
+                            world.settled.remove(&forward);
+                            checker.forget(forward);
+                            let event = Event::Removed { name: NAMES[forward].into() };
+                            feed(&mut n, &world, Some(event), via, now);
+                        }
+                    }
+                }
+            }
+            // The shell always sees the latest snapshot in the end, and the batch flushes.
+            n.observe_snapshot(&world.snapshot(), now);
+            let out = n.flush();
+            checker.check(&out, &world)?;
+            prop_assert!(n.flush().is_empty(), "a second flush tells nothing new");
+            for (i, state) in &world.settled {
+                let told = checker.told_down.get(i).copied().unwrap_or(false);
+                match state {
+                    State::Down => prop_assert!(told, "{} is down and was never told", NAMES[*i]),
+                    State::Healthy | State::Degraded => prop_assert!(!told, "{} is back and was not told", NAMES[*i]),
+                    _ => {}
+                }
+            }
+        }
     }
 }

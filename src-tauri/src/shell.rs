@@ -77,24 +77,26 @@ pub async fn follow_config(app: AppHandle, path: PathBuf) {
                 error!(error = %e, "config file changed but is invalid: keeping the running config");
                 notify(
                     &app,
-                    vec![Notice {
-                        kind: Kind::Config,
-                        summary: "config file not applied".into(),
-                        body: e.to_string(),
-                    }],
+                    vec![Notice::new(Kind::Config, "config file not applied", e.to_string())],
                 );
             }
         }
     }
 }
 
-/// Follows the engine until quit: snapshots to the tray and the settings window, events to
-/// notifications.
+/// Follows the engine until quit: snapshots to the tray and the settings window, snapshots and
+/// events to notifications.
+///
+/// Notices are level-triggered: each snapshot gives every forward's state, so a transition the
+/// engine published before this loop subscribed (a forward down at start) is still told, and
+/// the events between snapshots give the states a coalesced snapshot skipped. Events are taken
+/// before snapshots, so the last state seen of a forward is never older than one already seen.
 pub async fn follow(app: AppHandle) {
     let shell = app.state::<Shell>();
     let mut snapshots = shell.engine.snapshot();
     let mut events = shell.engine.events();
     let first = snapshots.borrow_and_update().clone();
+    lock(&shell.notices).observe_snapshot(&first, Instant::now());
     render(&app, &first);
     loop {
         let deadline = lock(&shell.notices).deadline();
@@ -105,14 +107,8 @@ pub async fn follow(app: AppHandle) {
             }
         };
         tokio::select! {
+            biased;
             _ = shell.cancel.cancelled() => return,
-            changed = snapshots.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                let snapshot = snapshots.borrow_and_update().clone();
-                render(&app, &snapshot);
-            }
             event = events.recv() => match event {
                 Ok(event) => {
                     let snapshot = snapshots.borrow().clone();
@@ -120,9 +116,18 @@ pub async fn follow(app: AppHandle) {
                     notify(&app, out);
                     window::emit(&app, "engine-event", &event);
                 }
+                // The next snapshot carries every forward's state: nothing is lost for notices.
                 Err(RecvError::Lagged(missed)) => warn!(missed, "fell behind the engine's events"),
                 Err(RecvError::Closed) => return,
             },
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let snapshot = snapshots.borrow_and_update().clone();
+                lock(&shell.notices).observe_snapshot(&snapshot, Instant::now());
+                render(&app, &snapshot);
+            }
             _ = flush => {
                 let out = lock(&shell.notices).flush();
                 notify(&app, out);

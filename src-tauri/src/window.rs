@@ -185,11 +185,7 @@ fn start(app: &AppHandle) -> io::Result<Link> {
 }
 
 fn failure(summary: &str, body: String) -> Notice {
-    Notice {
-        kind: Kind::App,
-        summary: summary.into(),
-        body,
-    }
+    Notice::new(Kind::App, summary, body)
 }
 
 /// In the child, before exec: its end of the pair becomes [`WINDOW_FD`], kept across exec.

@@ -184,6 +184,56 @@ async fn tray_shows_health_notifies_a_breakage_once_and_the_recovery() {
     assert_eq!(status.forward("console").unwrap().local, Some(console));
 }
 
+/// The states the app's log records for one forward, in order.
+fn logged_states(log: &str, forward: &str) -> Vec<String> {
+    let span = format!("forward{{forward={forward}}}");
+    log.lines()
+        .filter(|l| l.contains(&span))
+        .filter_map(|l| l.split("state=").nth(1))
+        .map(|rest| rest.split_whitespace().next().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forward_down_at_start_is_told_and_its_recovery_through_starting_too() {
+    let d = Desktop::start(&["console", "api"]).await;
+    // The console's service is not there when the app starts (a login item, before the
+    // quick-start has finished installing): its first settled state is down.
+    let spec = OpenChoreo::spec("amp-console").unwrap();
+    d.cluster.delete_service(spec.namespace, spec.name);
+    let app = App::start(&d.home, &d.bus, &[]).await;
+    let down = wait_notification(&d.bus, "console down", |n| n.summary.contains("console")).await;
+    assert!(
+        down.summary.starts_with("console :") && down.summary.ends_with(" is down"),
+        "{down:?}"
+    );
+    assert!(down.body.contains("wso2-amp/amp-console does not exist"), "{down:?}");
+
+    // The service is installed: a new route, proven by a probe first (`starting`), then healthy.
+    d.cluster.apply(spec);
+    let back = wait_notification(&d.bus, "console back", |n| n.summary.ends_with("is back")).await;
+    assert_eq!(back.summary, down.summary.replace(" is down", " is back"));
+    app.tray
+        .wait_until("console healthy in the menu", WAIT, || async {
+            let items = app.tray.menu_items().await;
+            item(&items, "console").is_some_and(|i| i.label.ends_with("→ healthy"))
+        })
+        .await;
+    let mut states = logged_states(&d.home.log(), "console");
+    // A new cause of the same state is logged too (service missing, then no ready endpoint
+    // while the new pod's slice is not ready yet).
+    states.dedup();
+    let from_down = states.iter().position(|s| s == "down").expect("down logged");
+    assert_eq!(
+        states[from_down..],
+        ["down", "starting", "healthy"],
+        "the recovery passed through starting: {states:?}"
+    );
+    // One down, one back, and nothing about the forward that was healthy all along.
+    let told: Vec<String> = d.bus.notifications().into_iter().map(|n| n.summary).collect();
+    assert_eq!(told, [down.summary.clone(), back.summary.clone()], "{told:#?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wrong_kubectl_context_is_fixed_from_the_menu_and_a_forward_is_turned_off() {
     let d = Desktop::start(&["console", "api"]).await;

@@ -231,7 +231,13 @@ fn render(snapshot: &Snapshot) -> String {
         }
         None => {}
     }
-    let rows: Vec<[String; 6]> = snapshot.forwards.iter().map(row).collect();
+    out + &table(&snapshot.forwards.iter().collect::<Vec<_>>())
+}
+
+/// The forwards' table: a header, a line each with columns sized to their contents, and the
+/// cause and fix under a broken one.
+fn table(forwards: &[&ForwardStatus]) -> String {
+    let rows: Vec<[String; 6]> = forwards.iter().map(|f| row(f)).collect();
     let header = ["NAME", "LOCAL", "STATE", "ROUTE", "CONN", "BYTES"].map(String::from);
     let mut widths = [0usize; 6];
     for cells in std::iter::once(&header).chain(&rows) {
@@ -239,8 +245,8 @@ fn render(snapshot: &Snapshot) -> String {
             *width = (*width).max(cell.chars().count());
         }
     }
-    out += &line(&header, &widths);
-    for (f, cells) in snapshot.forwards.iter().zip(&rows) {
+    let mut out = line(&header, &widths);
+    for (f, cells) in forwards.iter().zip(&rows) {
         out += &line(cells, &widths);
         out += &cause_lines(f);
     }
@@ -285,12 +291,6 @@ fn cause_lines(f: &ForwardStatus) -> String {
     lines
 }
 
-fn render_forward(f: &ForwardStatus) -> String {
-    let cells = row(f);
-    let widths = cells.clone().map(|c| c.chars().count());
-    line(&cells, &widths) + &cause_lines(f)
-}
-
 fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = n as f64;
@@ -309,8 +309,18 @@ fn human_bytes(n: u64) -> String {
 async fn wait(control_path: &Path, timeout: Duration, names: &[String]) -> anyhow::Result<ExitCode> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut client = connect_by(control_path, deadline, timeout).await?;
-    client.watch().await?;
-    let mut last = client.next_snapshot().await?;
+    let first = async {
+        client.watch().await?;
+        client.next_snapshot().await
+    };
+    let Ok(first) = tokio::time::timeout_at(deadline, first).await else {
+        bail!(
+            "Porthole's engine on {} did not answer in {}s",
+            control_path.display(),
+            timeout.as_secs()
+        );
+    };
+    let mut last = first?;
     for name in names {
         if last.forward(name).is_none() {
             bail!("no forward named `{name}`");
@@ -336,9 +346,7 @@ async fn wait(control_path: &Path, timeout: Duration, names: &[String]) -> anyho
             Ok(snapshot) => last = snapshot?,
             Err(_) => {
                 eprintln!("porthole: not healthy after {}s:", timeout.as_secs());
-                for f in waiting {
-                    eprint!("{}", render_forward(f));
-                }
+                eprint!("{}", table(&waiting));
                 return Ok(ExitCode::FAILURE);
             }
         }
@@ -524,8 +532,7 @@ async fn relay(listen: SocketAddr, target: &str) -> anyhow::Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
-    use porthole::config::Mode;
-    use porthole::engine::{ClusterStatusView, RouteView};
+    use porthole::engine::{ClusterStatusView, Path, RouteView};
     use porthole::health::{Cause, CauseId, Health};
 
     use super::*;
@@ -544,7 +551,7 @@ mod tests {
         }
     }
 
-    fn route(path: Mode, target: &str, pod: Option<&str>) -> RouteView {
+    fn route(path: Path, target: &str, pod: Option<&str>) -> RouteView {
         RouteView {
             path,
             target: target.into(),
@@ -573,14 +580,14 @@ mod tests {
                 forward(
                     "a-rather-long-forward-name",
                     3000,
-                    Some(route(Mode::Nodeport, "172.18.0.3:30080", None)),
+                    Some(route(Path::Nodeport, "172.18.0.3:30080", None)),
                     healthy.clone(),
                 ),
                 forward(
                     "api",
                     8080,
                     Some(route(
-                        Mode::Tunnel,
+                        Path::Tunnel,
                         "wso2-amp/amp-api-7d9f8b6c4d-x2x9q:8080",
                         Some("wso2-amp/amp-api-7d9f8b6c4d-x2x9q:8080"),
                     )),
@@ -589,7 +596,7 @@ mod tests {
                 forward(
                     "otel",
                     21893,
-                    Some(route(Mode::Tunnel, "-", None)),
+                    Some(route(Path::Tunnel, "-", None)),
                     Health::new(
                         State::Down,
                         Some(Cause::new(CauseId::NoReadyEndpoints, "no ready endpoints")),

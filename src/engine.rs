@@ -20,7 +20,7 @@ use crate::health::{Health, State};
 use crate::kubeconfig::state::{FixError, Fixed};
 use crate::kubeconfig::tools::Tools;
 use crate::kubeconfig::{self, KubeconfigError, Loaded};
-pub use crate::status::{ClusterStatusView, Event, ForwardStatus, RouteView, Snapshot};
+pub use crate::status::{ClusterStatusView, Event, ForwardStatus, Path, RouteView, Snapshot};
 
 mod follow;
 
@@ -317,6 +317,9 @@ impl Core {
                 info!(forward = %name, "stopping");
                 handle.stop(Some(drain)).await;
                 if !wanted.contains_key(name.as_str()) {
+                    // Out of the snapshot before the event: no snapshot read after the event
+                    // still shows it.
+                    self.hub.snapshot.send_modify(|s| s.forwards.retain(|f| f.name != name));
                     let _ = self.hub.events.send(Event::Removed { name: name.clone() });
                 }
             }

@@ -147,8 +147,11 @@ fn path_reason(both: &Route, nodes_answer: Option<bool>) -> String {
     let port = both.node_port;
     match nodes_answer {
         _ if both.service_type == "ClusterIP" => "the tunnel: a ClusterIP service has no nodePort".into(),
-        _ if port == 0 && both.targets.is_empty() => "the tunnel: no node address to try the nodePort on".into(),
-        _ if port == 0 => format!("the tunnel: service port {} has no nodePort", both.port),
+        _ if port == 0 => format!(
+            "the tunnel: service port {} has no nodePort ({})",
+            both.port, both.service_type
+        ),
+        _ if both.targets.is_empty() => format!("the tunnel: no node address to try nodePort {port} on"),
         Some(true) => format!("the nodePort: a node answers on {}", both.primary()),
         Some(false) => format!(
             "the tunnel: no node answers on nodePort {port} from this host (node addresses are not \
@@ -356,9 +359,10 @@ impl Forward {
                 changed = live.changed() => {
                     if changed.is_err() { break }
                     // Whatever was probed before says nothing of the new target or probe:
-                    // start over, and have the schedule probe at once.
+                    // start over, and have the schedule probe at once (a route published anew,
+                    // so that outcomes of probes under way are not taken for it).
                     inputs.probe = ProbeRecord::default();
-                    route_tx.send_modify(|_| {});
+                    route_tx.send_modify(|r| *r = r.as_deref().map(|r| Arc::new(r.clone())));
                 }
                 changed = bind_rx.changed() => {
                     if changed.is_err() { break }
@@ -369,12 +373,19 @@ impl Forward {
                         Bind::Failed(cause) => Listener::Failed(cause),
                     };
                 }
-                Some(reached) = reach_rx.recv() => nodes_answer = Some(reached.is_ok()),
-                Some(outcome) = probe_rx.recv() => {
-                    if let Err(cause) = &outcome {
-                        debug!(%cause, "probe failed");
+                Some(reached) = reach_rx.recv() => {
+                    if reached.is_for(candidate_tx.borrow().as_ref()) {
+                        nodes_answer = Some(reached.outcome.is_ok());
                     }
-                    inputs.probe.record(outcome);
+                }
+                Some(probed) = probe_rx.recv() => {
+                    // A probe of a route since replaced proves nothing of the current one.
+                    if probed.is_for(route_tx.borrow().as_ref()) {
+                        if let Err(cause) = &probed.outcome {
+                            debug!(%cause, "probe failed");
+                        }
+                        inputs.probe.record(probed.outcome);
+                    }
                 }
             }
         }

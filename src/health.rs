@@ -248,6 +248,10 @@ impl Inputs {
         if self.probe.consecutive_failures >= self.failure_threshold {
             return Health::new(State::Down, self.probe.last_failure.clone());
         }
+        // Serving (healthy or degraded) is claimed only for a path a probe has proven.
+        if self.listener == Listener::Binding || !self.probe.proven {
+            return Health::new(State::Starting, None);
+        }
         if let Some(cause) = self.cluster.cause() {
             // NodePorts need no API on the data path: keep serving on the last known route.
             return Health::new(State::Degraded, Some(cause));
@@ -256,9 +260,6 @@ impl Inputs {
             let cause = Cause::new(CauseId::NodeUnreachable, "no node is Ready; trying the others")
                 .with_fix("a cluster waking from sleep is NotReady for a while; else check `kubectl get nodes`");
             return Health::new(State::Degraded, Some(cause));
-        }
-        if self.listener == Listener::Binding || !self.probe.proven {
-            return Health::new(State::Starting, None);
         }
         Health::new(State::Healthy, None)
     }
@@ -375,6 +376,8 @@ mod tests {
         assert_eq!(inputs.health().state, State::Healthy);
         inputs.probe.route_changed(crate::forward::RouteChange::Path);
         assert_eq!(inputs.health().state, State::Starting, "a new path is proven again");
+        inputs.cluster = ClusterStatus::Unreachable("connection refused".into());
+        assert_eq!(inputs.health().state, State::Starting, "not even degraded until proven");
     }
 
     #[test]

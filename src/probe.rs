@@ -1,4 +1,6 @@
-//! Active health checks through a route: a TCP connect, an HTTP request, or a TLS handshake.
+//! Active health checks through a route, nodePort or tunnel: a TCP connect, an HTTP request, a
+//! TLS handshake or HTTP/2's preface (`auto` picks by what the service port says it speaks),
+//! and when to run them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,15 +21,31 @@ pub(crate) fn node_unreachable_fix() -> &'static str {
     }
 }
 
+/// One probe's outcome, with the route it was run on: a route published since (another path,
+/// or the same one re-published for a new probe config) is not proven by it.
+#[derive(Debug)]
+pub(crate) struct Probed {
+    pub route: Arc<Route>,
+    pub outcome: Result<(), Cause>,
+}
+
+impl Probed {
+    /// Whether this outcome is about `current` (the very route published, not an equal one).
+    pub fn is_for(&self, current: Option<&Arc<Route>>) -> bool {
+        current.is_some_and(|c| Arc::ptr_eq(c, &self.route))
+    }
+}
+
 /// Probes the current route at once, then every `probe_interval` (`probe_retry` after a failure),
-/// and at once again whenever the route changes. Routes without ready endpoints are not probed:
-/// their health is already known.
+/// and at once again whenever the route changes (a probe under way is dropped: it says nothing
+/// of the new route). Routes without ready endpoints are not probed: their health is already
+/// known.
 pub(crate) async fn schedule<F, Fut>(
     tuning: &crate::forward::Tuning,
     mut routes: watch::Receiver<Option<Arc<Route>>>,
     cancel: &CancellationToken,
     check: F,
-    results: mpsc::Sender<Result<(), Cause>>,
+    results: mpsc::Sender<Probed>,
 ) where
     F: Fn(Arc<Route>) -> Fut,
     Fut: std::future::Future<Output = Result<(), Cause>>,
@@ -38,12 +56,18 @@ pub(crate) async fn schedule<F, Fut>(
         if let Some(route) = route.filter(|r| r.ready_endpoints > 0) {
             let outcome = tokio::select! {
                 _ = cancel.cancelled() => return,
-                outcome = check(route) => outcome,
+                outcome = check(route.clone()) => outcome,
+                changed = routes.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    continue;
+                }
             };
             if outcome.is_err() {
                 wait = tuning.probe_retry;
             }
-            if results.send(outcome).await.is_err() {
+            if results.send(Probed { route, outcome }).await.is_err() {
                 return;
             }
         }
@@ -60,11 +84,9 @@ pub(crate) async fn schedule<F, Fut>(
 enum Conversation {
     /// Connected, and not refused or closed at once.
     Tcp,
-    /// A GET answered; `strict`: with a status below 500 (an `http` probe), else any status
-    /// (`auto`: a server that answers HTTP is there).
+    /// A GET answered; `strict` (an `http` probe): with a status below 500.
     Http { path: String, strict: bool },
-    /// A TLS handshake; `strict`: completed (a `tls` probe), else a TLS answer of any kind,
-    /// an alert included (`auto`: a server that wants another name still speaks TLS).
+    /// A TLS handshake; `strict` (a `tls` probe): completed.
     Tls { strict: bool },
     /// HTTP/2's connection preface answered with SETTINGS (gRPC, h2c).
     H2c,
@@ -91,12 +113,35 @@ impl Conversation {
         }
     }
 
-    /// Every conversation but `tcp` ends with an answer from the server itself.
+    /// Chosen by `auto` rather than configured: the question is whether a server answers at
+    /// all, in the port's protocol or otherwise (a TLS alert for another name, an HTTP/1 answer
+    /// to the HTTP/2 preface, a 500), since a port's name is only a hint.
+    fn lenient(&self) -> bool {
+        matches!(
+            self,
+            Conversation::Http { strict: false, .. } | Conversation::Tls { strict: false } | Conversation::H2c
+        )
+    }
+
+    /// Every conversation but `tcp` ends with an answer from the server itself; a lenient one
+    /// with any bytes back.
     async fn run<S: AsyncRead + AsyncWrite + Unpin>(&self, stream: S) -> Result<(), String> {
+        if !self.lenient() {
+            return self.speak(stream).await;
+        }
+        let mut stream = Answered {
+            inner: stream,
+            answered: false,
+        };
+        let outcome = self.speak(&mut stream).await;
+        if stream.answered { Ok(()) } else { outcome }
+    }
+
+    async fn speak<S: AsyncRead + AsyncWrite + Unpin>(&self, stream: S) -> Result<(), String> {
         match self {
             Conversation::Tcp => settled(stream).await,
             Conversation::Http { path, strict } => http(stream, path, *strict).await,
-            Conversation::Tls { strict } => tls(stream, *strict).await,
+            Conversation::Tls { .. } => tls(stream).await,
             Conversation::H2c => h2c(stream).await,
         }
     }
@@ -254,21 +299,59 @@ async fn h2c<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) -> Result<(), Str
     }
 }
 
-async fn tls<S: AsyncRead + AsyncWrite + Unpin>(stream: S, strict: bool) -> Result<(), String> {
+async fn tls<S: AsyncRead + AsyncWrite + Unpin>(stream: S) -> Result<(), String> {
     let connector = tokio_rustls::TlsConnector::from(Arc::new(insecure::config()));
     let name = rustls::pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
-    match connector.connect(name, stream).await {
-        Ok(_) => Ok(()),
-        Err(e) if !strict && alerted(&e) => Ok(()),
-        Err(e) => Err(format!("TLS handshake failed: {e}")),
+    connector
+        .connect(name, stream)
+        .await
+        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+    Ok(())
+}
+
+/// A stream that remembers whether the far end sent anything.
+struct Answered<S> {
+    inner: S,
+    answered: bool,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Answered<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.answered = true;
+        }
+        polled
     }
 }
 
-/// Whether the handshake failed on an alert from the server: a TLS server answered.
-fn alerted(e: &std::io::Error) -> bool {
-    e.get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        .is_some_and(|e| matches!(e, rustls::Error::AlertReceived(_)))
+impl<S: AsyncWrite + Unpin> AsyncWrite for Answered<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// A TLS client that accepts any certificate: the probe asks "does it speak TLS", not "is it trusted"
@@ -402,14 +485,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_auto_http_probe_takes_any_answer_an_http_probe_wants_below_500() {
+    async fn an_auto_probe_takes_any_answer_an_http_probe_wants_below_500() {
         let mut route = route_to(&[serve_once(b"HTTP/1.1 500 Internal Server Error\r\n\r\n").await]);
         route.protocol = Protocol::Http;
         assert_eq!(check(&Probe::Auto, &route, None, SECOND * 5, SECOND).await, Ok(()));
+        // A port named `http` that speaks something else: a server answered all the same.
         let mut route = route_to(&[serve_once(b"SSH-2.0-OpenSSH_9.6\r\n").await]);
         route.protocol = Protocol::Http;
+        assert_eq!(check(&Probe::Auto, &route, None, SECOND * 5, SECOND).await, Ok(()));
+        // Closed without a word: nothing serves.
+        let mut route = route_to(&[serve_once(b"").await]);
+        route.protocol = Protocol::Http;
         let cause = check(&Probe::Auto, &route, None, SECOND * 5, SECOND).await.unwrap_err();
-        assert!(cause.message.contains("not an HTTP response"), "{}", cause.message);
+        assert!(
+            cause.message.contains("closed before an HTTP status line"),
+            "{}",
+            cause.message
+        );
+        let strict = route_to(&[serve_once(b"HTTP/1.1 500 Internal Server Error\r\n\r\n").await]);
+        assert!(
+            check(&Probe::Http("/".into()), &strict, None, SECOND * 5, SECOND)
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]
@@ -418,10 +516,14 @@ mod tests {
         let mut route = route_to(&[serve_once(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await]);
         route.protocol = Protocol::H2c;
         assert_eq!(check(&Probe::Auto, &route, None, SECOND * 5, SECOND).await, Ok(()));
-        let mut route = route_to(&[serve_once(b"HTTP/1.1 400 Bad Request\r\n\r\n").await]);
+        let mut route = route_to(&[serve_once(b"").await]);
         route.protocol = Protocol::H2c;
         let cause = check(&Probe::Auto, &route, None, SECOND * 5, SECOND).await.unwrap_err();
-        assert!(cause.message.contains("not an HTTP/2 server"), "{}", cause.message);
+        assert!(
+            cause.message.contains("closed before an HTTP/2 answer"),
+            "{}",
+            cause.message
+        );
     }
 
     #[tokio::test]
@@ -487,8 +589,14 @@ mod schedule_tests {
     struct Harness {
         routes: watch::Sender<Option<Arc<Route>>>,
         failing: Arc<AtomicBool>,
-        results: mpsc::Receiver<Result<(), Cause>>,
+        results: mpsc::Receiver<Probed>,
         cancel: CancellationToken,
+    }
+
+    impl Harness {
+        async fn next(&mut self) -> Option<Result<(), Cause>> {
+            self.results.recv().await.map(|p| p.outcome)
+        }
     }
 
     fn start(tuning: Tuning) -> Harness {
@@ -519,18 +627,42 @@ mod schedule_tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_probe_under_way_when_the_route_changes_is_dropped_for_one_of_the_new_route() {
+        let (routes, routes_rx) = watch::channel(route(30080, 1));
+        let (tx, mut results) = mpsc::channel(16);
+        let cancel = CancellationToken::new();
+        let slow = |_route: Arc<Route>| async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            Ok(())
+        };
+        let c = cancel.clone();
+        tokio::spawn(async move { schedule(&Tuning::default(), routes_rx, &c, slow, tx).await });
+        let t0 = Instant::now();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        routes.send_replace(route(30081, 1));
+        let probed = results.recv().await.unwrap();
+        assert_eq!(probed.route.node_port, 30081, "the old route's probe said nothing");
+        assert!(probed.is_for(routes.borrow().as_ref()));
+        assert_eq!(t0.elapsed(), Duration::from_secs(4), "the new route probed at once");
+        // A route published again (the same content, a new probe config) is not proven by it.
+        routes.send_modify(|r| *r = r.as_deref().map(|r| Arc::new(r.clone())));
+        assert!(!probed.is_for(routes.borrow().as_ref()));
+        cancel.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn probes_at_the_interval_and_retries_sooner_after_a_failure() {
         let tuning = Tuning::default();
         let mut h = start(tuning.clone());
         let t0 = Instant::now();
-        assert_eq!(h.results.recv().await, Some(Ok(())));
+        assert_eq!(h.next().await, Some(Ok(())));
         assert_eq!(t0.elapsed(), Duration::ZERO, "the first probe runs at once");
-        assert_eq!(h.results.recv().await, Some(Ok(())));
+        assert_eq!(h.next().await, Some(Ok(())));
         assert_eq!(t0.elapsed(), tuning.probe_interval);
         h.failing.store(true, Ordering::SeqCst);
-        assert!(h.results.recv().await.unwrap().is_err());
+        assert!(h.next().await.unwrap().is_err());
         assert_eq!(t0.elapsed(), tuning.probe_interval * 2);
-        assert!(h.results.recv().await.unwrap().is_err());
+        assert!(h.next().await.unwrap().is_err());
         assert_eq!(t0.elapsed(), tuning.probe_interval * 2 + tuning.probe_retry);
         h.cancel.cancel();
     }
@@ -539,14 +671,14 @@ mod schedule_tests {
     async fn a_route_change_probes_at_once_and_routes_without_endpoints_are_skipped() {
         let tuning = Tuning::default();
         let mut h = start(tuning.clone());
-        assert_eq!(h.results.recv().await, Some(Ok(())));
+        assert_eq!(h.next().await, Some(Ok(())));
         let t0 = Instant::now();
         tokio::time::sleep(Duration::from_secs(1)).await;
         h.routes.send_replace(route(30081, 1));
-        assert_eq!(h.results.recv().await, Some(Ok(())));
+        assert_eq!(h.next().await, Some(Ok(())));
         assert_eq!(t0.elapsed(), Duration::from_secs(1));
         h.routes.send_replace(route(30081, 0));
-        let waited = tokio::time::timeout(tuning.probe_interval * 3, h.results.recv()).await;
+        let waited = tokio::time::timeout(tuning.probe_interval * 3, h.next()).await;
         assert!(waited.is_err(), "no probe while no endpoint is ready");
         h.cancel.cancel();
     }
@@ -566,19 +698,19 @@ mod schedule_tests {
             probe: ProbeRecord::default(),
             failure_threshold: tuning.failure_threshold,
         };
-        inputs.probe.record(h.results.recv().await.unwrap());
+        inputs.probe.record(h.next().await.unwrap());
         assert_eq!(inputs.health().state, State::Healthy);
         h.failing.store(true, Ordering::SeqCst);
-        inputs.probe.record(h.results.recv().await.unwrap());
+        inputs.probe.record(h.next().await.unwrap());
         assert_eq!(inputs.health().state, State::Healthy, "one failure is a blip");
         h.failing.store(false, Ordering::SeqCst);
-        inputs.probe.record(h.results.recv().await.unwrap());
+        inputs.probe.record(h.next().await.unwrap());
         assert_eq!(inputs.health().state, State::Healthy);
         // Wait for a regular probe, then fail from there on.
         h.failing.store(true, Ordering::SeqCst);
         let t0 = Instant::now();
         for n in 1..=tuning.failure_threshold {
-            inputs.probe.record(h.results.recv().await.unwrap());
+            inputs.probe.record(h.next().await.unwrap());
             let expected = if n < tuning.failure_threshold {
                 State::Healthy
             } else {

@@ -317,10 +317,9 @@ pub fn resolve(spec: &ForwardSpec, cluster: &ClusterSpec, world: &World) -> Resu
             .node_port
             .and_then(|p| u16::try_from(p).ok())
             .filter(|_| service_type != "ClusterIP");
-        let nodes = node_port.and_then(|_| node_targets(cluster, world).ok());
-        let (targets, ready_nodes) = nodes.unwrap_or_default();
+        let (targets, ready_nodes) = node_targets(cluster, world).unwrap_or_default();
         return Ok(Route {
-            node_port: node_port.filter(|_| !targets.is_empty()).unwrap_or(0),
+            node_port: node_port.unwrap_or(0),
             targets,
             ready_nodes,
             ready_endpoints: pods.len(),

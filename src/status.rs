@@ -24,17 +24,26 @@ pub struct ForwardStatus {
     pub enabled: bool,
     pub health: Health,
     /// The path new connections take: `nodeport`, `tunnel`, or none (no route).
-    pub path: Option<Mode>,
+    pub path: Option<Path>,
     pub route: Option<RouteView>,
     /// Pushed into the watched snapshot within a second of changing; exact from `Engine::status`.
     pub stats: StatsView,
 }
 
+/// Which way a route goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Path {
+    /// Straight to a node's nodePort.
+    Nodeport,
+    /// Through the API server's port-forward to a pod.
+    Tunnel,
+}
+
 /// A route as shown to users.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteView {
-    /// `nodeport` or `tunnel`.
-    pub path: Mode,
+    pub path: Path,
     /// `node-address:nodePort` of the node tried first; for a tunnel, `namespace/pod:port` of
     /// the pod tried first, or `-` when no pod is ready.
     pub target: String,
@@ -61,7 +70,11 @@ impl From<&Route> for RouteView {
             _ => route.targets.first().map(|t| t.node.clone()),
         };
         RouteView {
-            path: route.mode,
+            path: match route.mode {
+                Mode::Tunnel => Path::Tunnel,
+                // A chosen route is never `auto`.
+                Mode::Nodeport | Mode::Auto => Path::Nodeport,
+            },
             target: match route.mode {
                 Mode::Tunnel => pod.clone().unwrap_or_else(|| "-".into()),
                 _ => route.primary(),
@@ -81,8 +94,8 @@ impl RouteView {
     /// The route in words: `10.0.0.3:30080`, `tunnel → ns/pod:8080`, `tunnel (no ready pod)`.
     pub fn describe(&self) -> String {
         match (self.path, &self.pod) {
-            (Mode::Tunnel, Some(pod)) => format!("tunnel → {pod}"),
-            (Mode::Tunnel, None) => "tunnel (no ready pod)".into(),
+            (Path::Tunnel, Some(pod)) => format!("tunnel → {pod}"),
+            (Path::Tunnel, None) => "tunnel (no ready pod)".into(),
             _ => self.target.clone(),
         }
     }

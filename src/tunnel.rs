@@ -94,13 +94,15 @@ pub async fn open(
         return Err(Cause::new(
             CauseId::TunnelFailed,
             format!(
-                "the API server refuses port-forwards to {} for these credentials (403): {failures}",
+                "the API server refuses port-forwards to {} (403): {failures}",
                 route.service
             ),
         )
         .with_fix(format!(
-            "grant `create` on `pods/portforward` in namespace {} to this context's user (an RBAC Role), \
-             or use `mode = \"nodeport\"` where node addresses answer",
+            "these credentials may lack `create` on `pods/portforward` in namespace {} (check with \
+             `kubectl auth can-i create pods/portforward -n {0}`; grant it with an RBAC Role), or a \
+             proxy in front of the API server refuses WebSocket upgrades; where node addresses \
+             answer, `mode = \"nodeport\"` needs neither",
             route.namespace
         )));
     }

@@ -419,7 +419,8 @@ async fn api_requires_a_client_certificate() {
 async fn kube_proxy_can_lag_the_api() {
     let (cluster, node_ip, _backend) = echo_cluster().await;
     let old_port = cluster.node_port("ns", "echo", 0).expect("node port");
-    cluster.set_proxy_lag(Duration::from_secs(1));
+    // Longer than a real kube-proxy's second, so that the checks below fit in it on a slow machine.
+    cluster.set_proxy_lag(Duration::from_secs(3));
     let new_port = cluster.change_node_port("ns", "echo", 0);
     // The API already says the new port; the data plane still has the old one.
     assert_echoes(SocketAddr::new(node_ip, old_port)).await;

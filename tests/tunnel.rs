@@ -5,8 +5,8 @@ mod support;
 
 use std::time::Duration;
 
-use porthole::config::Mode;
 use porthole::engine::Engine;
+use porthole::engine::Path;
 use porthole::health::{CauseId, State};
 use support::FakeCluster;
 use support::porthole::*;
@@ -29,10 +29,10 @@ async fn bytes_arrive_intact_both_ways_through_the_tunnel() {
     let status = wait_healthy(&engine, "echo").await;
     let route = status.route.clone().unwrap();
     let pod = format!("{NS}/echo-0:{}", _backend.addr().port());
-    assert_eq!((route.path, route.pod.as_deref()), (Mode::Tunnel, Some(pod.as_str())));
+    assert_eq!((route.path, route.pod.as_deref()), (Path::Tunnel, Some(pod.as_str())));
     assert_eq!(route.target, pod);
     assert_eq!(route.describe(), format!("tunnel → {pod}"));
-    assert_eq!(status.path, Some(Mode::Tunnel));
+    assert_eq!(status.path, Some(Path::Tunnel));
     let data: Vec<u8> = (0..SIZE).map(|i| (i * 31 % 251) as u8).collect();
     let sent = checksum(&data);
     let stream = TcpStream::connect(local(&status)).await.unwrap();
@@ -174,7 +174,7 @@ async fn auto_takes_the_tunnel_where_node_addresses_do_not_answer_and_switches_b
     cluster.set_node_addresses_reachable(false);
     let engine = Engine::start(config(&cluster, &auto_forward()), tuning());
     let status = wait_for(&engine, "echo", "healthy through the tunnel", |f| {
-        f.health.state == State::Healthy && f.route.as_ref().is_some_and(|r| r.path == Mode::Tunnel)
+        f.health.state == State::Healthy && f.route.as_ref().is_some_and(|r| r.path == Path::Tunnel)
     })
     .await;
     let addr = local(&status);
@@ -267,7 +267,7 @@ async fn the_preset_works_as_shipped_where_node_addresses_do_not_answer() {
     let engine = Engine::start(config, tuning());
     for name in ["console", "api", "traces-observer", "otel-collector", "gateway"] {
         wait_for(&engine, name, "healthy through the tunnel", |f| {
-            f.health.state == State::Healthy && f.route.as_ref().is_some_and(|r| r.path == Mode::Tunnel)
+            f.health.state == State::Healthy && f.route.as_ref().is_some_and(|r| r.path == Path::Tunnel)
         })
         .await;
     }

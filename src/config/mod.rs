@@ -92,7 +92,7 @@ pub struct ClusterSpec {
     /// How long a probe through a tunnel listens for the API server's or the kubelet's verdict
     /// before a quiet stream counts as open; `None`: the engine's default (3 s). The API server
     /// answers the upgrade before it reaches the kubelet, so a failure arrives later.
-    pub tunnel_settle: Option<Seconds>,
+    pub tunnel_settle: Option<Settle>,
 }
 
 /// A duration written in seconds: `5`, `2.5`.
@@ -115,6 +115,30 @@ impl<'de> Deserialize<'de> for Seconds {
             )));
         }
         Ok(Seconds(std::time::Duration::from_secs_f64(seconds)))
+    }
+}
+
+/// `tunnel_settle`, in seconds: from 0.5 (below that the far side's verdict cannot arrive, and a
+/// quiet stream would be taken for an open one) to 60 (every tunnel probe waits this long).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(into = "f64")]
+pub struct Settle(pub std::time::Duration);
+
+impl From<Settle> for f64 {
+    fn from(s: Settle) -> f64 {
+        s.0.as_secs_f64()
+    }
+}
+
+impl<'de> Deserialize<'de> for Settle {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let seconds = f64::deserialize(deserializer)?;
+        if !(0.5..=60.0).contains(&seconds) {
+            return Err(serde::de::Error::custom(format!(
+                "{seconds} is not a number of seconds from 0.5 to 60"
+            )));
+        }
+        Ok(Settle(std::time::Duration::from_secs_f64(seconds)))
     }
 }
 
@@ -344,7 +368,7 @@ struct Validator<'t> {
     mode: Mode,
     /// `[cluster] hold`: the default of every forward.
     hold: Option<Seconds>,
-    tunnel_settle: Option<Seconds>,
+    tunnel_settle: Option<Settle>,
 }
 
 impl Validator<'_> {

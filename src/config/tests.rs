@@ -180,6 +180,8 @@ fn the_probe_is_auto_by_default_and_tunnel_settle_comes_from_the_cluster() {
         err.contains("tunnel_settle"),
         "a cluster setting, not a forward's: {err}"
     );
+    let err = parse("[cluster]\ntunnel_settle = 0\n").unwrap_err().to_string();
+    assert!(err.contains("from 0.5 to 60") && err.contains("line 2"), "{err}");
 }
 
 #[test]

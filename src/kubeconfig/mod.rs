@@ -206,6 +206,10 @@ fn stream_client(mut config: kube::Config) -> Result<kube::Client, kube::Error> 
     http.set_keepalive(Some(KEEPALIVE_IDLE));
     http.set_keepalive_interval(Some(KEEPALIVE_INTERVAL));
     http.set_keepalive_retries(Some(KEEPALIVE_RETRIES));
+    // Keepalive only probes an idle connection; with bytes unacknowledged, the kernel would
+    // retransmit for about 15 minutes before giving up. Linux bounds that too.
+    #[cfg(target_os = "linux")]
+    http.set_tcp_user_timeout(Some(KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_RETRIES));
     let https = config.rustls_https_connector_with_connector(http)?;
     let client: hyper_util::client::legacy::Client<_, kube::client::Body> =
         hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(https);

@@ -412,3 +412,18 @@ async fn a_tunnelled_connection_idle_past_every_engine_timeout_still_carries_byt
     round_trip(&mut session, b"and again").await.unwrap();
     engine.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn a_port_forward_rbac_denies_is_named_with_the_check_to_run() {
+    let (cluster, _backend) = echo_cluster("tunrbac", "ClusterIP").await;
+    cluster.set_port_forward_allowed(false);
+    let engine = start(&cluster).await;
+    let down = wait_cause(&engine, "echo", State::Down, CauseId::TunnelFailed).await;
+    let cause = down.health.cause.unwrap();
+    assert!(cause.message.contains("refuses port-forwards to apps/echo (403)"), "{cause}");
+    let fix = cause.fix.unwrap();
+    assert!(fix.contains("kubectl auth can-i create pods/portforward -n apps"), "{fix}");
+    cluster.set_port_forward_allowed(true);
+    wait_healthy(&engine, "echo").await;
+    engine.shutdown(Duration::from_secs(1)).await;
+}

@@ -43,6 +43,8 @@ pub struct Controls {
     stalled: watch::Sender<bool>,
     streams: watch::Sender<usize>,
     kubelet: Mutex<Kubelet>,
+    /// RBAC denies `create` on `pods/portforward` to the kubeconfig's user.
+    forbidden: std::sync::atomic::AtomicBool,
 }
 
 /// How the API server's dial to a node's kubelet goes, after it has answered the upgrade.
@@ -61,6 +63,7 @@ impl Controls {
             stalled: watch::channel(false).0,
             streams: watch::channel(0).0,
             kubelet: Mutex::new(Kubelet::default()),
+            forbidden: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -106,6 +109,13 @@ impl FakeCluster {
             .unreachable = !reachable;
     }
 
+    /// `false`: RBAC denies port-forwards to the kubeconfig's user (a 403 Status before any
+    /// upgrade, as the API server's authorizer answers); `true`: allowed again.
+    pub fn set_port_forward_allowed(&self, allowed: bool) {
+        let forbidden = &self.shared().port_forwards.forbidden;
+        forbidden.store(!allowed, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Live port-forward streams: one per requested port of each open connection, from its
     /// connect to the pod until both of its directions have ended.
     pub fn port_forward_streams(&self) -> usize {
@@ -131,6 +141,15 @@ struct Plan {
 
 /// Answers `GET|POST /api/v1/namespaces/{ns}/pods/{name}/portforward?ports=..`.
 pub fn handle(shared: &Arc<Shared>, mut req: Request<Incoming>, namespace: &str, name: &str) -> Response<Body> {
+    if shared.port_forwards.forbidden.load(std::sync::atomic::Ordering::SeqCst) {
+        // Authorization comes before anything is looked up.
+        let message = format!(
+            "pods \"{name}\" is forbidden: User \"developer\" cannot create resource \"pods/portforward\" \
+             in API group \"\" in the namespace \"{namespace}\""
+        );
+        let details = serde_json::json!({ "name": name, "kind": "pods" });
+        return status_response(StatusCode::FORBIDDEN, "Forbidden", &message, Some(details));
+    }
     let plan = match plan(shared, &req, namespace, name) {
         Ok(plan) => plan,
         Err(response) => return response,

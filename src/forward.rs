@@ -291,8 +291,21 @@ impl Forward {
                     let spec = live.borrow();
                     (spec.probe.clone(), spec.tunnel_settle.unwrap_or(tuning.tunnel_settle))
                 };
-                let (client, timeout) = (forward.client(), tuning.probe_timeout);
-                async move { probe::check(&probe, &route, client.as_ref(), timeout, settle).await }
+                let bounds = probe::Bounds {
+                    timeout: tuning.probe_timeout,
+                    settle,
+                };
+                let (client, forward) = (forward.client(), forward.clone());
+                async move {
+                    let first = forward.preferred.load(Ordering::Relaxed);
+                    let outcome = probe::check(&probe, &route, client.as_ref(), bounds, first).await;
+                    if outcome.is_err() && route.mode == Mode::Tunnel {
+                        // A pod that failed late (its stream opened): the next one, for the
+                        // next probe and the next connections alike.
+                        forward.pass_over(first, route.pods.len());
+                    }
+                    outcome
+                }
             };
             let (tuning, cancel) = (this.hub.tuning.clone(), this.cancel.clone());
             helpers.spawn(
@@ -476,6 +489,17 @@ impl Forward {
             });
         } else {
             *last = now;
+        }
+    }
+
+    /// After target `failed` failed, new connections and probes start with the next one
+    /// (unless another task moved on already).
+    fn pass_over(&self, failed: usize, count: usize) {
+        if count > 1 {
+            let next = (failed + 1) % count;
+            let _ = self
+                .preferred
+                .compare_exchange(failed, next, Ordering::Relaxed, Ordering::Relaxed);
         }
     }
 

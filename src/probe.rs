@@ -147,23 +147,33 @@ impl Conversation {
     }
 }
 
-/// Runs one probe through the route, each step bounded by `timeout`; through a tunnel, the
-/// far side also gets `settle` to report a failure (see [`through_tunnel`]).
+/// How long a probe may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Each step: a connect, an upgrade, an answer.
+    pub timeout: Duration,
+    /// Through a tunnel: how long the far side gets to report a failure (see [`through_tunnel`]).
+    pub settle: Duration,
+}
+
+/// Runs one probe through the route, starting with its target `first` (the node or pod that
+/// connections try first, so that both see the same path).
 pub async fn check(
     probe: &Probe,
     route: &Route,
     client: Option<&kube::Client>,
-    timeout: Duration,
-    settle: Duration,
+    bounds: Bounds,
+    first: usize,
 ) -> Result<(), Cause> {
+    let Bounds { timeout, settle } = bounds;
     let conversation = Conversation::of(probe, route);
     if route.mode == Mode::Tunnel {
         let client =
             client.ok_or_else(|| Cause::new(CauseId::ClusterUnreachable, "no connection to the API server yet"))?;
-        let (tunnel, _) = crate::tunnel::open(client, route, 0, timeout).await?;
+        let (tunnel, _) = crate::tunnel::open(client, route, first, timeout).await?;
         return through_tunnel(&conversation, tunnel, route, timeout, settle).await;
     }
-    let (stream, index) = route.connect_from(0, timeout).await?;
+    let (stream, index) = route.connect_from(first, timeout).await?;
     let via = route
         .targets
         .get(index)
@@ -421,7 +431,10 @@ mod tests {
     use crate::route::{Host, NodeTarget};
     use tokio::net::TcpListener;
 
-    const SECOND: Duration = Duration::from_secs(1);
+    const BOUNDS: Bounds = Bounds {
+        timeout: Duration::from_secs(5),
+        settle: Duration::from_secs(1),
+    };
 
     fn route_to(addrs: &[std::net::SocketAddr]) -> Route {
         let ips: Vec<std::net::IpAddr> = addrs.iter().map(|a| a.ip()).collect();
@@ -444,19 +457,13 @@ mod tests {
     async fn http_probe_reads_the_status() {
         let ok = serve_once(b"HTTP/1.1 204 No Content\r\n\r\n").await;
         assert_eq!(
-            check(&Probe::Http("/".into()), &route_to(&[ok]), None, SECOND * 5, SECOND).await,
+            check(&Probe::Http("/".into()), &route_to(&[ok]), None, BOUNDS, 0).await,
             Ok(())
         );
         let bad = serve_once(b"HTTP/1.1 503 Service Unavailable\r\n\r\n").await;
-        let cause = check(
-            &Probe::Http("/healthz".into()),
-            &route_to(&[bad]),
-            None,
-            SECOND * 5,
-            SECOND,
-        )
-        .await
-        .unwrap_err();
+        let cause = check(&Probe::Http("/healthz".into()), &route_to(&[bad]), None, BOUNDS, 0)
+            .await
+            .unwrap_err();
         assert_eq!(cause.id, CauseId::ProbeFailed);
         assert!(cause.message.contains("GET /healthz answered 503"), "{}", cause.message);
     }
@@ -488,26 +495,22 @@ mod tests {
     async fn an_auto_probe_takes_any_answer_an_http_probe_wants_below_500() {
         let mut route = route_to(&[serve_once(b"HTTP/1.1 500 Internal Server Error\r\n\r\n").await]);
         route.protocol = Protocol::Http;
-        assert_eq!(check(&Probe::Auto, &route, None, SECOND * 5, SECOND).await, Ok(()));
+        assert_eq!(check(&Probe::Auto, &route, None, BOUNDS, 0).await, Ok(()));
         // A port named `http` that speaks something else: a server answered all the same.
         let mut route = route_to(&[serve_once(b"SSH-2.0-OpenSSH_9.6\r\n").await]);
         route.protocol = Protocol::Http;
-        assert_eq!(check(&Probe::Auto, &route, None, SECOND * 5, SECOND).await, Ok(()));
+        assert_eq!(check(&Probe::Auto, &route, None, BOUNDS, 0).await, Ok(()));
         // Closed without a word: nothing serves.
         let mut route = route_to(&[serve_once(b"").await]);
         route.protocol = Protocol::Http;
-        let cause = check(&Probe::Auto, &route, None, SECOND * 5, SECOND).await.unwrap_err();
+        let cause = check(&Probe::Auto, &route, None, BOUNDS, 0).await.unwrap_err();
         assert!(
             cause.message.contains("closed before an HTTP status line"),
             "{}",
             cause.message
         );
         let strict = route_to(&[serve_once(b"HTTP/1.1 500 Internal Server Error\r\n\r\n").await]);
-        assert!(
-            check(&Probe::Http("/".into()), &strict, None, SECOND * 5, SECOND)
-                .await
-                .is_err()
-        );
+        assert!(check(&Probe::Http("/".into()), &strict, None, BOUNDS, 0).await.is_err());
     }
 
     #[tokio::test]
@@ -515,10 +518,10 @@ mod tests {
         // A gRPC server's first frame: SETTINGS, empty.
         let mut route = route_to(&[serve_once(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await]);
         route.protocol = Protocol::H2c;
-        assert_eq!(check(&Probe::Auto, &route, None, SECOND * 5, SECOND).await, Ok(()));
+        assert_eq!(check(&Probe::Auto, &route, None, BOUNDS, 0).await, Ok(()));
         let mut route = route_to(&[serve_once(b"").await]);
         route.protocol = Protocol::H2c;
-        let cause = check(&Probe::Auto, &route, None, SECOND * 5, SECOND).await.unwrap_err();
+        let cause = check(&Probe::Auto, &route, None, BOUNDS, 0).await.unwrap_err();
         assert!(
             cause.message.contains("closed before an HTTP/2 answer"),
             "{}",
@@ -532,15 +535,15 @@ mod tests {
         let alert: &'static [u8] = &[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28];
         let mut route = route_to(&[serve_once(alert).await]);
         route.protocol = Protocol::Tls;
-        assert_eq!(check(&Probe::Auto, &route, None, SECOND * 5, SECOND).await, Ok(()));
+        assert_eq!(check(&Probe::Auto, &route, None, BOUNDS, 0).await, Ok(()));
         let route = route_to(&[serve_once(alert).await]);
-        assert!(check(&Probe::Tls, &route, None, SECOND * 5, SECOND).await.is_err());
+        assert!(check(&Probe::Tls, &route, None, BOUNDS, 0).await.is_err());
     }
 
     #[tokio::test]
     async fn tls_probe_fails_on_plain_tcp() {
         let plain = serve_once(b"SSH-2.0-nope\r\n").await;
-        let cause = check(&Probe::Tls, &route_to(&[plain]), None, SECOND * 5, SECOND)
+        let cause = check(&Probe::Tls, &route_to(&[plain]), None, BOUNDS, 0)
             .await
             .unwrap_err();
         assert_eq!(cause.id, CauseId::ProbeFailed);

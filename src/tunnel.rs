@@ -183,7 +183,7 @@ const HALF_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Relays a local connection through a tunnel until either side ends; counts bytes both ways.
 /// An error reported by the API server or the kubelet (the pod refused the port) resets the
-/// local connection. `settle`: how long the far side may take to be reached at all (see
+/// local connection, and is returned as `ConnectionRefused`. `settle`: how long the far side may take to be reached at all (see
 /// [`pump`]).
 pub async fn relay(
     mut client: TcpStream,
@@ -200,7 +200,7 @@ pub async fn relay(
         tokio::select! {
             result = &mut pump => result,
             message = verdict => match message {
-                Some(message) => Err(std::io::Error::other(message)),
+                Some(message) => Err(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, message)),
                 // Closed without a word: the stream is ending; let the bytes in flight through.
                 None => pump.await,
             },

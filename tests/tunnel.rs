@@ -420,10 +420,34 @@ async fn a_port_forward_rbac_denies_is_named_with_the_check_to_run() {
     let engine = start(&cluster).await;
     let down = wait_cause(&engine, "echo", State::Down, CauseId::TunnelFailed).await;
     let cause = down.health.cause.unwrap();
-    assert!(cause.message.contains("refuses port-forwards to apps/echo (403)"), "{cause}");
+    assert!(
+        cause.message.contains("refuses port-forwards to apps/echo (403)"),
+        "{cause}"
+    );
     let fix = cause.fix.unwrap();
-    assert!(fix.contains("kubectl auth can-i create pods/portforward -n apps"), "{fix}");
+    assert!(
+        fix.contains("kubectl auth can-i create pods/portforward -n apps"),
+        "{fix}"
+    );
     cluster.set_port_forward_allowed(true);
     wait_healthy(&engine, "echo").await;
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_pod_that_refuses_after_its_stream_opened_is_passed_over_for_the_next() {
+    let (cluster, broken) = echo_cluster("tunnext", "ClusterIP").await;
+    let working = support::Backend::echo().await;
+    cluster.add_endpoint(NS, "echo", "echo-1", working.addr(), true);
+    // echo-0 is first and still ready, but nothing listens behind it any more: only the
+    // kubelet's refusal, after the stream opened, says so.
+    broken.stop().await;
+    let engine = start(&cluster).await;
+    let addr = local(&wait_healthy(&engine, "echo").await);
+    // Only echo-1 can answer: every connection goes there now.
+    for n in 0..3 {
+        let msg = format!("answered by echo-1, {n}");
+        assert_eq!(echo_once(addr, msg.as_bytes()).await.unwrap(), msg.as_bytes());
+    }
     engine.shutdown(Duration::from_secs(1)).await;
 }

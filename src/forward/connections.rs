@@ -165,6 +165,10 @@ impl Forward {
             result = tunnel::relay(client, tunnel, settle, &stats.bytes_up, &stats.bytes_down) => {
                 if let Err(e) = result {
                     debug!(error = %e, "tunnel ended with an error");
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                        // The far side refused after the stream opened: the next pod next time.
+                        self.pass_over(index, route.pods.len());
+                    }
                 }
             }
             _ = self.connections.cancelled() => debug!("closed by shutdown"),

@@ -372,19 +372,12 @@ impl Tunnel {
             c
         };
         let porthole = args("up").stdout(Stdio::null()).spawn().expect("porthole up");
-        let mut wait = args("wait");
-        // `porthole wait` retries until the engine's socket exists and the forward is healthy.
-        let healthy = (0..100).any(|_| {
-            let ok = wait
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            ok
-        });
+        // `porthole wait` waits for the engine's socket, then for the forward to be healthy.
+        let healthy = args("wait")
+            .args(["--timeout", "30"])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
         assert!(healthy, "the tunnel forward never became healthy");
         Tunnel {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),

@@ -44,10 +44,11 @@ pub enum Path {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteView {
     pub path: Path,
-    /// `node-address:nodePort` of the node tried first; for a tunnel, `namespace/pod:port` of
-    /// the pod tried first, or `-` when no pod is ready.
+    /// `node-address:nodePort` of the first node; for a tunnel, `namespace/pod:port` of the
+    /// first ready pod, or `-` when no pod is ready. (Connections start with the node or pod
+    /// that answered last.)
     pub target: String,
-    /// For a tunnel: `namespace/pod:port` of the pod tried first.
+    /// For a tunnel: `namespace/pod:port` of the first ready pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
     /// The node tried first; for a tunnel, the first pod's node.

@@ -84,8 +84,8 @@ impl Notice {
 enum Settled {
     /// Nothing settled yet (only `starting` seen).
     Unknown,
-    /// Healthy or degraded: serving.
-    Up,
+    /// Healthy, or degraded (serving, with this cause).
+    Up(Option<Cause>),
     Down(Option<Cause>),
     /// Turned off: nothing is told until it is on again.
     Off,
@@ -157,7 +157,7 @@ impl Notices {
     fn health(&mut self, name: &str, health: &Health, snapshot: &Snapshot, now: Instant) {
         let settled = match health.state {
             State::Starting => return,
-            State::Healthy | State::Degraded => Settled::Up,
+            State::Healthy | State::Degraded => Settled::Up(health.cause.clone()),
             State::Down => Settled::Down(health.cause.clone()),
             State::Disabled => Settled::Off,
         };
@@ -227,16 +227,16 @@ impl Notices {
     pub fn flush(&mut self) -> Vec<Notice> {
         self.batch_since = None;
         let mut down: Vec<(String, String, Option<Cause>)> = Vec::new();
-        let mut back: Vec<(String, String)> = Vec::new();
+        let mut back: Vec<(String, String, Option<Cause>)> = Vec::new();
         for (name, track) in &mut self.forwards {
             match (&track.settled, track.told) {
                 (Settled::Down(cause), Told::Nothing) => {
                     track.told = Told::Down;
                     down.push((name.clone(), track.port.clone(), cause.clone()));
                 }
-                (Settled::Up, Told::Down) => {
+                (Settled::Up(degraded), Told::Down) => {
                     track.told = Told::Nothing;
-                    back.push((name.clone(), track.port.clone()));
+                    back.push((name.clone(), track.port.clone(), degraded.clone()));
                 }
                 _ => {}
             }
@@ -253,7 +253,7 @@ impl Notices {
             }));
         }
         if back.len() >= SUMMARY_FROM {
-            let names: Vec<String> = back.into_iter().map(|(n, _)| n).collect();
+            let names: Vec<String> = back.into_iter().map(|(n, _, _)| n).collect();
             notices.push(Notice {
                 kind: Kind::Recovered,
                 summary: format!("{} forwards are back", names.len()),
@@ -261,10 +261,13 @@ impl Notices {
                 forwards: names,
             });
         } else {
-            notices.extend(back.into_iter().map(|(name, port)| Notice {
+            notices.extend(back.into_iter().map(|(name, port, degraded)| Notice {
                 kind: Kind::Recovered,
                 summary: format!("{name} {port} is back"),
-                body: "healthy again".into(),
+                body: match degraded {
+                    Some(cause) => format!("serving again, degraded: {}", cause.message),
+                    None => "healthy again".into(),
+                },
                 forwards: vec![name],
             }));
         }
@@ -277,7 +280,7 @@ impl Track {
     fn pending(&self) -> bool {
         matches!(
             (&self.settled, self.told),
-            (Settled::Down(_), Told::Nothing) | (Settled::Up, Told::Down)
+            (Settled::Down(_), Told::Nothing) | (Settled::Up(_), Told::Down)
         )
     }
 }
@@ -494,6 +497,27 @@ mod tests {
         let back = n.flush();
         assert_eq!(back.len(), 1);
         assert_eq!(back[0].summary, "ghost :3000 is back");
+    }
+
+    #[test]
+    fn a_recovery_to_degraded_says_what_is_still_wrong() {
+        let snap = snapshot(&["api"]);
+        let mut n = Notices::default();
+        let t = Instant::now();
+        n.observe(
+            &change("api", State::Healthy, State::Down, Some(CauseId::ProbeFailed)),
+            &snap,
+            t,
+        );
+        n.flush();
+        n.observe(
+            &change("api", State::Down, State::Degraded, Some(CauseId::ClusterUnreachable)),
+            &snap,
+            t,
+        );
+        let back = n.flush();
+        assert_eq!(back[0].summary, "api :3000 is back");
+        assert_eq!(back[0].body, "serving again, degraded: cluster-unreachable broke");
     }
 
     #[test]

@@ -95,50 +95,32 @@ pub struct ClusterSpec {
     pub tunnel_settle: Option<Settle>,
 }
 
-/// A duration written in seconds: `5`, `2.5`.
+/// A duration written in seconds (`5`, `2.5`), from `MIN_MS` to `MAX_MS` milliseconds; by
+/// default 0 to an hour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(into = "f64")]
-pub struct Seconds(pub std::time::Duration);
+pub struct Seconds<const MIN_MS: u64 = 0, const MAX_MS: u64 = 3_600_000>(pub std::time::Duration);
 
-impl From<Seconds> for f64 {
-    fn from(s: Seconds) -> f64 {
+/// `tunnel_settle`: from 0.5 s (below that the far side's verdict cannot arrive, and a quiet
+/// stream would be taken for an open one) to 60 s (every tunnel probe waits this long).
+pub type Settle = Seconds<500, 60_000>;
+
+impl<const MIN_MS: u64, const MAX_MS: u64> From<Seconds<MIN_MS, MAX_MS>> for f64 {
+    fn from(s: Seconds<MIN_MS, MAX_MS>) -> f64 {
         s.0.as_secs_f64()
     }
 }
 
-impl<'de> Deserialize<'de> for Seconds {
+impl<'de, const MIN_MS: u64, const MAX_MS: u64> Deserialize<'de> for Seconds<MIN_MS, MAX_MS> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let seconds = f64::deserialize(deserializer)?;
-        if !(0.0..=3600.0).contains(&seconds) {
+        let (min, max) = (MIN_MS as f64 / 1000.0, MAX_MS as f64 / 1000.0);
+        if !(min..=max).contains(&seconds) {
             return Err(serde::de::Error::custom(format!(
-                "{seconds} is not a number of seconds from 0 to 3600"
+                "{seconds} is not a number of seconds from {min} to {max}"
             )));
         }
         Ok(Seconds(std::time::Duration::from_secs_f64(seconds)))
-    }
-}
-
-/// `tunnel_settle`, in seconds: from 0.5 (below that the far side's verdict cannot arrive, and a
-/// quiet stream would be taken for an open one) to 60 (every tunnel probe waits this long).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(into = "f64")]
-pub struct Settle(pub std::time::Duration);
-
-impl From<Settle> for f64 {
-    fn from(s: Settle) -> f64 {
-        s.0.as_secs_f64()
-    }
-}
-
-impl<'de> Deserialize<'de> for Settle {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let seconds = f64::deserialize(deserializer)?;
-        if !(0.5..=60.0).contains(&seconds) {
-            return Err(serde::de::Error::custom(format!(
-                "{seconds} is not a number of seconds from 0.5 to 60"
-            )));
-        }
-        Ok(Settle(std::time::Duration::from_secs_f64(seconds)))
     }
 }
 

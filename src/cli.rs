@@ -170,7 +170,7 @@ async fn up(config_arg: Option<&Path>, control_path: &Path) -> anyhow::Result<Ex
         _ = tokio::signal::ctrl_c() => warn!("second interrupt: exiting without draining"),
         _ = terminate.recv() => warn!("second SIGTERM: exiting without draining"),
     }
-    let _ = std::fs::remove_file(control_path);
+    control::remove(control_path);
     Ok(ExitCode::SUCCESS)
 }
 

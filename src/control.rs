@@ -25,6 +25,11 @@ pub enum ControlError {
     NotRunning { path: PathBuf, error: io::Error },
     #[error("control socket {path}: {error}")]
     Io { path: PathBuf, error: io::Error },
+    #[error(
+        "{path} is {what}, not a control socket: Porthole replaces only a socket there \
+         (did you mean `--config`?)"
+    )]
+    NotASocket { path: PathBuf, what: &'static str },
     #[error("control socket: bad message: {0}")]
     Protocol(String),
     #[error("{0}")]
@@ -90,7 +95,7 @@ pub async fn bind(path: &Path) -> Result<UnixListener, ControlError> {
         }
         check_private(dir).map_err(io_err)?;
     }
-    if path.exists() {
+    if socket_at(path)? {
         if UnixStream::connect(path).await.is_ok() {
             return Err(ControlError::AlreadyRunning(path.to_path_buf()));
         }
@@ -100,11 +105,48 @@ pub async fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     // Bound under a temporary name, made 0600, then renamed into place: nobody can connect in
     // between.
     let staging = path.with_extension(format!("tmp{}", std::process::id()));
-    let _ = std::fs::remove_file(&staging);
+    if socket_at(&staging)? {
+        std::fs::remove_file(&staging).map_err(io_err)?;
+    }
     let listener = UnixListener::bind(&staging).map_err(io_err)?;
     std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
     std::fs::rename(&staging, path).map_err(io_err)?;
     Ok(listener)
+}
+
+/// Whether a socket is at `path` (`false`: nothing is); anything else there (a file, a
+/// directory, a symlink: a mistyped `--control`) is refused, never removed.
+fn socket_at(path: &Path) -> Result<bool, ControlError> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta.file_type(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(error) => {
+            return Err(ControlError::Io {
+                path: path.to_path_buf(),
+                error,
+            });
+        }
+    };
+    let what = match kind {
+        k if k.is_socket() => return Ok(true),
+        k if k.is_file() => "a file",
+        k if k.is_dir() => "a directory",
+        k if k.is_symlink() => "a symbolic link",
+        _ => "not a socket",
+    };
+    Err(ControlError::NotASocket {
+        path: path.to_path_buf(),
+        what,
+    })
+}
+
+/// Removes the control socket at `path` when the engine stops; anything else found there by
+/// then is left alone.
+pub fn remove(path: &Path) {
+    if matches!(socket_at(path), Ok(true)) {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 /// The socket's directory must be ours or root's, and writable by others only if sticky (like
@@ -152,7 +194,7 @@ pub async fn serve(engine: Engine, listener: UnixListener, path: PathBuf, cancel
             }
         });
     }
-    let _ = std::fs::remove_file(&path);
+    remove(&path);
 }
 
 async fn session(engine: Engine, stream: UnixStream, cancel: CancellationToken) -> io::Result<()> {
@@ -287,5 +329,58 @@ impl Client {
             Reply::Error { message } => Err(ControlError::Refused(message)),
             other => Err(ControlError::Protocol(format!("unexpected reply {other:?}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_a_socket_is_ever_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        // A mistyped `--control ~/notes.toml`: refused, and the file kept byte for byte.
+        let notes = dir.path().join("notes.toml");
+        std::fs::write(&notes, "keep me\n").unwrap();
+        let refused = bind(&notes).await.unwrap_err();
+        assert!(
+            matches!(&refused, ControlError::NotASocket { what: "a file", .. }),
+            "{refused}"
+        );
+        assert!(refused.to_string().contains("notes.toml is a file"), "{refused}");
+        assert_eq!(std::fs::read_to_string(&notes).unwrap(), "keep me\n");
+        // Nor through a symbolic link, nor a directory.
+        let link = dir.path().join("link.sock");
+        std::os::unix::fs::symlink(&notes, &link).unwrap();
+        assert!(matches!(
+            bind(&link).await,
+            Err(ControlError::NotASocket {
+                what: "a symbolic link",
+                ..
+            })
+        ));
+        assert_eq!(std::fs::read_to_string(&notes).unwrap(), "keep me\n");
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        assert!(matches!(
+            bind(&sub).await,
+            Err(ControlError::NotASocket {
+                what: "a directory",
+                ..
+            })
+        ));
+        // A live socket is another Porthole's; a stale one (its process gone) is replaced.
+        let path = dir.path().join("control.sock");
+        let live = bind(&path).await.unwrap();
+        assert!(matches!(bind(&path).await, Err(ControlError::AlreadyRunning(_))));
+        drop(live);
+        let again = bind(&path).await.expect("a stale socket is replaced");
+        drop(again);
+        remove(&path);
+        assert!(!path.exists());
+        // At exit only a socket is removed: a file put there meanwhile stays.
+        std::fs::write(&path, "not ours").unwrap();
+        remove(&path);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "not ours");
     }
 }

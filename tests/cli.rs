@@ -386,3 +386,21 @@ async fn wait_without_an_engine_waits_its_timeout_and_says_for_what() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn a_control_path_that_is_not_a_socket_is_refused_and_kept() {
+    let cluster = FakeCluster::openchoreo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = preset_config(dir.path(), &cluster);
+    // `--control` where `--config` was meant: the file must survive.
+    let notes = dir.path().join("notes.toml");
+    std::fs::write(&notes, "# my notes\n").unwrap();
+    let out = run(&["--config", path(&config), "--control", path(&notes), "up"]).await;
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{} is a file, not a control socket", notes.display())) && stderr.contains("--config"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "# my notes\n");
+}

@@ -6,13 +6,14 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::engine::{Engine, Snapshot};
+use crate::lines::BoundedLines;
 
 /// Environment variable naming the control socket when `--control` is not given.
 pub const CONTROL_ENV: &str = "PORTHOLE_CONTROL";
@@ -197,9 +198,14 @@ pub async fn serve(engine: Engine, listener: UnixListener, path: PathBuf, cancel
     remove(&path);
 }
 
+/// Bound on one request line: requests are a few dozen bytes.
+const MAX_REQUEST: usize = 64 << 10;
+/// Bound on one reply line: a snapshot of hundreds of forwards is well under this.
+const MAX_REPLY: usize = 16 << 20;
+
 async fn session(engine: Engine, stream: UnixStream, cancel: CancellationToken) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
+    let mut lines = BoundedLines::new(read, MAX_REQUEST);
     while let Some(line) = lines.next_line().await? {
         let request = match serde_json::from_str::<Request>(&line) {
             Ok(request) => request,
@@ -256,7 +262,7 @@ async fn send(write: &mut OwnedWriteHalf, reply: &Reply) -> io::Result<()> {
 /// A connection to a running engine.
 pub struct Client {
     path: PathBuf,
-    lines: tokio::io::Lines<BufReader<OwnedReadHalf>>,
+    lines: BoundedLines<OwnedReadHalf>,
     write: OwnedWriteHalf,
 }
 
@@ -271,7 +277,7 @@ impl Client {
         let (read, write) = stream.into_split();
         Ok(Client {
             path: path.to_path_buf(),
-            lines: BufReader::new(read).lines(),
+            lines: BoundedLines::new(read, MAX_REPLY),
             write,
         })
     }

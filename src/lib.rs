@@ -29,6 +29,7 @@ pub mod forward;
 pub mod health;
 pub mod holder;
 pub mod kubeconfig;
+pub mod lines;
 pub mod probe;
 pub mod relay;
 pub mod route;

@@ -404,3 +404,22 @@ async fn a_control_path_that_is_not_a_socket_is_refused_and_kept() {
     );
     assert_eq!(std::fs::read_to_string(&notes).unwrap(), "# my notes\n");
 }
+
+#[tokio::test]
+async fn an_endless_line_on_the_control_socket_is_cut_off_and_the_engine_serves_on() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cluster = FakeCluster::openchoreo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = preset_config(dir.path(), &cluster);
+    let control = dir.path().join("control.sock");
+    let _up = up(&config, &control).await;
+    let mut greedy = tokio::net::UnixStream::connect(&control).await.unwrap();
+    // 1 MiB with no newline, far past a request's bound: the engine hangs up instead of
+    // buffering it all (the write may fail once it has).
+    let _ = greedy.write_all(&vec![b'x'; 1 << 20]).await;
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(WAIT, greedy.read_to_end(&mut rest)).await;
+    assert!(ended.is_ok(), "the engine closed the connection");
+    let status = run(&["--control", path(&control), "status", "--json"]).await;
+    assert!(status.status.success(), "{}", text(&status.stderr));
+}

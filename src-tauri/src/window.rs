@@ -18,11 +18,12 @@ use std::process::Stdio;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use porthole::lines::BoundedLines;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tauri::ipc::{InvokeBody, Request};
 use tauri::{AppHandle, Emitter, Manager, State, WebviewUrl, WebviewWindowBuilder};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc::error::TrySendError;
@@ -46,6 +47,11 @@ pub const PROTOCOL: u32 = 1;
 /// Messages queued for the other process at most: a window that stops reading (hung) costs
 /// this much, not a snapshot a second for as long as it hangs.
 const QUEUE: usize = 256;
+
+/// Bound on one call from the page (a form's fields).
+const MAX_CALL: usize = 1 << 20;
+/// Bound on one message to the window (a snapshot, a catalog of a large cluster).
+const MAX_DOWN: usize = 16 << 20;
 
 /// The label of the settings window (its capability is bound to it).
 pub const SETTINGS: &str = "settings";
@@ -208,7 +214,7 @@ fn hand_over(fd: RawFd) -> io::Result<()> {
 /// Answers the window's calls until it hangs up: one at a time, in the order the page made
 /// them, so that two quick edits land in that order (in the file and in the engine alike).
 async fn serve(app: &AppHandle, read: OwnedReadHalf, down: &mpsc::Sender<Down>) {
-    let mut lines = BufReader::new(read).lines();
+    let mut lines = BoundedLines::new(read, MAX_CALL);
     loop {
         let call = match lines.next_line().await {
             Ok(Some(line)) => match serde_json::from_str::<Call>(&line) {
@@ -353,7 +359,7 @@ pub fn run(protocol: u32) -> anyhow::Result<()> {
 
 /// Replies and events from the app, until it hangs up.
 async fn follow(app: AppHandle, read: OwnedReadHalf) {
-    let mut lines = BufReader::new(read).lines();
+    let mut lines = BoundedLines::new(read, MAX_DOWN);
     while let Ok(Some(line)) = lines.next_line().await {
         match serde_json::from_str::<Down>(&line) {
             Ok(Down::Reply { id, result }) => {

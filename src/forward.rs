@@ -287,13 +287,10 @@ impl Forward {
             helpers.spawn(this.clone().listen(bind_tx, route_rx.clone()).in_current_span());
             let (live, tuning, forward) = (this.live.clone(), this.hub.tuning.clone(), this.clone());
             let check = move |route: Arc<Route>| {
-                let (probe, settle) = {
-                    let spec = live.borrow();
-                    (spec.probe.clone(), spec.tunnel_settle.unwrap_or(tuning.tunnel_settle))
-                };
+                let probe = live.borrow().probe.clone();
                 let bounds = probe::Bounds {
                     timeout: tuning.probe_timeout,
-                    settle,
+                    settle: forward.settle(),
                 };
                 let (client, forward) = (forward.client(), forward.clone());
                 async move {
@@ -501,6 +498,14 @@ impl Forward {
                 .preferred
                 .compare_exchange(failed, next, Ordering::Relaxed, Ordering::Relaxed);
         }
+    }
+
+    /// How long a tunnel's far side gets to report a failure: the config's, else the engine's.
+    fn settle(&self) -> Duration {
+        self.live
+            .borrow()
+            .tunnel_settle
+            .unwrap_or(self.hub.tuning.tunnel_settle)
     }
 
     fn client(&self) -> Option<kube::Client> {

@@ -212,7 +212,7 @@ impl fmt::Display for PortRef {
 pub enum Probe {
     /// At the level the service port says it speaks (its `appProtocol`, its name such as
     /// `http`, `https`, `grpc`, or 443/8443): an HTTP request answered with any status, a TLS
-    /// server's answer, an HTTP/2 server's SETTINGS; else `tcp`.
+    /// server's answer, an answer to HTTP/2's preface; else `tcp`.
     #[default]
     Auto,
     /// A TCP connect through the route (through a tunnel: no refusal or error while it settles).

@@ -156,11 +156,7 @@ impl Forward {
             self.preferred.store(index, Ordering::Relaxed);
         }
         debug!(target = %tunnel.target, "tunnel open");
-        let settle = self
-            .live
-            .borrow()
-            .tunnel_settle
-            .unwrap_or(self.hub.tuning.tunnel_settle);
+        let settle = self.settle();
         tokio::select! {
             result = tunnel::relay(client, tunnel, settle, &stats.bytes_up, &stats.bytes_down) => {
                 if let Err(e) = result {

@@ -447,8 +447,9 @@ async fn fix_kubeconfig(config_arg: Option<&Path>, dry_run: bool) -> anyhow::Res
         println!("would {} in {} (nothing written)", plan.summary, plan.file.display());
         return Ok(ExitCode::SUCCESS);
     }
+    let backups = porthole::write::Backups::private()?;
     let applied = tokio::task::spawn_blocking(move || {
-        let written = plan.apply(LockWait::default());
+        let written = plan.apply(&backups, LockWait::default());
         (plan, written)
     })
     .await?;
@@ -473,16 +474,17 @@ fn init(preset: &str, force: bool, file: Option<&Path>) -> anyhow::Result<ExitCo
         Some(path) => path.to_path_buf(),
         None => config::config_path(None).context("no config directory on this system: give a FILE")?,
     };
-    if path.exists() && !force {
-        bail!("{} exists; use --force to overwrite it", path.display());
-    }
-    if !path.exists() {
-        porthole::write::create(&path, text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+    // Created whole and exclusively: a file that appears meanwhile is never overwritten.
+    if porthole::write::create(&path, text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))? {
         println!("wrote the {preset} preset to {}", path.display());
         return Ok(ExitCode::SUCCESS);
     }
+    if !force {
+        bail!("{} exists; use --force to overwrite it", path.display());
+    }
     // --force over a config of the user's: kept as a backup first, like every other edit.
-    let replaced = porthole::write::replace(&path, porthole::write::LockWait::default(), |_| {
+    let backups = porthole::write::Backups::private()?;
+    let replaced = porthole::write::replace(&path, &backups, porthole::write::LockWait::default(), |_| {
         Ok::<_, std::convert::Infallible>(text.to_string())
     })?;
     match replaced {

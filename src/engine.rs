@@ -174,7 +174,10 @@ impl Engine {
     /// backup; the snapshot's kubeconfig state follows at once. `Ok(None)`: nothing to fix.
     pub async fn fix_kubeconfig(&self) -> Result<Option<Fixed>, FixError> {
         let cluster = self.core.cluster().await.ok_or(FixError::NoContext)?;
-        let fixed = kubeconfig::state::fix(&cluster, &Tools::from_env()).await;
+        let fixed = match crate::write::Backups::private() {
+            Ok(backups) => kubeconfig::state::fix(&cluster, &Tools::from_env(), &backups).await,
+            Err(e) => Err(e.into()),
+        };
         self.core.refresh_kubeconfig_state(&cluster).await;
         if let Some(running) = self.core.running.lock().await.as_ref() {
             self.core.refresh_kubectl_context(&running.config.cluster);

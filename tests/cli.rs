@@ -272,14 +272,21 @@ async fn init_writes_a_preset_and_never_overwrites_by_accident() {
     let again = run(&["init", path(&file)]).await;
     assert!(!again.status.success());
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "# mine\n", "untouched");
-    // --force replaces it, keeping the user's file as a backup.
-    let forced = run(&["init", "--force", path(&file)]).await;
+    // --force replaces it, keeping the user's file as a backup in Porthole's state directory.
+    let state = dir.path().join("state");
+    let forced = porthole(&["init", "--force", path(&file)])
+        .env("HOME", dir.path())
+        .env("XDG_STATE_HOME", &state)
+        .output()
+        .await
+        .unwrap();
     assert!(forced.status.success(), "{}", text(&forced.stderr));
     assert_eq!(
         std::fs::read_to_string(&file).unwrap(),
         porthole::config::preset_text("openchoreo").unwrap()
     );
-    let backups = porthole::write::backups(&file);
+    let backups =
+        porthole::write::Backups::at(state.join("porthole/backups")).of(&std::fs::canonicalize(&file).unwrap());
     assert_eq!(backups.len(), 1, "{backups:?}");
     assert_eq!(std::fs::read_to_string(&backups[0]).unwrap(), "# mine\n");
     assert!(text(&forced.stdout).contains(&backups[0].display().to_string()));

@@ -66,6 +66,7 @@ impl Home {
             .env("KUBECONFIG", list)
             .env("PATH", self.path("bin"))
             .env("HOME", self.dir.path())
+            .env("XDG_STATE_HOME", self.path("state"))
             .env_remove("PORTHOLE_CONFIG")
             .output()
             .unwrap()
@@ -80,8 +81,15 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn backups_of(path: &Path) -> Vec<PathBuf> {
-    porthole::write::backups(&std::fs::canonicalize(path).unwrap())
+impl Home {
+    /// Porthole's private backup directory under this home.
+    fn backups(&self) -> PathBuf {
+        self.path("state/porthole/backups")
+    }
+
+    fn backups_of(&self, path: &Path) -> Vec<PathBuf> {
+        porthole::write::Backups::at(self.backups()).of(&std::fs::canonicalize(path).unwrap())
+    }
 }
 
 #[test]
@@ -113,7 +121,7 @@ fn a_mismatch_is_fixed_by_changing_one_value_and_nothing_else() {
         original,
         "a dry run writes nothing"
     );
-    assert!(backups_of(&file).is_empty());
+    assert!(home.backups_of(&file).is_empty());
 
     let fix = home.run(&[&file], &["fix-kubeconfig"]);
     assert!(fix.status.success(), "{}", stderr(&fix));
@@ -127,9 +135,22 @@ fn a_mismatch_is_fixed_by_changing_one_value_and_nothing_else() {
         "one value changed, every other byte kept"
     );
     assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
-    let backups = backups_of(&file);
+    let backups = home.backups_of(&file);
     assert_eq!(backups.len(), 1);
     assert_eq!(std::fs::read_to_string(&backups[0]).unwrap(), original);
+    assert_eq!(
+        std::fs::metadata(&backups[0]).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(home.backups()).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    assert!(
+        stdout(&fix).contains(&format!("(backup: {})", backups[0].display())),
+        "the output says where the backup is: {}",
+        stdout(&fix)
+    );
     assert!(!stdout(&fix).contains("rd-token"), "no secrets printed");
 
     let after = home.run(&[&file], &["context"]);
@@ -254,7 +275,7 @@ fn a_missing_context_is_merged_from_kind_keeping_every_other_entry() {
     assert_eq!(merged["users"][1], kind["users"][0]);
     assert_eq!(merged["contexts"][1], kind["contexts"][0]);
     assert_eq!(
-        std::fs::read_to_string(&backups_of(&file)[0]).unwrap(),
+        std::fs::read_to_string(&home.backups_of(&file)[0]).unwrap(),
         fixture("only-rancher.yaml")
     );
     assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
@@ -287,11 +308,29 @@ fn a_stale_context_gets_the_clusters_new_address() {
 #[test]
 fn a_symlinked_kubeconfig_is_written_through_and_stays_a_link() {
     let home = Home::new();
-    let real = home.kubeconfig("real-config", "commented.yaml");
+    std::fs::create_dir_all(home.path("dotfiles")).unwrap();
+    let real = home.kubeconfig("dotfiles/kubeconfig", "commented.yaml");
+    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o644)).unwrap();
     let link = home.path("config");
     std::os::unix::fs::symlink(&real, &link).unwrap();
     assert!(home.run(&[&link], &["fix-kubeconfig"]).status.success());
     assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    let dotfiles: Vec<_> = std::fs::read_dir(home.path("dotfiles"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        dotfiles,
+        ["kubeconfig"],
+        "no copy of the credentials in the dotfiles repo"
+    );
+    let backups = home.backups_of(&link);
+    assert_eq!(backups.len(), 1);
+    assert_eq!(
+        std::fs::metadata(&backups[0]).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "not the original's 0644"
+    );
     assert!(
         std::fs::read_to_string(&real)
             .unwrap()
@@ -312,7 +351,7 @@ fn a_read_only_kubeconfig_is_a_clear_error_and_nothing_is_written() {
         stderr(&out)
     );
     assert_eq!(std::fs::read_to_string(&file).unwrap(), fixture("commented.yaml"));
-    assert!(backups_of(&file).is_empty());
+    assert!(home.backups_of(&file).is_empty());
 }
 
 #[test]
@@ -349,7 +388,7 @@ fn another_writers_lock_makes_the_fix_wait_then_give_up_clearly() {
     );
     assert_eq!(std::fs::read_to_string(&file).unwrap(), fixture("commented.yaml"));
     assert!(lock.exists(), "someone else's lock is left alone");
-    assert!(backups_of(&file).is_empty());
+    assert!(home.backups_of(&file).is_empty());
 }
 
 #[test]

@@ -192,7 +192,8 @@ async fn save(shell: &Shell, edit: Edit) -> Result<(), CommandError> {
         Edit::Forward { draft, .. } => Some(draft.name.trim().to_string()),
         _ => None,
     };
-    let mut config: Config = tauri::async_runtime::spawn_blocking(move || edit::save(&path, &base, &edit))
+    let backups = porthole::write::Backups::private().map_err(CommandError::failed)?;
+    let mut config: Config = tauri::async_runtime::spawn_blocking(move || edit::save(&path, &base, &edit, &backups))
         .await
         .map_err(CommandError::failed)??;
     *lock(&shell.file_config) = Some(config.clone());

@@ -36,14 +36,14 @@ pub fn load(path: Option<&Path>) -> Prefs {
     }
 }
 
-/// Writes atomically ([`porthole::write::create`]).
+/// Writes atomically ([`porthole::write::overwrite`]).
 pub fn save(path: &Path, prefs: &Prefs) -> Result<(), PrefsError> {
     let fail = |error| PrefsError::Write {
         path: path.to_path_buf(),
         error,
     };
     let text = serde_json::to_string_pretty(prefs).map_err(|e| fail(e.into()))?;
-    porthole::write::create(path, text.as_bytes()).map_err(fail)
+    porthole::write::overwrite(path, text.as_bytes()).map_err(fail)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use toml_edit::{DocumentMut, Item, Table, value};
 
 use super::{Config, ConfigError, Source};
-use crate::write::{self, LockWait, WriteError};
+use crate::write::{self, Backups, LockWait, WriteError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EditError {
@@ -69,13 +69,13 @@ pub enum Edit {
 
 /// Applies `edit` to the config file at `path`, creating it from `base` (the config text in
 /// effect, e.g. a preset) when it does not exist. Returns the new config. Blocking.
-pub fn save(path: &Path, base: &str, edit: &Edit) -> Result<Config, EditError> {
-    if !path.exists() {
-        create(path, base)?;
-    }
+/// The replaced text is kept in `backups`.
+pub fn save(path: &Path, base: &str, edit: &Edit, backups: &Backups) -> Result<Config, EditError> {
+    // Created whole, or left alone when someone else just made it: the edit then applies to theirs.
+    create(path, base)?;
     let source = Source::File(path.to_path_buf());
     let mut config = None;
-    let written = write::replace(path, LockWait::default(), |old| {
+    let written = write::replace(path, backups, LockWait::default(), |old| {
         let text = apply(old, edit, path)?;
         config = Some(validate(&text, &source)?);
         Ok::<_, EditError>(text)
@@ -87,7 +87,7 @@ pub fn save(path: &Path, base: &str, edit: &Edit) -> Result<Config, EditError> {
     }
 }
 
-fn create(path: &Path, text: &str) -> Result<(), EditError> {
+fn create(path: &Path, text: &str) -> Result<bool, EditError> {
     write::create(path, text.as_bytes()).map_err(|error| EditError::Create {
         path: path.to_path_buf(),
         error,
@@ -400,6 +400,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("porthole.toml");
         std::fs::write(&path, TEXT).unwrap();
+        let backups = Backups::at(dir.path().join("backups"));
         let err = save(
             &path,
             "",
@@ -407,6 +408,7 @@ mod tests {
                 replaces: None,
                 draft: draft("twin", "3000"),
             },
+            &backups,
         )
         .unwrap_err();
         match err {
@@ -417,13 +419,14 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(std::fs::read_to_string(&path).unwrap(), TEXT);
-        assert!(crate::write::backups(&std::fs::canonicalize(&path).unwrap()).is_empty());
+        assert!(backups.of(&std::fs::canonicalize(&path).unwrap()).is_empty());
     }
 
     #[test]
     fn saving_without_a_file_starts_from_the_base_and_backs_it_up() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/porthole.toml");
+        let backups = Backups::at(dir.path().join("backups"));
         let config = save(
             &path,
             TEXT,
@@ -431,10 +434,11 @@ mod tests {
                 replaces: None,
                 draft: draft("gateway", "8443"),
             },
+            &backups,
         )
         .unwrap();
         assert_eq!(config.forwards.len(), 3);
         assert!(std::fs::read_to_string(&path).unwrap().starts_with(TEXT));
-        assert_eq!(crate::write::backups(&std::fs::canonicalize(&path).unwrap()).len(), 1);
+        assert_eq!(backups.of(&std::fs::canonicalize(&path).unwrap()).len(), 1);
     }
 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::edit::{self, EditError, Entries};
 use super::tools::{Origin, ToolError, Tools};
 use super::{KubeconfigError, Loaded};
-use crate::write::{self, LockWait, WriteError, Written};
+use crate::write::{self, Backups, LockWait, WriteError, Written};
 
 /// Bound on asking the API server's address whether it answers, to tell a stale entry from a
 /// good one.
@@ -122,13 +122,18 @@ pub struct Fixed {
 
 /// Inspects the kubeconfig of `cluster` and, when kubectl's context is not Porthole's, fixes it
 /// (see [`plan`]). `Ok(None)`: nothing to fix.
-pub async fn fix(cluster: &crate::config::ClusterSpec, tools: &Tools) -> Result<Option<Fixed>, FixError> {
+pub async fn fix(
+    cluster: &crate::config::ClusterSpec,
+    tools: &Tools,
+    backups: &Backups,
+) -> Result<Option<Fixed>, FixError> {
     let expected = cluster.context.clone().ok_or(FixError::NoContext)?;
     let inspection = inspect(super::files(cluster), &expected, tools).await?;
     let Some(plan) = self::plan(&inspection, tools).await? else {
         return Ok(None);
     };
-    let applied = tokio::task::spawn_blocking(move || plan.apply(LockWait::default()).map(|w| (plan, w)))
+    let backups = backups.clone();
+    let applied = tokio::task::spawn_blocking(move || plan.apply(&backups, LockWait::default()).map(|w| (plan, w)))
         .await
         .map_err(|e| {
             FixError::Write(WriteError::Io {
@@ -280,9 +285,9 @@ impl Plan {
 
     /// Applies the fix under the lock, re-doing the edit on the bytes read there (another
     /// writer's change since the plan is kept, not overwritten). Blocking.
-    pub fn apply(&self, wait: LockWait) -> Result<Option<Written>, FixError> {
+    pub fn apply(&self, backups: &Backups, wait: LockWait) -> Result<Option<Written>, FixError> {
         ensure_exists(&self.file).map_err(|error| write_io(&self.file, error))?;
-        let edited = write::replace(&self.file, wait, |current| match &self.fresh {
+        let edited = write::replace(&self.file, backups, wait, |current| match &self.fresh {
             Some((fresh, entries)) => edit::merge(current, fresh, entries),
             None => edit::set_current_context(current, &self.context),
         })?;

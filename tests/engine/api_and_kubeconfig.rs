@@ -137,7 +137,9 @@ async fn kubeconfig_drift_is_pushed_as_events_in_both_directions() {
         .await
         .unwrap()
         .expect("a fix");
-    tokio::task::spawn_blocking(move || plan.apply(LockWait::default()))
+    let backups = tempfile::tempdir().unwrap();
+    let into = porthole::write::Backups::at(backups.path());
+    tokio::task::spawn_blocking(move || plan.apply(&into, LockWait::default()))
         .await
         .unwrap()
         .unwrap();

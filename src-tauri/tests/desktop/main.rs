@@ -271,7 +271,14 @@ async fn a_wrong_kubectl_context_is_fixed_from_the_menu_and_a_forward_is_turned_
 
     app.tray.click("Fix kubeconfig").await;
     let fixed = wait_notification(&d.bus, "fix done", |n| n.summary == "kubeconfig fixed").await;
-    assert!(fixed.body.contains("backup"), "{fixed:?}");
+    // The backup is in Porthole's private state directory, and the notification says where.
+    let backups = d.home.path("state/porthole/backups");
+    let kept: Vec<_> = std::fs::read_dir(&backups)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(fixed.body.contains(&kept[0].display().to_string()), "{fixed:?}");
     let kubeconfig = std::fs::read_to_string(d.cluster.kubeconfig()).unwrap();
     assert!(
         kubeconfig.contains("current-context: kind-openchoreo-local"),

@@ -6,6 +6,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 /// Backups kept of each file; older ones are removed.
@@ -17,6 +18,8 @@ pub enum WriteError {
     Locked { path: PathBuf, lock: PathBuf },
     #[error("{path} is read-only: nothing was written")]
     ReadOnly { path: PathBuf },
+    #[error("{path} was not written: Porthole is quitting")]
+    Quitting { path: PathBuf },
     #[error("no home directory to keep backups in: nothing was written")]
     NoHome,
     #[error("{path}: {what}: {error}")]
@@ -62,16 +65,97 @@ fn writable(path: &Path) -> bool {
     unsafe { libc::access(c_path.as_ptr(), libc::W_OK) == 0 }
 }
 
-/// `<path>.lock`, created exclusively, as client-go and kubectl do; removed on drop.
-struct Lock(PathBuf);
+/// The writes under way in this process, and whether new ones may start: a process that is
+/// asked to quit lets them finish ([`finish`]) so that it never leaves a `<file>.lock` behind.
+struct InFlight {
+    state: Mutex<(usize, bool)>,
+    idle: Condvar,
+}
+
+static IN_FLIGHT: InFlight = InFlight {
+    state: Mutex::new((0, false)),
+    idle: Condvar::new(),
+};
+
+impl InFlight {
+    fn state(&self) -> std::sync::MutexGuard<'_, (usize, bool)> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Counts a write in; refused once the process is finishing.
+    fn enter(&self, path: &Path) -> Result<(), WriteError> {
+        let mut state = self.state();
+        if state.1 {
+            return Err(WriteError::Quitting {
+                path: path.to_path_buf(),
+            });
+        }
+        state.0 += 1;
+        Ok(())
+    }
+
+    fn leave(&self) {
+        let mut state = self.state();
+        state.0 -= 1;
+        if state.0 == 0 {
+            self.idle.notify_all();
+        }
+    }
+
+    fn finish(&self, bound: Duration) -> bool {
+        let mut state = self.state();
+        state.1 = true;
+        let deadline = Instant::now() + bound;
+        while state.0 > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            state = self
+                .idle
+                .wait_timeout(state, left)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
+        true
+    }
+}
+
+/// Lets the writes under way finish (each has released its lock when this returns) and refuses
+/// new ones from now on; for a process about to exit. Waits at most `bound`; false if a write
+/// was still under way then. Blocking.
+pub fn finish(bound: Duration) -> bool {
+    IN_FLIGHT.finish(bound)
+}
+
+/// How long [`finish`] may have to wait: another writer's lock, then one write.
+pub const FINISH_BOUND: Duration = Duration::from_secs(10);
+
+/// `<path>.lock`, created exclusively, as client-go and kubectl do; removed on drop. A taken
+/// lock counts as a write under way until then.
+struct Lock {
+    path: PathBuf,
+    in_flight: &'static InFlight,
+}
 
 impl Lock {
-    fn take(path: &Path, wait: LockWait) -> Result<Lock, WriteError> {
+    fn take(in_flight: &'static InFlight, path: &Path, wait: LockWait) -> Result<Lock, WriteError> {
+        in_flight.enter(path)?;
+        match Lock::create(path, wait) {
+            Ok(path) => Ok(Lock { path, in_flight }),
+            Err(e) => {
+                in_flight.leave();
+                Err(e)
+            }
+        }
+    }
+
+    fn create(path: &Path, wait: LockWait) -> Result<PathBuf, WriteError> {
         let lock = lock_path(path);
         let deadline = Instant::now() + wait.timeout;
         loop {
             match OpenOptions::new().write(true).create_new(true).open(&lock) {
-                Ok(_) => return Ok(Lock(lock)),
+                Ok(_) => return Ok(lock),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     if Instant::now() >= deadline {
                         return Err(WriteError::Locked {
@@ -90,7 +174,8 @@ impl Lock {
 
 impl Drop for Lock {
     fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
+        let _ = fs::remove_file(&self.path);
+        self.in_flight.leave();
     }
 }
 
@@ -118,7 +203,17 @@ pub fn replace<E>(
     wait: LockWait,
     edit: impl FnOnce(&str) -> Result<String, E>,
 ) -> Result<Result<Option<Written>, E>, WriteError> {
-    let _lock = Lock::take(path, wait)?;
+    replace_in(&IN_FLIGHT, path, backups, wait, edit)
+}
+
+fn replace_in<E>(
+    in_flight: &'static InFlight,
+    path: &Path,
+    backups: &Backups,
+    wait: LockWait,
+    edit: impl FnOnce(&str) -> Result<String, E>,
+) -> Result<Result<Option<Written>, E>, WriteError> {
+    let _lock = Lock::take(in_flight, path, wait)?;
     // Through a symlink to the file itself: the link stays a link.
     let target = fs::canonicalize(path).map_err(|e| io_error(path, "cannot resolve it", e))?;
     let meta = fs::metadata(&target).map_err(|e| io_error(&target, "cannot read its metadata", e))?;
@@ -619,5 +714,63 @@ mod tests {
         overwrite(&path, b"{\"a\":1}").unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), "{\"a\":1}");
         assert_eq!(fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn finishing_lets_a_write_under_way_complete_and_release_its_lock_then_refuses_new_ones() {
+        static WRITES: InFlight = InFlight {
+            state: Mutex::new((0, false)),
+            idle: Condvar::new(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let backups = Backups::at(dir.path().join("backups"));
+        let path = dir.path().join("config");
+        fs::write(&path, "old").unwrap();
+        let (editing, in_edit) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        std::thread::scope(|s| {
+            let (path, backups) = (&path, &backups);
+            let writer = s.spawn(move || {
+                replace_in(&WRITES, path, backups, LockWait::default(), move |_| {
+                    editing.send(()).unwrap();
+                    released.recv().unwrap();
+                    Ok::<_, ()>("new".into())
+                })
+            });
+            in_edit.recv().unwrap();
+            assert!(lock_path(path).exists(), "the write holds its lock");
+            let finisher = s.spawn(move || {
+                let done = WRITES.finish(Duration::from_secs(30));
+                (done, lock_path(path).exists(), fs::read_to_string(path).unwrap())
+            });
+            // Once new writes are refused, the finisher is waiting for ours.
+            while !WRITES.state().1 {
+                std::thread::yield_now();
+            }
+            release.send(()).unwrap();
+            let (done, locked, text) = finisher.join().unwrap();
+            assert!(done);
+            assert!(!locked, "finish returns only once the lock is gone");
+            assert_eq!(text, "new", "and the write is complete");
+            writer.join().unwrap().unwrap().unwrap();
+        });
+        let refused = replace_in(&WRITES, &path, &backups, LockWait::default(), |_| {
+            Ok::<_, ()>("newer".into())
+        });
+        assert!(matches!(refused, Err(WriteError::Quitting { .. })), "{refused:?}");
+        assert_eq!(fs::read_to_string(&path).unwrap(), "new");
+        assert!(!lock_path(&path).exists());
+    }
+
+    #[test]
+    fn finishing_gives_up_at_its_bound() {
+        static WRITES: InFlight = InFlight {
+            state: Mutex::new((0, false)),
+            idle: Condvar::new(),
+        };
+        WRITES.enter(Path::new("x")).unwrap();
+        assert!(!WRITES.finish(Duration::from_millis(10)), "a write still under way");
+        WRITES.leave();
+        assert!(WRITES.finish(Duration::from_millis(10)));
     }
 }

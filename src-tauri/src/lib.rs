@@ -19,6 +19,7 @@ pub mod window;
 
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 use clap::Parser;
@@ -69,6 +70,9 @@ pub fn run() -> anyhow::Result<()> {
         return window::run(protocol);
     }
     let log_dir = logs::init(true)?;
+    // Started by launchd or a desktop session, the app may get 256 descriptors: about 100
+    // connections. Lift it as the CLI does.
+    porthole::relay::raise_fd_limit();
     let (config, source) = Config::discover(args.config.as_deref())?;
     let file_config = matches!(source, Source::File(_)).then(|| config.clone());
     let config_path = config::config_path(args.config.as_deref());
@@ -95,7 +99,9 @@ pub fn run() -> anyhow::Result<()> {
             app.set_activation_policy(tauri::ActivationPolicy::Accessory);
             let cancel = CancellationToken::new();
             // The engine spawns onto the runtime it is started in: Tauri's.
-            let engine = tauri::async_runtime::block_on(async { Engine::start(config, Tuning::default()) });
+            let (engine, signals) = tauri::async_runtime::block_on(async {
+                (Engine::start(config, Tuning::default()), shell::Signals::install())
+            });
             app.manage(Shell {
                 engine: engine.clone(),
                 config_path,
@@ -108,10 +114,17 @@ pub fn run() -> anyhow::Result<()> {
                 cancel: cancel.clone(),
                 file_config: Mutex::new(file_config),
                 window: Mutex::new(None),
+                control: Mutex::new(None),
+                quitting: AtomicBool::new(false),
             });
             let handle = app.handle().clone();
+            match signals {
+                Ok(signals) => drop(tauri::async_runtime::spawn(signals.follow(handle.clone()))),
+                Err(e) => error!(error = %e, "no signal handlers: SIGTERM will not drain"),
+            }
             *shell::lock(&app.state::<Shell>().tray) = Some(Tray::create(&handle)?);
-            serve_control(&handle, engine, control_path, cancel);
+            let control = serve_control(&handle, engine, control_path, cancel);
+            *shell::lock(&app.state::<Shell>().control) = Some(control);
             tauri::async_runtime::spawn(shell::follow(handle.clone()));
             if let Some(path) = app.state::<Shell>().config_path.clone() {
                 // So that a config saved later (from the preset) is watched too.
@@ -138,7 +151,12 @@ pub fn run() -> anyhow::Result<()> {
 }
 
 /// Serves the control socket `porthole status|wait|enable|disable` use, as `porthole up` does.
-fn serve_control(app: &tauri::AppHandle, engine: Engine, path: PathBuf, cancel: CancellationToken) {
+fn serve_control(
+    app: &tauri::AppHandle,
+    engine: Engine,
+    path: PathBuf,
+    cancel: CancellationToken,
+) -> tauri::async_runtime::JoinHandle<()> {
     let app = app.clone();
     tauri::async_runtime::spawn(async move {
         match control::bind(&path).await {
@@ -155,5 +173,5 @@ fn serve_control(app: &tauri::AppHandle, engine: Engine, path: PathBuf, cancel: 
                 );
             }
         }
-    });
+    })
 }

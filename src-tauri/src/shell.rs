@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use porthole::{Config, Engine, Snapshot, Tuning};
@@ -40,6 +41,10 @@ pub struct Shell {
     pub file_config: Mutex<Option<Config>>,
     /// The settings window's process, while it runs.
     pub window: Mutex<Option<window::Link>>,
+    /// The control socket's server; it removes the socket when it ends.
+    pub control: Mutex<Option<tauri::async_runtime::JoinHandle<()>>>,
+    /// Set by the first Quit (menu or signal); later ones do nothing.
+    pub quitting: AtomicBool,
 }
 
 /// Follows the config file: an edit by hand is applied as SIGHUP does for `porthole up` (the
@@ -59,28 +64,79 @@ pub async fn follow_config(app: AppHandle, path: PathBuf) {
         // Editors write, rename and chmod in a burst: read once after it.
         tokio::time::sleep(CONFIG_SETTLE).await;
         while changes.try_recv().is_ok() {}
-        if !path.exists() {
-            continue;
+        if path.exists() {
+            apply_file(&app, &path, false).await;
         }
-        match Config::load(&path) {
-            Ok(config) => {
-                if lock(&shell.file_config).as_ref() == Some(&config) {
-                    continue;
-                }
-                info!(path = %path.display(), "config file changed: applying");
-                *lock(&shell.file_config) = Some(config.clone());
-                if let Err(e) = shell.engine.apply(config).await {
-                    warn!(error = %e, "cannot apply the config");
-                }
+    }
+}
+
+/// Reads the config file and applies it; `force` applies it even when it is the config last
+/// read or saved (a reload asked for by SIGHUP resets the menu's on/off flags, as `porthole up`
+/// does). A broken file is refused, logged and told; the running config stays.
+async fn apply_file(app: &AppHandle, path: &std::path::Path, force: bool) {
+    let shell = app.state::<Shell>();
+    match Config::load(path) {
+        Ok(config) => {
+            if !force && lock(&shell.file_config).as_ref() == Some(&config) {
+                return;
             }
-            Err(e) => {
-                error!(error = %e, "config file changed but is invalid: keeping the running config");
-                notify(
-                    &app,
-                    vec![Notice::new(Kind::Config, "config file not applied", e.to_string())],
-                );
+            info!(path = %path.display(), "config file changed: applying");
+            *lock(&shell.file_config) = Some(config.clone());
+            if let Err(e) = shell.engine.apply(config).await {
+                warn!(error = %e, "cannot apply the config");
             }
         }
+        Err(e) => {
+            error!(error = %e, "config file changed but is invalid: keeping the running config");
+            notify(
+                app,
+                vec![Notice::new(Kind::Config, "config file not applied", e.to_string())],
+            );
+        }
+    }
+}
+
+/// The signals a desktop session and a terminal send, installed before the app serves anything:
+/// SIGTERM (logout, `kill`, launchd stopping the login item) and SIGINT quit as the menu's Quit
+/// does, draining connections and letting a kubeconfig write finish (no `<file>.lock` left
+/// behind); SIGHUP (the terminal it was started from closed) reloads the config file instead of
+/// killing the app.
+pub struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Must run inside the runtime.
+    pub fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Until a quitting signal: reloads on SIGHUP, then quits.
+    pub async fn follow(mut self, app: AppHandle) {
+        let shell = app.state::<Shell>();
+        let name = loop {
+            tokio::select! {
+                _ = shell.cancel.cancelled() => return,
+                _ = self.terminate.recv() => break "SIGTERM",
+                _ = self.interrupt.recv() => break "SIGINT",
+                _ = self.hangup.recv() => match shell.config_path.clone() {
+                    Some(path) if path.exists() => {
+                        info!(path = %path.display(), "SIGHUP: reloading the config file");
+                        apply_file(&app, &path, true).await;
+                    }
+                    _ => info!("SIGHUP: no config file to reload (running the preset)"),
+                },
+            }
+        };
+        info!(signal = name, "quitting on a signal");
+        quit(&app).await;
     }
 }
 
@@ -250,11 +306,23 @@ fn open_path(path: &std::path::Path) {
     }
 }
 
-/// Graceful exit: forwards drain (bounded), the control socket goes, then the process.
+/// Graceful exit: forwards drain and a file write under way finishes (both bounded), the control
+/// socket is removed, then the process exits.
 pub async fn quit(app: &AppHandle) {
     let shell = app.state::<Shell>();
+    if shell.quitting.swap(true, Ordering::SeqCst) {
+        return;
+    }
     info!("quitting");
-    shell.engine.shutdown(Tuning::default().drain_timeout).await;
+    let writes = tauri::async_runtime::spawn_blocking(|| porthole::write::finish(porthole::write::FINISH_BOUND));
+    let (_, finished) = tokio::join!(shell.engine.shutdown(Tuning::default().drain_timeout), writes);
+    if !matches!(finished, Ok(true)) {
+        warn!("a file write was still under way at exit");
+    }
     shell.cancel.cancel();
+    let control = lock(&shell.control).take();
+    if let Some(control) = control {
+        let _ = control.await;
+    }
     app.exit(0);
 }

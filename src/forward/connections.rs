@@ -99,7 +99,12 @@ impl Forward {
                 route = ready;
             }
         }
-        self.relay(client, route).await;
+        // Every phase ends at shutdown, the connect to a node or the tunnel's opening included:
+        // a node that swallows SYNs would otherwise hold Quit for connect_timeout per node.
+        tokio::select! {
+            _ = self.relay(client, route) => {}
+            _ = self.connections.cancelled() => debug!("closed by shutdown"),
+        }
         self.stats.active.fetch_sub(1, Ordering::Relaxed);
     }
 
@@ -128,13 +133,8 @@ impl Forward {
             }
         };
         relay::prepare(&client, &upstream);
-        tokio::select! {
-            result = relay::relay(&client, &upstream, &stats.bytes_up, &stats.bytes_down) => {
-                if let Err(e) = result {
-                    debug!(error = %e, "connection ended with an error");
-                }
-            }
-            _ = self.connections.cancelled() => debug!("closed by shutdown"),
+        if let Err(e) = relay::relay(&client, &upstream, &stats.bytes_up, &stats.bytes_down).await {
+            debug!(error = %e, "connection ended with an error");
         }
     }
 
@@ -157,17 +157,12 @@ impl Forward {
         }
         debug!(target = %tunnel.target, "tunnel open");
         let settle = self.settle();
-        tokio::select! {
-            result = tunnel::relay(client, tunnel, settle, &stats.bytes_up, &stats.bytes_down) => {
-                if let Err(e) = result {
-                    debug!(error = %e, "tunnel ended with an error");
-                    if e.kind() == std::io::ErrorKind::ConnectionRefused {
-                        // The far side refused after the stream opened: the next pod next time.
-                        self.pass_over(index, route.pods.len());
-                    }
-                }
+        if let Err(e) = tunnel::relay(client, tunnel, settle, &stats.bytes_up, &stats.bytes_down).await {
+            debug!(error = %e, "tunnel ended with an error");
+            if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                // The far side refused after the stream opened: the next pod next time.
+                self.pass_over(index, route.pods.len());
             }
-            _ = self.connections.cancelled() => debug!("closed by shutdown"),
         }
     }
 }

@@ -246,3 +246,50 @@ async fn quick_successive_context_changes_end_connected_to_the_last() {
         );
     }
 }
+
+/// A listener on `addr` whose accept queue is full, so the kernel drops further SYNs: a connect
+/// to it hangs (a firewalled node, a VM that froze). Holds the queue's occupants.
+fn swallowing(addr: std::net::SocketAddr) -> (socket2::Socket, Vec<socket2::Socket>) {
+    use socket2::{Domain, Socket, Type};
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    listener.set_reuse_address(true).unwrap();
+    listener.bind(&addr.into()).unwrap();
+    listener.listen(0).unwrap();
+    let fillers = (0..3)
+        .map(|_| {
+            let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+            s.set_nonblocking(true).unwrap();
+            let _ = s.connect(&addr.into());
+            s
+        })
+        .collect();
+    (listener, fillers)
+}
+
+#[tokio::test]
+async fn shutdown_is_not_held_by_connects_to_nodes_that_swallow_syns() {
+    let (cluster, _backend) = echo_cluster("swallow", "NodePort").await;
+    let mut patient = tuning();
+    // A connect or a probe left to run would hold shutdown for minutes.
+    patient.connect_timeout = Duration::from_secs(600);
+    patient.probe_timeout = Duration::from_secs(600);
+    let engine = Engine::start(config(&cluster, &forward("echo", NS, "echo")), patient);
+    let addr = local(&wait_healthy(&engine, "echo").await);
+    let node_port = cluster.node_port(NS, "echo", 0).unwrap();
+    cluster.set_node_addresses_reachable(false);
+    let _swallowing: Vec<_> = ["swallow-control-plane", "swallow-worker"]
+        .iter()
+        .map(|node| swallowing((cluster.node_ip(node).unwrap(), node_port).into()))
+        .collect();
+    let _client = TcpStream::connect(addr).await.unwrap();
+    tokio::time::timeout(WAIT, async {
+        while engine.status().await.forward("echo").unwrap().stats.active == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the connection is accepted and connecting");
+    tokio::time::timeout(WAIT, engine.shutdown(Duration::from_millis(100)))
+        .await
+        .expect("shutdown ends after the drain bound, not after the connects' 600 s");
+}

@@ -128,15 +128,44 @@ pub struct App {
 impl App {
     /// Starts the app and waits for its tray item to register.
     pub async fn start(home: &Home, bus: &Bus, args: &[&str]) -> App {
+        App::start_with(home, bus, args, None).await
+    }
+
+    /// Started with a soft descriptor limit of `soft` (what launchd gives an app: 256), as a
+    /// login item or a Dock launch would be.
+    pub async fn start_limited(home: &Home, bus: &Bus, soft: u64) -> App {
+        App::start_with(home, bus, &[], Some(soft)).await
+    }
+
+    async fn start_with(home: &Home, bus: &Bus, args: &[&str], soft_fd_limit: Option<u64>) -> App {
         let log = std::fs::File::create(home.path("app.log")).unwrap();
-        let child = Command::new(APP)
+        let mut command = Command::new(APP);
+        command
             .args(args)
             .envs(home.env(bus))
             .stdout(Stdio::null())
             .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+            .kill_on_drop(true);
+        if let Some(soft) = soft_fd_limit {
+            // SAFETY: only async-signal-safe calls between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    let mut limit = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    limit.rlim_cur = soft.min(limit.rlim_max);
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = command.spawn().unwrap();
         let tray = registered(home, bus).await;
         App { child, tray }
     }

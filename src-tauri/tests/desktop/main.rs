@@ -341,6 +341,56 @@ async fn quit_from_the_menu_stops_the_app_and_removes_its_socket() {
     assert!(!listening(console).await);
 }
 
+/// The soft and hard "Max open files" of a running process.
+fn open_files_limit(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let numbers: Vec<u64> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    (numbers[0], numbers[1])
+}
+
+fn send_signal(app: &App, signal: i32) {
+    let pid = app.child.id().expect("the app runs") as i32;
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signals_reload_on_hangup_and_quit_cleanly_and_the_descriptor_limit_is_lifted() {
+    let d = Desktop::start(&["console", "api"]).await;
+    let mut app = App::start_limited(&d.home, &d.bus, 256).await;
+    all_healthy(&app, 2).await;
+    let (soft, hard) = open_files_limit(app.child.id().unwrap());
+    assert_eq!(
+        soft, hard,
+        "started with 256, the app lifts its soft limit to the hard one"
+    );
+
+    // Turned off from the menu, then SIGHUP (the terminal it was started from closed): the app
+    // lives on and reloads the file, whose flags win, as `porthole up` does.
+    app.tray.click("● api").await;
+    wait_engine(&d.home.control(), "api disabled", |s| {
+        s.forward("api").is_some_and(|f| f.health.state == State::Disabled)
+    })
+    .await;
+    send_signal(&app, libc::SIGHUP);
+    all_healthy(&app, 2).await;
+    assert!(app.child.try_wait().unwrap().is_none(), "SIGHUP does not kill the app");
+    assert!(d.home.log().contains("SIGHUP: reloading the config file"));
+
+    // SIGTERM (logout, `kill`): the same graceful exit as Quit.
+    let console = local_addr(&app.tray.menu_items().await, "console");
+    send_signal(&app, libc::SIGTERM);
+    let status = tokio::time::timeout(WAIT, app.child.wait())
+        .await
+        .expect("the app exits")
+        .unwrap();
+    assert!(status.success(), "{status}; log:\n{}", d.home.log());
+    assert!(!d.home.control().exists(), "the control socket is removed");
+    assert!(!listening(console).await);
+    assert!(d.home.log().contains("quitting on a signal"));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hand_edit_of_the_config_applies_live_and_a_broken_one_is_refused_and_told() {
     let d = Desktop::start(&["console"]).await;

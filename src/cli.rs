@@ -288,6 +288,9 @@ fn cause_lines(f: &ForwardStatus) -> String {
             lines += &format!("    fix: {fix}\n");
         }
     }
+    if f.stats.refused > 0 {
+        lines += &format!("    refused {} connections while at max_connections\n", f.stats.refused);
+    }
     lines
 }
 
@@ -506,13 +509,16 @@ async fn relay(listen: SocketAddr, target: &str) -> anyhow::Result<ExitCode> {
     let local = listener.local_addr()?;
     println!("listening on {local}");
     let target = target.to_string();
+    let mut failed = porthole::descriptors::Throttle::new(Duration::from_secs(10));
     loop {
         let (client, _) = tokio::select! {
             _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    warn!(error = %e, "accept failed");
+                    if let Some(unsaid) = failed.note(std::time::Instant::now()) {
+                        warn!(error = %e, unsaid, "accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }

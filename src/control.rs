@@ -175,6 +175,7 @@ fn check_private(dir: &Path) -> io::Result<()> {
 
 /// Answers requests until `cancel`; removes the socket file afterwards.
 pub async fn serve(engine: Engine, listener: UnixListener, path: PathBuf, cancel: CancellationToken) {
+    let mut failed = crate::descriptors::Throttle::new(std::time::Duration::from_secs(10));
     loop {
         let stream = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -182,7 +183,9 @@ pub async fn serve(engine: Engine, listener: UnixListener, path: PathBuf, cancel
                 Ok((stream, _)) => stream,
                 Err(e) => {
                     // Out of descriptors, usually: back off instead of spinning.
-                    warn!(error = %e, "control socket accept failed");
+                    if let Some(unsaid) = failed.note(std::time::Instant::now()) {
+                        warn!(error = %e, unsaid, "control socket accept failed");
+                    }
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     continue;
                 }

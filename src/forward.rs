@@ -115,6 +115,8 @@ pub struct Stats {
     pub bytes_down: AtomicU64,
     /// Connections that arrived while there was no usable path and were held for one.
     pub held: AtomicU64,
+    /// Connections refused because the forward had `max_connections` open.
+    pub refused: AtomicU64,
 }
 
 /// A copy of [`Stats`] at one moment.
@@ -127,6 +129,8 @@ pub struct StatsView {
     pub bytes_down: u64,
     #[serde(default)]
     pub held: u64,
+    #[serde(default)]
+    pub refused: u64,
 }
 
 impl Stats {
@@ -138,6 +142,7 @@ impl Stats {
             bytes_up: self.bytes_up.load(Ordering::Relaxed),
             bytes_down: self.bytes_down.load(Ordering::Relaxed),
             held: self.held.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
         }
     }
 }

@@ -61,6 +61,8 @@ pub enum CauseId {
     /// The API server opened the port-forward but cannot reach the node's kubelet.
     KubeletUnreachable,
     ProbeFailed,
+    /// The process (or the system) ran out of file descriptors: not the cluster's fault.
+    OutOfDescriptors,
 }
 
 impl CauseId {
@@ -91,6 +93,7 @@ impl CauseId {
             CauseId::TunnelFailed => "tunnel-failed",
             CauseId::KubeletUnreachable => "kubelet-unreachable",
             CauseId::ProbeFailed => "probe-failed",
+            CauseId::OutOfDescriptors => "out-of-descriptors",
         }
     }
 }

@@ -7,6 +7,7 @@
 //! - [`route`]: a forward resolved to node addresses and a nodePort, or the [`health::Cause`] in the way.
 //! - [`forward`]: one forward at run time: listener, connections, probe, health.
 //! - [`relay`]: the byte pump (`splice(2)` on Linux).
+//! - [`descriptors`]: running out of file descriptors, named as such; throttled warnings.
 //! - [`tunnel`]: the path through the API server's port-forward to a ready pod.
 //! - [`probe`]: active health checks through a route.
 //! - [`health`]: states, causes and the rule between them.
@@ -22,6 +23,7 @@ pub mod catalog;
 pub mod config;
 #[cfg(unix)]
 pub mod control;
+pub mod descriptors;
 pub mod discovery;
 pub mod doctor;
 pub mod engine;

@@ -194,6 +194,11 @@ impl Route {
             };
             match attempt {
                 Ok(Ok(stream)) => return Ok((stream, index)),
+                Ok(Err(e)) if crate::descriptors::exhausted(&e) => {
+                    // Not the node's fault, and the next node would fail the same way.
+                    let what = format!("connecting to {}:{}", target.host, self.node_port);
+                    return Err(crate::descriptors::cause(&what));
+                }
                 Ok(Err(e)) => {
                     all_refused &= e.kind() == std::io::ErrorKind::ConnectionRefused;
                     failures.push(format!("{}:{} ({e})", target.host, self.node_port));

@@ -79,6 +79,11 @@ pub async fn open(
                 }
                 None => failures.push(format!("{target} (no stream)")),
             },
+            Ok(Err(e)) if crate::descriptors::exhausted_in(&e) => {
+                return Err(crate::descriptors::cause(&format!(
+                    "opening a port-forward to {target}"
+                )));
+            }
             Ok(Err(e)) => {
                 forbidden |= refused_with(&e, 403);
                 failures.push(format!("{target} ({e})"));

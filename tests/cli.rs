@@ -64,19 +64,27 @@ struct Up {
 }
 
 impl Up {
-    /// Waits for a log line containing `text`.
-    async fn logged(&mut self, text: &str) {
+    /// Waits for a log line containing `text`; returns the lines up to it.
+    async fn logged(&mut self, text: &str) -> Vec<String> {
+        self.logged_where(text, |line| line.contains(text)).await
+    }
+
+    /// Waits for a log line that `matches` (described by `text`); returns the lines up to it.
+    async fn logged_where(&mut self, text: &str, matches: impl Fn(&str) -> bool) -> Vec<String> {
         let found = tokio::time::timeout(WAIT, async {
+            let mut seen = Vec::new();
             while let Some(line) = self.log.recv().await {
-                if line.contains(text) {
-                    return;
+                let done = matches(&line);
+                seen.push(line);
+                if done {
+                    return seen;
                 }
             }
             panic!("porthole up exited before logging {text:?}");
         });
         found
             .await
-            .unwrap_or_else(|_| panic!("porthole up never logged {text:?}"));
+            .unwrap_or_else(|_| panic!("porthole up never logged {text:?}"))
     }
 
     fn signal(&self, signal: libc::c_int) {
@@ -429,4 +437,71 @@ async fn an_endless_line_on_the_control_socket_is_cut_off_and_the_engine_serves_
     assert!(ended.is_ok(), "the engine closed the connection");
     let status = run(&["--control", path(&control), "status", "--json"]).await;
     assert!(status.status.success(), "{}", text(&status.stderr));
+}
+
+/// The descriptors a process has open.
+fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+#[tokio::test]
+async fn running_out_of_descriptors_is_named_as_such_and_passes_when_they_are_back() {
+    let cluster = FakeCluster::openchoreo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = preset_config(dir.path(), &cluster);
+    let control = dir.path().join("control.sock");
+    let mut up = up(&config, &control).await;
+    let wait = run(&["--control", path(&control), "wait", "--timeout", "30"]).await;
+    assert!(wait.status.success(), "wait: {}", text(&wait.stdout));
+    let status = run(&["--control", path(&control), "status", "--json"]).await;
+    let snapshot: Snapshot = serde_json::from_slice(&status.stdout).unwrap();
+    let console = snapshot.forward("console").unwrap().local.unwrap();
+
+    // Ten descriptors to spare: a handful of connections, then none.
+    let pid = up.child.id().unwrap();
+    let spare = (open_descriptors(pid) + 10) as libc::rlim_t;
+    let limit = libc::rlimit {
+        rlim_cur: spare,
+        rlim_max: spare,
+    };
+    // SAFETY: prlimit on our own child, with a struct we own.
+    assert_eq!(
+        unsafe { libc::prlimit(pid as libc::pid_t, libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) },
+        0
+    );
+    let mut clients = Vec::new();
+    for _ in 0..40 {
+        clients.push(tokio::net::TcpStream::connect(console).await.unwrap());
+    }
+    // A forward's state says it: its probe could not open a socket either.
+    let mut log = up
+        .logged_where("a forward down for want of descriptors", |line| {
+            line.contains("cause=out-of-descriptors") && line.contains("state=down")
+        })
+        .await;
+    let told = log.last().unwrap().clone();
+    assert!(
+        told.contains("out of file descriptors") && told.contains(&format!("the limit is {spare}")),
+        "{told}"
+    );
+
+    // Descriptors back: the forwards recover by themselves.
+    drop(clients);
+    let wait = run(&["--control", path(&control), "wait", "--timeout", "30"]).await;
+    assert!(wait.status.success(), "wait: {}", text(&wait.stdout));
+    up.signal(libc::SIGTERM);
+    assert!(up.exit_status().await.success());
+    while let Some(line) = up.log.recv().await {
+        log.push(line);
+    }
+    let log = log.join("\n");
+    assert!(
+        !log.contains("node-unreachable"),
+        "the nodes were never at fault:\n{log}"
+    );
+    let warnings = log.matches("accept failed").count();
+    assert!(
+        warnings <= 2,
+        "accept failures are said once per 10 s, not 10 times a second:\n{log}"
+    );
 }

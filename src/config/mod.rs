@@ -93,6 +93,40 @@ pub struct ClusterSpec {
     /// before a quiet stream counts as open; `None`: the engine's default (3 s). The API server
     /// answers the upgrade before it reaches the kubelet, so a failure arrives later.
     pub tunnel_settle: Option<Settle>,
+    /// The most connections a forward holds open at once (held ones included), unless a forward
+    /// says otherwise; past it new ones are refused and counted. `None`: 1024.
+    pub max_connections: Option<MaxConnections>,
+}
+
+/// `max_connections`: 1 to 1,000,000 (each connection costs two descriptors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(into = "u32")]
+pub struct MaxConnections(pub u32);
+
+impl MaxConnections {
+    /// Like socat's `max-children`, but on by default: about 2,000 descriptors per forward,
+    /// within what macOS gives an app (10,240) for a few busy forwards.
+    pub const DEFAULT: u32 = 1024;
+    const MAX: u32 = 1_000_000;
+}
+
+impl From<MaxConnections> for u32 {
+    fn from(m: MaxConnections) -> u32 {
+        m.0
+    }
+}
+
+impl<'de> Deserialize<'de> for MaxConnections {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let n = i64::deserialize(deserializer)?;
+        match u32::try_from(n) {
+            Ok(n) if (1..=MaxConnections::MAX).contains(&n) => Ok(MaxConnections(n)),
+            _ => Err(serde::de::Error::custom(format!(
+                "{n} is not a number of connections from 1 to {}",
+                MaxConnections::MAX
+            ))),
+        }
+    }
 }
 
 /// A duration written in seconds (`5`, `2.5`), from `MIN_MS` to `MAX_MS` milliseconds; by
@@ -167,6 +201,8 @@ pub struct ForwardSpec {
     pub hold: Option<std::time::Duration>,
     /// `[cluster] tunnel_settle`, for this forward's tunnel probes.
     pub tunnel_settle: Option<std::time::Duration>,
+    /// This forward's `max_connections`, else the cluster's, else [`MaxConnections::DEFAULT`].
+    pub max_connections: u32,
 }
 
 /// How a forward finds its service.
@@ -248,6 +284,7 @@ struct RawForward {
     enabled: bool,
     mode: Option<Mode>,
     hold: Option<Seconds>,
+    max_connections: Option<MaxConnections>,
 }
 
 fn enabled_by_default() -> bool {
@@ -270,6 +307,7 @@ impl Config {
             mode: raw.cluster.mode,
             hold: raw.cluster.hold,
             tunnel_settle: raw.cluster.tunnel_settle,
+            max_connections: raw.cluster.max_connections,
         };
         let forwards = raw
             .forward
@@ -351,6 +389,7 @@ struct Validator<'t> {
     /// `[cluster] hold`: the default of every forward.
     hold: Option<Seconds>,
     tunnel_settle: Option<Settle>,
+    max_connections: Option<MaxConnections>,
 }
 
 impl Validator<'_> {
@@ -414,6 +453,10 @@ impl Validator<'_> {
             mode: raw.mode.unwrap_or(self.mode),
             hold: raw.hold.or(self.hold).map(|s| s.0),
             tunnel_settle: self.tunnel_settle.map(|s| s.0),
+            max_connections: raw
+                .max_connections
+                .or(self.max_connections)
+                .map_or(MaxConnections::DEFAULT, |m| m.0),
         })
     }
 

@@ -165,6 +165,23 @@ fn hold_is_seconds_from_the_cluster_or_the_forward() {
 }
 
 #[test]
+fn max_connections_comes_from_the_forward_the_cluster_or_the_default() {
+    let forwards = "[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 1\n[[forward]]\nname = \"b\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 2\nmax_connections = 10\n";
+    let config = parse(&format!("[cluster]\nmax_connections = 300\n{forwards}")).unwrap();
+    let max: Vec<u32> = config.forwards.iter().map(|f| f.max_connections).collect();
+    assert_eq!(max, [300, 10]);
+    let config = parse(&format!("[cluster]\n{forwards}")).unwrap();
+    assert_eq!(config.forwards[0].max_connections, MaxConnections::DEFAULT);
+    let err = parse(&format!("[cluster]\n{}", forwards.replace("= 10", "= 0")))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("line 12") && err.contains("max_connections") && err.contains("from 1 to"),
+        "{err}"
+    );
+}
+
+#[test]
 fn the_probe_is_auto_by_default_and_tunnel_settle_comes_from_the_cluster() {
     let text = "[cluster]\ntunnel_settle = 1.5\n[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 1\n[[forward]]\nname = \"b\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 2\nprobe = \"tcp\"\n";
     let config = parse(text).unwrap();

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -13,9 +13,13 @@ use tracing::{Instrument, debug, debug_span, info, warn};
 
 use super::{Bind, Forward};
 use crate::config::Mode;
+use crate::descriptors::{self, Throttle};
 use crate::health::{Cause, CauseId};
 use crate::route::Route;
 use crate::{holder, relay, tunnel};
+
+/// At most one warning per this from a failing accept loop.
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
 impl Forward {
     pub(super) async fn listen(
@@ -54,6 +58,8 @@ impl Forward {
     }
 
     async fn accept(self: Arc<Self>, listener: TcpListener, routes: watch::Receiver<Option<Arc<Route>>>) {
+        let mut accept_failed = Throttle::new(WARN_EVERY);
+        let mut at_limit = Throttle::new(WARN_EVERY);
         loop {
             let accepted = tokio::select! {
                 _ = self.cancel.cancelled() => return,
@@ -62,12 +68,35 @@ impl Forward {
             let (client, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    // Out of file descriptors, usually: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
+                    // Out of file descriptors, usually: back off instead of spinning, and say so
+                    // once in a while, not ten times a second.
+                    if let Some(unsaid) = accept_failed.note(Instant::now()) {
+                        if descriptors::exhausted(&e) {
+                            let cause = descriptors::cause("accepting a connection");
+                            warn!(%cause, unsaid, "accept failed");
+                        } else {
+                            warn!(error = %e, unsaid, "accept failed");
+                        }
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
+            let max = self.live.borrow().max_connections;
+            if self.stats.active.load(Ordering::Relaxed) >= u64::from(max) {
+                // Refused with a reset, so the client fails at once instead of waiting on a
+                // connection nobody serves.
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
+                drop(client);
+                if let Some(unsaid) = at_limit.note(Instant::now()) {
+                    warn!(
+                        max_connections = max,
+                        unsaid, "at max_connections: refusing new connections"
+                    );
+                }
+                continue;
+            }
             let routes = routes.clone();
             // Counted from accept, so a forward stopped meanwhile waits for it to drain.
             self.stats.total.fetch_add(1, Ordering::Relaxed);

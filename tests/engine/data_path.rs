@@ -83,3 +83,33 @@ async fn connection_counters_are_pushed_without_asking() {
     wait_for(&engine, "echo", "closed", |f| f.stats.active == 0).await;
     engine.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn past_max_connections_new_ones_are_refused_and_counted_until_one_closes() {
+    let (cluster, _backend) = echo_cluster("capped", "NodePort").await;
+    let capped = format!("{}max_connections = 2\n", forward("echo", NS, "echo"));
+    let engine = start(&cluster, &capped).await;
+    let addr = local(&wait_healthy(&engine, "echo").await);
+    let mut first = TcpStream::connect(addr).await.unwrap();
+    round_trip(&mut first, b"one").await.unwrap();
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    round_trip(&mut second, b"two").await.unwrap();
+
+    // The third is reset at once, not left waiting.
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    let refused = tokio::time::timeout(WAIT, round_trip(&mut third, b"three"))
+        .await
+        .expect("refused, not hanging");
+    assert!(refused.is_err(), "past max_connections a connection is refused");
+    let counted = wait_for(&engine, "echo", "the refusal counted", |f| f.stats.refused == 1).await;
+    assert_eq!(counted.stats.active, 2);
+    // The forward itself is fine: the limit is the user's, not the cluster's.
+    assert_eq!(counted.health.state, State::Healthy);
+    round_trip(&mut first, b"still served").await.unwrap();
+
+    drop(second);
+    wait_for(&engine, "echo", "one closed", |f| f.stats.active == 1).await;
+    let mut again = TcpStream::connect(addr).await.unwrap();
+    round_trip(&mut again, b"room again").await.unwrap();
+    engine.shutdown(Duration::from_secs(1)).await;
+}

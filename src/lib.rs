@@ -36,6 +36,8 @@ pub mod probe;
 pub mod relay;
 pub mod route;
 pub mod status;
+#[cfg(test)]
+mod test_alloc;
 pub mod tunnel;
 pub mod write;
 

@@ -7,8 +7,6 @@
 use std::io;
 use std::net::Shutdown;
 use std::sync::atomic::AtomicU64;
-#[cfg(not(target_os = "linux"))]
-use std::sync::atomic::Ordering;
 
 use tokio::net::TcpStream;
 
@@ -80,7 +78,7 @@ mod splice {
     use std::io;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
     use std::sync::Mutex;
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
     use tokio::io::Interest;
     use tokio::net::TcpStream;
@@ -97,6 +95,13 @@ mod splice {
     const BULK: usize = 64 * 1024;
     /// Pipes kept for reuse; beyond this, returned pipes are closed.
     const POOL_MAX: usize = 4;
+    /// Pipes with data in flight, at most, in the whole process: 16 MiB of the user's pipe
+    /// budget. A direction that finds none free (slow readers holding them) moves its bytes
+    /// through a small buffer of its own instead, so the user's other programs keep full-size
+    /// pipes and no connection waits for another.
+    pub const PIPES_MAX: usize = 16;
+    /// The buffer of a direction without a pipe.
+    const FALLBACK_BUFFER: usize = 16 * 1024;
 
     struct Pipe {
         read: OwnedFd,
@@ -105,6 +110,69 @@ mod splice {
     }
 
     static POOL: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
+    /// Pipes out of the pool (in use), and the most there have been.
+    static LEASED: AtomicUsize = AtomicUsize::new(0);
+    static LEASED_PEAK: AtomicUsize = AtomicUsize::new(0);
+    /// Reads that went through a fallback buffer.
+    static FALLBACKS: AtomicU64 = AtomicU64::new(0);
+
+    /// Pipes in use now, the most ever in use at once, and the reads that found none free.
+    pub fn pipes() -> (usize, usize, u64) {
+        (
+            LEASED.load(Ordering::Relaxed),
+            LEASED_PEAK.load(Ordering::Relaxed),
+            FALLBACKS.load(Ordering::Relaxed),
+        )
+    }
+
+    /// A pipe out of the pool, counted until it goes back or is closed.
+    struct Lease(Option<Pipe>);
+
+    impl std::ops::Deref for Lease {
+        type Target = Pipe;
+        fn deref(&self) -> &Pipe {
+            self.0.as_ref().expect("a lease holds its pipe until it ends")
+        }
+    }
+
+    impl Lease {
+        /// A pipe, unless [`PIPES_MAX`] are in use or the system will not make one.
+        fn take() -> Option<Lease> {
+            let mut leased = LEASED.load(Ordering::Relaxed);
+            loop {
+                if leased >= PIPES_MAX {
+                    return None;
+                }
+                match LEASED.compare_exchange_weak(leased, leased + 1, Ordering::AcqRel, Ordering::Relaxed) {
+                    Ok(_) => break,
+                    Err(now) => leased = now,
+                }
+            }
+            LEASED_PEAK.fetch_max(leased + 1, Ordering::Relaxed);
+            match Pipe::take() {
+                Ok(pipe) => Some(Lease(Some(pipe))),
+                Err(_) => {
+                    // Out of descriptors or pipe budget: the fallback buffer does the job.
+                    LEASED.fetch_sub(1, Ordering::AcqRel);
+                    None
+                }
+            }
+        }
+
+        /// Returns an empty pipe to the pool.
+        fn give_back(mut self) {
+            if let Some(pipe) = self.0.take() {
+                pipe.give_back();
+            }
+        }
+    }
+
+    impl Drop for Lease {
+        fn drop(&mut self) {
+            // Given back or closed (a pipe with data left in it is never pooled).
+            LEASED.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 
     impl Pipe {
         fn take() -> io::Result<Pipe> {
@@ -162,12 +230,22 @@ mod splice {
 
     /// One direction: `src` → pipe → `dst`, until end-of-file on `src`.
     pub(super) async fn pump(src: &TcpStream, dst: &TcpStream, count: &AtomicU64) -> io::Result<()> {
-        let mut pipe: Option<Pipe> = None;
+        let mut pipe: Option<Lease> = None;
+        let mut fallback = Vec::new();
         loop {
             src.readable().await?;
-            let p = match pipe.take() {
-                Some(p) => p,
-                None => Pipe::take()?,
+            let p = match pipe.take().or_else(Lease::take) {
+                Some(p) => {
+                    fallback = Vec::new();
+                    p
+                }
+                None => {
+                    FALLBACKS.fetch_add(1, Ordering::Relaxed);
+                    match super::copy_once(src, dst, &mut fallback, FALLBACK_BUFFER, count).await? {
+                        super::Copied::End => return super::half_close(dst),
+                        super::Copied::Some | super::Copied::Idle => continue,
+                    }
+                }
             };
             // The pipe is empty here, so EAGAIN can only mean the socket has nothing to read.
             let mut drained = 0;
@@ -243,37 +321,65 @@ mod splice {
     }
 }
 
-/// One direction with a user-space buffer, allocated on the first readable event.
+#[cfg(target_os = "linux")]
+pub use splice::{PIPES_MAX, pipes};
+
+/// One direction with a user-space buffer: as much as one read gives, passed on whole.
 #[cfg(not(target_os = "linux"))]
 async fn pump(src: &TcpStream, dst: &TcpStream, count: &AtomicU64) -> io::Result<()> {
     const BUFFER: usize = 64 * 1024;
-    let mut buf: Vec<u8> = Vec::new();
+    let mut buf = Vec::new();
     loop {
         src.readable().await?;
-        if buf.is_empty() {
-            buf = vec![0; BUFFER];
+        if let Copied::End = copy_once(src, dst, &mut buf, BUFFER, count).await? {
+            return half_close(dst);
         }
-        let n = match src.try_read(&mut buf) {
-            Ok(0) => return half_close(dst),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                // Idle: an idle connection holds no buffer.
-                buf = Vec::new();
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        let mut written = 0;
-        while written < n {
-            dst.writable().await?;
-            match dst.try_write(&buf[written..n]) {
-                Ok(m) => written += m,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
-        }
-        count.fetch_add(n as u64, Ordering::Relaxed);
     }
+}
+
+/// What one [`copy_once`] did.
+enum Copied {
+    /// Bytes were passed on.
+    Some,
+    /// The readiness was stale: nothing to read.
+    Idle,
+    /// End of file.
+    End,
+}
+
+/// One read from a readable `src` into `buf` (allocated to `size` on the first readable event,
+/// freed when the readiness was stale: an idle connection holds no buffer), written whole to
+/// `dst`.
+async fn copy_once(
+    src: &TcpStream,
+    dst: &TcpStream,
+    buf: &mut Vec<u8>,
+    size: usize,
+    count: &AtomicU64,
+) -> io::Result<Copied> {
+    if buf.is_empty() {
+        *buf = vec![0; size];
+    }
+    let n = match src.try_read(buf) {
+        Ok(0) => return Ok(Copied::End),
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            *buf = Vec::new();
+            return Ok(Copied::Idle);
+        }
+        Err(e) => return Err(e),
+    };
+    let mut written = 0;
+    while written < n {
+        dst.writable().await?;
+        match dst.try_write(&buf[written..n]) {
+            Ok(m) => written += m,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    count.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    Ok(Copied::Some)
 }
 
 #[cfg(test)]
@@ -374,5 +480,67 @@ mod tests {
         let (result, read) = tokio::join!(relay, peer);
         assert!(result.is_err());
         assert_eq!(read.unwrap_err().kind(), io::ErrorKind::ConnectionReset);
+    }
+
+    /// Pipes in use stay at the cap however many slow readers there are; directions beyond it
+    /// move their bytes through a small buffer, intact.
+    #[cfg(target_os = "linux")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slow_readers_hold_at_most_the_pipe_cap_and_every_byte_arrives() {
+        const CONNS: usize = PIPES_MAX * 2 + 8;
+        const CHUNK: usize = 64 * 1024;
+        const CHUNKS: usize = 128; // 8 MiB each: far more than the socket buffers take
+        let chunk = |i: usize| -> Vec<u8> { (0..CHUNK).map(|j| (i * 31 + j * 7) as u8).collect() };
+        let (_, _, fallbacks_before) = pipes();
+        let mut servers = Vec::new();
+        for i in 0..CONNS {
+            let (mut client, client_side) = pair().await;
+            let (upstream_side, server) = pair().await;
+            tokio::spawn(async move {
+                let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+                let _ = relay(&client_side, &upstream_side, &up, &down).await;
+            });
+            let data = chunk(i);
+            tokio::spawn(async move {
+                for _ in 0..CHUNKS {
+                    client.write_all(&data).await.unwrap();
+                }
+                client.shutdown().await.unwrap();
+                // Kept open until the server has read everything.
+                let mut rest = Vec::new();
+                let _ = client.read_to_end(&mut rest).await;
+            });
+            servers.push(server);
+        }
+        // Nobody reads: every direction fills up. Wait until the cap is reached and others fall
+        // back (state that announces nothing: polled).
+        tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            loop {
+                let (leased, _, fallbacks) = pipes();
+                if leased == PIPES_MAX && fallbacks > fallbacks_before {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the pipe cap reached under slow readers");
+        let pipe_fds = open_pipes();
+        assert!(
+            pipe_fds <= 2 * (PIPES_MAX + 4),
+            "{pipe_fds} pipe descriptors for {CONNS} stuck connections: the cap is {PIPES_MAX} pipes"
+        );
+        let reads = servers.into_iter().enumerate().map(|(i, mut server)| async move {
+            let mut got = Vec::new();
+            server.read_to_end(&mut got).await.unwrap();
+            let expected = chunk(i);
+            assert_eq!(got.len(), CHUNK * CHUNKS, "connection {i}");
+            assert!(
+                got.chunks(CHUNK).all(|c| c == expected),
+                "connection {i}'s bytes intact"
+            );
+        });
+        futures::future::join_all(reads).await;
+        assert!(pipes().1 <= PIPES_MAX, "never more than the cap in use");
     }
 }

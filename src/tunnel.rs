@@ -222,31 +222,52 @@ pub async fn relay(
 /// the pod's answer then gets [`HALF_CLOSE_GRACE`] of silence before the tunnel closes, or
 /// `settle` while the pod has said nothing yet (the API server may still be reaching the
 /// kubelet, which then dials the pod: a request sent at once with a half-close waits for both).
-async fn pump(
+///
+/// Buffers sized for throughput exist only while bytes are in flight: an idle tunnelled
+/// connection holds [`SMALL_READ`] bytes, not two 32 KiB buffers for its whole life.
+async fn pump<Io>(
     client: &mut TcpStream,
-    io: DuplexStream,
+    io: Io,
     settle: Duration,
     up: &AtomicU64,
     down: &AtomicU64,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    Io: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
+    use futures::FutureExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mut from_pod, mut to_pod) = tokio::io::split(io);
-    let (mut from_client, mut to_client) = client.split();
+    let (from_client, mut to_client) = client.split();
     let client_done = tokio::sync::Notify::new();
     let upward = async {
-        let mut buf = vec![0u8; 32 * 1024];
+        let mut buf = Vec::new();
         loop {
-            let n = from_client.read(&mut buf).await?;
-            if n == 0 {
-                client_done.notify_one();
-                return Ok::<_, std::io::Error>(());
+            from_client.readable().await?;
+            if buf.is_empty() {
+                buf = vec![0u8; BULK_READ];
             }
+            let n = match from_client.try_read(&mut buf) {
+                Ok(0) => {
+                    client_done.notify_one();
+                    return Ok::<_, std::io::Error>(());
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // Idle: no buffer while waiting.
+                    buf = Vec::new();
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             to_pod.write_all(&buf[..n]).await?;
             up.fetch_add(n as u64, Ordering::Relaxed);
         }
     };
     let downward = async {
-        let mut buf = vec![0u8; 32 * 1024];
+        // The pod's side is a stream without readiness: a small read waits for bytes, and a full
+        // one (a burst) is drained with a large buffer for as long as bytes keep coming.
+        let mut buf = [0u8; SMALL_READ];
         let mut half_closed = false;
         let mut spoken = false;
         loop {
@@ -277,7 +298,65 @@ async fn pump(
             spoken = true;
             to_client.write_all(&buf[..n]).await?;
             down.fetch_add(n as u64, Ordering::Relaxed);
+            if n < SMALL_READ {
+                continue;
+            }
+            let mut bulk = vec![0u8; BULK_READ];
+            while let Some(read) = from_pod.read(&mut bulk).now_or_never() {
+                match read? {
+                    0 => return to_client.shutdown().await,
+                    n => {
+                        to_client.write_all(&bulk[..n]).await?;
+                        down.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                }
+            }
         }
     };
     tokio::try_join!(upward, downward).map(|_| ())
+}
+
+/// What an idle tunnelled connection holds to wait for the pod's next bytes.
+const SMALL_READ: usize = 2 * 1024;
+/// A read while bytes are in flight.
+const BULK_READ: usize = 32 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An idle tunnelled connection holds no buffer sized for throughput: after a burst each
+    /// way, the pump's heap (task, sockets' registrations and all) is a few KiB, not 64.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_idle_tunnelled_connection_holds_no_bulk_buffers() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(listener.local_addr().unwrap()), listener.accept());
+        let (mut client, mut client_side) = (client.unwrap(), accepted.unwrap().0);
+        // A small pipe to the "pod", so its own buffers stay small.
+        let (pod_side, mut pod) = tokio::io::duplex(4 * 1024);
+        let before = crate::test_alloc::live();
+        let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+        let pumping = pump(&mut client_side, pod_side, Duration::from_secs(1), &up, &down);
+        let traffic = async {
+            let burst = vec![7u8; 200 * 1024];
+            let mut back = vec![0u8; burst.len()];
+            client.write_all(&burst).await.unwrap();
+            pod.read_exact(&mut back).await.unwrap();
+            pod.write_all(&burst).await.unwrap();
+            client.read_exact(&mut back).await.unwrap();
+            assert_eq!(back, burst);
+            // Idle now: let the pump reach its waits (a few turns of the loop), then look.
+            drop((burst, back));
+            for _ in 0..64 {
+                tokio::task::yield_now().await;
+            }
+            crate::test_alloc::live() - before
+        };
+        let held = tokio::select! {
+            held = traffic => held,
+            _ = pumping => panic!("the pump ended"),
+        };
+        assert!(held < 16 * 1024, "an idle tunnelled connection holds {held} bytes");
+    }
 }

@@ -73,9 +73,18 @@ pub fn run() -> anyhow::Result<()> {
     // Started by launchd or a desktop session, the app may get 256 descriptors: about 100
     // connections. Lift it as the CLI does.
     porthole::relay::raise_fd_limit();
-    let (config, source) = Config::discover(args.config.as_deref())?;
-    let file_config = matches!(source, Source::File(_)).then(|| config.clone());
     let config_path = config::config_path(args.config.as_deref());
+    // A broken config file does not keep the app from starting: it shows the error in the tray
+    // and a notification, serves nothing, and applies the file once it is fixed.
+    let (config, source, config_error) = match Config::discover(args.config.as_deref()) {
+        Ok((config, source)) => (config, source, None),
+        Err(e) => {
+            error!(error = %e, "the config file is not valid: starting with no forwards until it is fixed");
+            let path = config_path.clone().unwrap_or_default();
+            (Config::default(), Source::File(path), Some(e.to_string()))
+        }
+    };
+    let file_config = (matches!(source, Source::File(_)) && config_error.is_none()).then(|| config.clone());
     let base_text = match &source {
         Source::Preset(name) => config::preset_text(name)?.to_string(),
         Source::File(_) => String::new(),
@@ -116,6 +125,7 @@ pub fn run() -> anyhow::Result<()> {
                 window: Mutex::new(None),
                 control: Mutex::new(None),
                 quitting: AtomicBool::new(false),
+                config_error: Mutex::new(config_error.clone()),
             });
             let handle = app.handle().clone();
             match signals {
@@ -132,6 +142,12 @@ pub fn run() -> anyhow::Result<()> {
                     let _ = std::fs::create_dir_all(dir);
                 }
                 tauri::async_runtime::spawn(shell::follow_config(handle.clone(), path));
+            }
+            if let Some(error) = config_error {
+                shell::notify(
+                    &handle,
+                    vec![Notice::new(Kind::Config, "config file not applied", error)],
+                );
             }
             if open_settings {
                 window::open(&handle);

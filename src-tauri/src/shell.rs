@@ -45,6 +45,9 @@ pub struct Shell {
     pub control: Mutex<Option<tauri::async_runtime::JoinHandle<()>>>,
     /// Set by the first Quit (menu or signal); later ones do nothing.
     pub quitting: AtomicBool,
+    /// Why the config file in place is not the one running (shown atop the menu until a valid
+    /// file is applied).
+    pub config_error: Mutex<Option<String>>,
 }
 
 /// Follows the config file: an edit by hand is applied as SIGHUP does for `porthole up` (the
@@ -77,7 +80,8 @@ async fn apply_file(app: &AppHandle, path: &std::path::Path, force: bool) {
     let shell = app.state::<Shell>();
     match Config::load(path) {
         Ok(config) => {
-            if !force && lock(&shell.file_config).as_ref() == Some(&config) {
+            let was_broken = lock(&shell.config_error).take().is_some();
+            if !force && !was_broken && lock(&shell.file_config).as_ref() == Some(&config) {
                 return;
             }
             info!(path = %path.display(), "config file changed: applying");
@@ -85,9 +89,14 @@ async fn apply_file(app: &AppHandle, path: &std::path::Path, force: bool) {
             if let Err(e) = shell.engine.apply(config).await {
                 warn!(error = %e, "cannot apply the config");
             }
+            if was_broken {
+                render(app, &shell.engine.snapshot().borrow().clone());
+            }
         }
         Err(e) => {
             error!(error = %e, "config file changed but is invalid: keeping the running config");
+            *lock(&shell.config_error) = Some(e.to_string());
+            render(app, &shell.engine.snapshot().borrow().clone());
             notify(
                 app,
                 vec![Notice::new(Kind::Config, "config file not applied", e.to_string())],
@@ -199,8 +208,9 @@ pub fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn render(app: &AppHandle, snapshot: &Snapshot) {
     let shell = app.state::<Shell>();
+    let view = TrayView::of(snapshot).with_config_error(lock(&shell.config_error).as_deref());
     if let Some(tray) = lock(&shell.tray).as_mut()
-        && let Err(e) = tray.show(app, TrayView::of(snapshot))
+        && let Err(e) = tray.show(app, view)
     {
         error!(error = %e, "cannot update the tray");
     }
@@ -298,11 +308,19 @@ pub async fn fix_kubeconfig(app: &AppHandle) -> Result<(), String> {
     outcome.map(|_| ())
 }
 
-/// Opens a folder in the file manager: a program and one argument, no shell.
+/// Opens a folder in the file manager: a program and one argument, no shell, waited for so
+/// that no exited opener is left behind as a zombie.
 fn open_path(path: &std::path::Path) {
     let opener = if cfg!(target_os = "macos") { "open" } else { "xdg-open" };
-    if let Err(e) = std::process::Command::new(opener).arg(path).spawn() {
-        warn!(opener, path = %path.display(), error = %e, "cannot open");
+    match tokio::process::Command::new(opener).arg(path).spawn() {
+        Ok(mut child) => drop(tauri::async_runtime::spawn(async move {
+            match child.wait().await {
+                Ok(status) if !status.success() => warn!(opener, %status, "the opener failed"),
+                Ok(_) => {}
+                Err(e) => warn!(opener, error = %e, "cannot wait for the opener"),
+            }
+        })),
+        Err(e) => warn!(opener, path = %path.display(), error = %e, "cannot open"),
     }
 }
 

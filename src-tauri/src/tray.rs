@@ -158,6 +158,39 @@ impl TrayView {
     }
 }
 
+impl TrayView {
+    /// The config file's error, when the file in place is not the config running: first in the
+    /// menu and the tooltip, and a red icon while it leaves nothing running.
+    pub fn with_config_error(mut self, error: Option<&str>) -> TrayView {
+        let Some(error) = error else {
+            return self;
+        };
+        self.lines
+            .insert(0, Line::Note(format!("Config not applied: {}", one_line(error))));
+        self.lines.insert(1, Line::Separator);
+        self.tooltip = format!("{}\nconfig not applied", self.tooltip);
+        if !self.lines.iter().any(|l| matches!(l, Line::Forward { .. })) {
+            self.aggregate = Aggregate::Down;
+        }
+        self
+    }
+}
+
+/// A parser's error in one menu line: where (its first line) and what (its last), without the
+/// quoted source between them, at most 160 characters.
+fn one_line(error: &str) -> String {
+    let mut lines = error.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or_default();
+    let line = match lines.next_back() {
+        Some(last) => format!("{first}: {last}"),
+        None => first.to_string(),
+    };
+    match line.char_indices().nth(160) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line,
+    }
+}
+
 /// Status as text, for "Copy status": one line per forward with its route or cause.
 pub fn status_text(snapshot: &Snapshot) -> String {
     let mut out = String::new();
@@ -296,6 +329,25 @@ mod tests {
         for (forwards, kubeconfig, want) in cases {
             assert_eq!(aggregate(&snapshot(forwards.clone(), kubeconfig)), want, "{forwards:?}");
         }
+    }
+
+    #[test]
+    fn a_config_error_comes_first_in_one_line_and_is_red_when_nothing_runs() {
+        let error = "/home/u/.config/porthole/config.toml: TOML parse error at line 18, column 1\n   |\n18 | bogus = 1\n   | ^^^^^\nunknown field `bogus`, expected one of `name`, `namespace`\n";
+        let view = TrayView::of(&snapshot(vec![], None)).with_config_error(Some(error));
+        assert_eq!(
+            view.lines[0],
+            Line::Note(
+                "Config not applied: /home/u/.config/porthole/config.toml: TOML parse error at line 18, column 1: unknown field `bogus`, expected one of `name`, `namespace`".into()
+            )
+        );
+        assert_eq!(view.aggregate, Aggregate::Down);
+        // With the last good config still running, its forwards' health decides the colour.
+        let running = snapshot(vec![forward("api", 8080, State::Healthy, None)], None);
+        let view = TrayView::of(&running).with_config_error(Some(error));
+        assert_eq!(view.aggregate, Aggregate::Healthy);
+        assert!(view.tooltip.ends_with("config not applied"));
+        assert_eq!(TrayView::of(&running).with_config_error(None), TrayView::of(&running));
     }
 
     #[test]

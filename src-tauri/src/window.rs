@@ -308,6 +308,9 @@ pub fn run(protocol: u32) -> anyhow::Result<()> {
     // SAFETY: a descriptor this process owns.
     unsafe { libc::fcntl(WINDOW_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
     link.set_nonblocking(true)?;
+    // A handle of our own on the link's socket for the window's last moment: the link itself
+    // may have closed by then (a write error), and its descriptor number been reused.
+    let closer = link.try_clone().context("cannot hold the link")?;
     crate::logs::init(false)?;
     let (up, queue) = mpsc::channel(QUEUE);
     let app = tauri::Builder::default()
@@ -317,11 +320,10 @@ pub fn run(protocol: u32) -> anyhow::Result<()> {
             waiting: Mutex::new(HashMap::new()),
         })
         .invoke_handler(handler())
-        .on_window_event(|_, event| {
+        .on_window_event(move |_, event| {
             if let tauri::WindowEvent::Destroyed = event {
                 // Tell the app now, not when WebKit has finished tearing down.
-                // SAFETY: shutdown on the link's descriptor, which stays open until exit.
-                unsafe { libc::shutdown(WINDOW_FD, libc::SHUT_RDWR) };
+                let _ = closer.shutdown(std::net::Shutdown::Both);
             }
         })
         .setup(move |app| {

@@ -64,8 +64,8 @@ impl fmt::Display for Source {
     }
 }
 
-/// A validated config.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A validated config; the default has no forwards and follows kubectl's context.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Config {
     pub cluster: ClusterSpec,
     pub forwards: Vec<ForwardSpec>,

@@ -128,21 +128,28 @@ pub struct App {
 impl App {
     /// Starts the app and waits for its tray item to register.
     pub async fn start(home: &Home, bus: &Bus, args: &[&str]) -> App {
-        App::start_with(home, bus, args, None).await
+        App::start_with(home, bus, args, &[], None).await
     }
 
     /// Started with a soft descriptor limit of `soft` (what launchd gives an app: 256), as a
-    /// login item or a Dock launch would be.
-    pub async fn start_limited(home: &Home, bus: &Bus, soft: u64) -> App {
-        App::start_with(home, bus, &[], Some(soft)).await
+    /// login item or a Dock launch would be, and `env` on top of the home's.
+    pub async fn start_limited(home: &Home, bus: &Bus, env: &[(&str, String)], soft: u64) -> App {
+        App::start_with(home, bus, &[], env, Some(soft)).await
     }
 
-    async fn start_with(home: &Home, bus: &Bus, args: &[&str], soft_fd_limit: Option<u64>) -> App {
+    async fn start_with(
+        home: &Home,
+        bus: &Bus,
+        args: &[&str],
+        env: &[(&str, String)],
+        soft_fd_limit: Option<u64>,
+    ) -> App {
         let log = std::fs::File::create(home.path("app.log")).unwrap();
         let mut command = Command::new(APP);
         command
             .args(args)
             .envs(home.env(bus))
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .kill_on_drop(true);

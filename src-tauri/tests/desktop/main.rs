@@ -19,7 +19,7 @@ use porthole::Snapshot;
 use porthole::control::Client;
 use porthole::health::State;
 
-use app::{App, Home, WAIT, listening};
+use app::{App, Home, WAIT, listening, poll_until};
 use bus::{Bus, Notification};
 use sni::{BLUE, GREEN, GREY, Item, RED};
 use support::FakeCluster;
@@ -349,6 +349,21 @@ fn open_files_limit(pid: u32) -> (u64, u64) {
     (numbers[0], numbers[1])
 }
 
+/// Exited children of `pid` nobody has waited for.
+fn zombie_children(pid: u32) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| {
+            // pid (comm) state ppid ...: the command may hold spaces, so split after its ')'.
+            let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+            let fields: Vec<&str> = after.split_whitespace().collect();
+            fields.first() == Some(&"Z") && fields.get(1) == Some(&pid.to_string().as_str())
+        })
+        .count()
+}
+
 fn send_signal(app: &App, signal: i32) {
     let pid = app.child.id().expect("the app runs") as i32;
     // SAFETY: kill(2) on our own child's pid.
@@ -356,9 +371,18 @@ fn send_signal(app: &App, signal: i32) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn signals_reload_on_hangup_and_quit_cleanly_and_the_descriptor_limit_is_lifted() {
+async fn the_app_lifts_its_descriptor_limit_reaps_its_openers_reloads_on_sighup_and_quits_on_sigterm() {
     let d = Desktop::start(&["console", "api"]).await;
-    let mut app = App::start_limited(&d.home, &d.bus, 256).await;
+    // A file manager that notes what it was asked to open, and exits.
+    let bin = d.home.path("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let opened = d.home.path("opened");
+    let opener = bin.join("xdg-open");
+    std::fs::write(&opener, format!("#!/bin/sh\necho \"$1\" >> '{}'\n", opened.display())).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&opener, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let mut app = App::start_limited(&d.home, &d.bus, &[("PATH", path)], 256).await;
     all_healthy(&app, 2).await;
     let (soft, hard) = open_files_limit(app.child.id().unwrap());
     assert_eq!(
@@ -378,6 +402,21 @@ async fn signals_reload_on_hangup_and_quit_cleanly_and_the_descriptor_limit_is_l
     assert!(app.child.try_wait().unwrap().is_none(), "SIGHUP does not kill the app");
     assert!(d.home.log().contains("SIGHUP: reloading the config file"));
 
+    // "Open logs" twice: the opener runs, and no exited opener is left as a zombie.
+    app.tray.click("Open logs").await;
+    app.tray.click("Open logs").await;
+    poll_until("both openers ran", || async {
+        std::fs::read_to_string(&opened).is_ok_and(|t| t.lines().count() == 2)
+    })
+    .await;
+    assert!(
+        std::fs::read_to_string(&opened)
+            .unwrap()
+            .contains(&d.home.path("state/porthole").display().to_string())
+    );
+    let pid = app.child.id().unwrap();
+    poll_until("no zombie children", || async { zombie_children(pid) == 0 }).await;
+
     // SIGTERM (logout, `kill`): the same graceful exit as Quit.
     let console = local_addr(&app.tray.menu_items().await, "console");
     send_signal(&app, libc::SIGTERM);
@@ -389,6 +428,44 @@ async fn signals_reload_on_hangup_and_quit_cleanly_and_the_descriptor_limit_is_l
     assert!(!d.home.control().exists(), "the control socket is removed");
     assert!(!listening(console).await);
     assert!(d.home.log().contains("quitting on a signal"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn started_with_a_broken_config_the_app_says_so_and_applies_the_file_once_fixed() {
+    let d = Desktop::start(&["console"]).await;
+    let good = std::fs::read_to_string(d.home.config()).unwrap();
+    std::fs::write(
+        d.home.config(),
+        good.replace("local_port = 0", "local_port = 0\nbogus = 1"),
+    )
+    .unwrap();
+    let app = App::start(&d.home, &d.bus, &[]).await;
+    let told = wait_notification(&d.bus, "about the broken config", |n| {
+        n.summary == "config file not applied"
+    })
+    .await;
+    assert!(
+        told.body.contains("config.toml:") && told.body.contains("bogus"),
+        "{told:?}"
+    );
+    app.tray
+        .wait_until("the error atop the menu and a red icon", WAIT, || async {
+            let items = app.tray.menu_items().await;
+            items
+                .first()
+                .is_some_and(|i| i.label.starts_with("Config not applied:") && i.label.contains("bogus"))
+                && app.tray.icon_colour().await == Some(RED)
+        })
+        .await;
+
+    // Fixed by hand: applied, and the error goes.
+    std::fs::write(d.home.config(), &good).unwrap();
+    all_healthy(&app, 1).await;
+    let items = app.tray.menu_items().await;
+    assert!(
+        !items.iter().any(|i| i.label.starts_with("Config not applied")),
+        "{items:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -282,6 +282,9 @@ fn line(cells: &[String; 6], widths: &[usize; 6]) -> String {
 
 fn cause_lines(f: &ForwardStatus) -> String {
     let mut lines = String::new();
+    if let Some(local) = f.local.filter(|a| !a.ip().is_loopback()) {
+        lines += &format!("    listening on {local}: other machines can reach this forward\n");
+    }
     if let Some(cause) = &f.health.cause {
         lines += &format!("    {}: {}\n", cause.id, cause.message);
         if let Some(fix) = &cause.fix {
@@ -634,5 +637,23 @@ mod tests {
         // The counters end where their headers end.
         let end = lines[0].chars().count();
         assert!(lines[1..].iter().all(|l| l.chars().count() == end), "{table}");
+    }
+
+    #[test]
+    fn the_table_says_when_a_forward_is_open_to_the_network_or_refused_connections() {
+        let mut open = forward("console", 3000, None, Health::new(State::Healthy, None));
+        open.local = Some("0.0.0.0:3000".parse().unwrap());
+        open.stats.refused = 7;
+        let lines = cause_lines(&open);
+        assert!(
+            lines.contains("listening on 0.0.0.0:3000: other machines can reach this forward"),
+            "{lines}"
+        );
+        assert!(
+            lines.contains("refused 7 connections while at max_connections"),
+            "{lines}"
+        );
+        let local = forward("api", 8080, None, Health::new(State::Healthy, None));
+        assert_eq!(cause_lines(&local), "");
     }
 }

@@ -219,7 +219,10 @@ impl ForwardHandle {
     /// anything else is applied in place by [`ForwardHandle::update`].
     pub fn needs_restart(&self, new: &ForwardSpec) -> bool {
         let old = &self.spec;
-        old.bind != new.bind || old.local_port != new.local_port || old.enabled != new.enabled
+        old.bind != new.bind
+            || old.ipv6_loopback != new.ipv6_loopback
+            || old.local_port != new.local_port
+            || old.enabled != new.enabled
     }
 
     /// Retargets a running forward (namespace, service, port, probe): its listener and open

@@ -182,7 +182,10 @@ async function openEditor(name) {
   fillServices(draft.service);
   fillPorts(draft.service_port);
   $("f-local_port").value = draft.local_port;
-  $("f-bind").value = draft.bind === "127.0.0.1" ? "" : draft.bind;
+  $("f-bind").value = draft.bind;
+  // A forward already open to the network was confirmed when it was saved.
+  $("f-bind-ok").checked = !isLoopback(draft.bind);
+  $("f-bind-confirm").hidden = isLoopback(draft.bind);
   const http = draft.probe.startsWith("http:");
   $("f-probe").value = http ? "http" : draft.probe;
   $("f-probe-path").hidden = !http;
@@ -210,9 +213,21 @@ function showError(error) {
   }
 }
 
+/** Whether a bind address keeps the forward to this machine (empty is the default, localhost). */
+function isLoopback(bind) {
+  const b = bind.trim();
+  return b === "" || b === "localhost" || b === "::1" || /^127\.\d+\.\d+\.\d+$/.test(b);
+}
+
 async function save(event) {
   event.preventDefault();
   clearErrors();
+  const bind = $("f-bind").value;
+  if (!isLoopback(bind) && !$("f-bind-ok").checked) {
+    $("f-bind-confirm").hidden = false;
+    showError({ field: "bind", message: `${bind.trim()} is reachable from other machines: tick the box below to listen there anyway` });
+    return;
+  }
   const probe = $("f-probe").value === "http" ? "http:" + $("f-probe-path").value : $("f-probe").value;
   const draft = {
     name: $("f-name").value,
@@ -220,7 +235,7 @@ async function save(event) {
     service: pick("service"),
     service_port: pick("service_port"),
     local_port: $("f-local_port").value,
-    bind: $("f-bind").value,
+    bind,
     probe,
     mode: $("f-mode").value,
     enabled: $("editor").dataset.enabled !== "false",

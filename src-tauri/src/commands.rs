@@ -64,7 +64,12 @@ fn draft(spec: &porthole::config::ForwardSpec, default_mode: Mode) -> ForwardDra
         },
         service_port: spec.service_port.as_ref().map(|p| p.to_string()).unwrap_or_default(),
         local_port: spec.local_port.to_string(),
-        bind: spec.bind.to_string(),
+        // The default (127.0.0.1 and ::1) shows as empty; only an address of the user's is kept.
+        bind: if spec.ipv6_loopback {
+            String::new()
+        } else {
+            spec.bind.to_string()
+        },
         probe: match &spec.probe {
             Probe::Auto => "auto".into(),
             Probe::Tcp => "tcp".into(),

@@ -58,8 +58,13 @@ fn dot(state: State) -> &'static str {
     }
 }
 
+/// `:3000`, or the whole address when other machines can reach it: `0.0.0.0:3000 (network)`.
 fn port(forward: &ForwardStatus) -> String {
-    forward.local.map(|a| format!(":{}", a.port())).unwrap_or_default()
+    match forward.local {
+        Some(a) if !a.ip().is_loopback() => format!("{a} (network)"),
+        Some(a) => format!(":{}", a.port()),
+        None => String::new(),
+    }
 }
 
 /// `● console  :3000 → healthy`
@@ -329,6 +334,15 @@ mod tests {
         for (forwards, kubeconfig, want) in cases {
             assert_eq!(aggregate(&snapshot(forwards.clone(), kubeconfig)), want, "{forwards:?}");
         }
+    }
+
+    #[test]
+    fn a_forward_open_to_the_network_says_so_in_its_line() {
+        let mut open = forward("console", 3000, State::Healthy, None);
+        open.local = Some("0.0.0.0:3000".parse().unwrap());
+        assert_eq!(forward_label(&open), "● console  0.0.0.0:3000 (network) → healthy");
+        let local = forward("console", 3000, State::Healthy, None);
+        assert_eq!(forward_label(&local), "● console  :3000 → healthy");
     }
 
     #[test]

@@ -240,10 +240,11 @@ fn forward_table(draft: &ForwardDraft) -> Result<Table, EditError> {
         .ok_or_else(|| EditError::field("local_port", format!("`{local_port}` is not a port (1-65535)")))?;
     table.insert("local_port", value(i64::from(port)));
     match draft.bind.trim() {
-        "" | "127.0.0.1" => {}
+        // The default: 127.0.0.1 and ::1.
+        "" | "localhost" => {}
         bind => {
             bind.parse::<std::net::IpAddr>()
-                .map_err(|_| EditError::field("bind", format!("`{bind}` is not an IP address")))?;
+                .map_err(|_| EditError::field("bind", format!("`{bind}` is not an IP address or `localhost`")))?;
             table.insert("bind", value(bind));
         }
     }
@@ -355,7 +356,7 @@ mod tests {
             (
                 "bind",
                 ForwardDraft {
-                    bind: "localhost".into(),
+                    bind: "my-laptop".into(),
                     ..draft("x", "1")
                 },
             ),

@@ -193,7 +193,12 @@ pub struct ForwardSpec {
     /// 0 asks the OS for a free port (scripts and tests); the status shows the one bound.
     pub local_port: u16,
     pub service_port: Option<PortRef>,
+    /// The address listened on; with [`ForwardSpec::ipv6_loopback`], `::1` too.
     pub bind: IpAddr,
+    /// `bind` unset or `"localhost"`: 127.0.0.1 and `::1`, as `kubectl port-forward` listens by
+    /// default (clients that resolve `localhost` to `::1` first would otherwise be refused). An
+    /// explicit address is listened on alone.
+    pub ipv6_loopback: bool,
     pub probe: Probe,
     pub enabled: bool,
     pub mode: Mode,
@@ -422,12 +427,16 @@ impl Validator<'_> {
             let message = format!("forward `{name}`: {} is not a port (0-65535)", raw.local_port.get_ref());
             self.invalid(port_span.clone(), "local_port", message)
         })?;
-        let bind = match &raw.bind {
-            None => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            Some(bind) => bind.get_ref().parse().map_err(|_| {
-                let message = format!("forward `{name}`: `{}` is not an IP address", bind.get_ref());
-                self.invalid(bind.span(), "bind", message)
-            })?,
+        let (bind, ipv6_loopback) = match raw.bind.as_ref().map(|b| b.get_ref().as_str()) {
+            None | Some("localhost") => (IpAddr::V4(Ipv4Addr::LOCALHOST), true),
+            Some(text) => {
+                let ip = text.parse().map_err(|_| {
+                    let span = raw.bind.as_ref().map(|b| b.span()).unwrap_or_default();
+                    let message = format!("forward `{name}`: `{text}` is not an IP address or `localhost`");
+                    self.invalid(span, "bind", message)
+                })?;
+                (ip, false)
+            }
         };
         if local_port != 0
             && let Some(other) = self.ports.insert((local_port, bind), name.clone())
@@ -448,6 +457,7 @@ impl Validator<'_> {
             local_port,
             service_port: raw.service_port,
             bind,
+            ipv6_loopback,
             probe: raw.probe,
             enabled: raw.enabled,
             mode: raw.mode.unwrap_or(self.mode),

@@ -115,9 +115,9 @@ enabled = false
     "needs `service"
 )]
 #[case::bad_bind(
-    "[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 1\nbind = \"localhost\"\n",
+    "[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 1\nbind = \"my-laptop\"\n",
     ":6: `bind`",
-    "`localhost` is not an IP address"
+    "`my-laptop` is not an IP address"
 )]
 #[case::bad_probe_path(
     "[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 1\nprobe = { http = \"healthz\" }\n",
@@ -162,6 +162,25 @@ fn hold_is_seconds_from_the_cluster_or_the_forward() {
     assert!(err.contains("not a number of seconds"), "{err}");
     let err = parse("[cluster]\nhold = \"5s\"\n").unwrap_err().to_string();
     assert!(err.contains("hold"), "{err}");
+}
+
+#[test]
+fn bind_defaults_to_both_loopbacks_and_an_address_is_alone() {
+    let table =
+        |bind: &str| format!("[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 1\n{bind}");
+    let of = |bind: &str| {
+        let f = parse(&table(bind)).unwrap().forwards.remove(0);
+        (f.bind.to_string(), f.ipv6_loopback)
+    };
+    assert_eq!(of(""), ("127.0.0.1".into(), true));
+    assert_eq!(of("bind = \"localhost\"\n"), ("127.0.0.1".into(), true));
+    assert_eq!(of("bind = \"127.0.0.1\"\n"), ("127.0.0.1".into(), false));
+    assert_eq!(of("bind = \"::1\"\n"), ("::1".into(), false));
+    let err = parse(&table("bind = \"my-laptop\"\n")).unwrap_err().to_string();
+    assert!(
+        err.contains(":6: `bind`") && err.contains("`my-laptop` is not an IP address or `localhost`"),
+        "{err}"
+    );
 }
 
 #[test]

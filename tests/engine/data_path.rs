@@ -113,3 +113,47 @@ async fn past_max_connections_new_ones_are_refused_and_counted_until_one_closes(
     round_trip(&mut again, b"room again").await.unwrap();
     engine.shutdown(Duration::from_secs(1)).await;
 }
+
+/// Whether this machine has an IPv6 loopback at all (some containers do not).
+fn ipv6_loopback() -> bool {
+    std::net::TcpListener::bind("[::1]:0").is_ok()
+}
+
+#[tokio::test]
+async fn localhost_is_served_on_ipv6_loopback_too_unless_an_address_is_given() {
+    let (cluster, _backend) = echo_cluster("dual", "NodePort").await;
+    let v4_only = forward("v4", NS, "echo") + "bind = \"127.0.0.1\"\n";
+    let engine = start(&cluster, &(forward("echo", NS, "echo") + &v4_only)).await;
+    let both = local(&wait_healthy(&engine, "echo").await);
+    let v4 = local(&wait_healthy(&engine, "v4").await);
+    let mut s = TcpStream::connect(both).await.unwrap();
+    round_trip(&mut s, b"over IPv4").await.unwrap();
+    if !ipv6_loopback() {
+        return eprintln!("no IPv6 loopback here: only IPv4 checked");
+    }
+    let mut s = TcpStream::connect(("::1", both.port())).await.unwrap();
+    round_trip(&mut s, b"over IPv6, same port").await.unwrap();
+    assert!(
+        TcpStream::connect(("::1", v4.port())).await.is_err(),
+        "an explicit 127.0.0.1 is listened on alone"
+    );
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_port_taken_on_ipv6_only_is_a_warning_not_a_down_forward() {
+    if !ipv6_loopback() {
+        return eprintln!("no IPv6 loopback here: nothing can take ::1");
+    }
+    let (cluster, _backend) = echo_cluster("v6taken", "NodePort").await;
+    // Someone else holds [::1]:P; 127.0.0.1:P is free.
+    let taken = std::net::TcpListener::bind("[::1]:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let table = forward("echo", NS, "echo").replace("local_port = 0", &format!("local_port = {port}"));
+    let engine = start(&cluster, &table).await;
+    let status = wait_healthy(&engine, "echo").await;
+    assert_eq!(local(&status).port(), port);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    round_trip(&mut s, b"IPv4 serves").await.unwrap();
+    engine.shutdown(Duration::from_secs(1)).await;
+}

@@ -182,6 +182,16 @@ pub async fn add_forward_scenario(driver: &Driver, home: &Home, port: u16) {
     let field = driver.find("#f-local_port").await;
     field.clear().await.unwrap();
     field.send_keys(&port.to_string()).await.unwrap();
+
+    // An address other machines can reach is not saved without a confirmation.
+    driver.find("#f-bind").await.send_keys("0.0.0.0").await.unwrap();
+    driver.find("#save").await.click().await.unwrap();
+    let error = driver.wait_text(".error[data-for=bind]", |t| !t.is_empty()).await;
+    assert!(error.contains("reachable from other machines"), "{error}");
+    driver.visible("#f-bind-confirm").await;
+    assert_eq!(std::fs::read_to_string(home.config()).unwrap(), before, "nothing saved");
+    // Back to the default (localhost) for this test, which listens on loopback only.
+    driver.find("#f-bind").await.clear().await.unwrap();
     driver.find("#save").await.click().await.unwrap();
     driver.wait_text("#forwards tbody", |t| t.contains("gateway")).await;
     let after = std::fs::read_to_string(home.config()).unwrap();

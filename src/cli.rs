@@ -366,6 +366,8 @@ async fn connect_by(control_path: &Path, deadline: tokio::time::Instant, timeout
     loop {
         match Client::connect(control_path).await {
             Ok(client) => return Ok(client),
+            // Waiting does not make an untrusted socket trusted.
+            Err(e @ porthole::control::ControlError::Untrusted { .. }) => bail!(e),
             Err(e) if tokio::time::Instant::now() + pause >= deadline => {
                 bail!(
                     "waited {}s for Porthole's engine and none started: {e}",

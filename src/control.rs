@@ -31,6 +31,8 @@ pub enum ControlError {
          (did you mean `--config`?)"
     )]
     NotASocket { path: PathBuf, what: &'static str },
+    #[error("control socket {path} is not trusted: {error}")]
+    Untrusted { path: PathBuf, error: io::Error },
     #[error("control socket: bad message: {0}")]
     Protocol(String),
     #[error("{0}")]
@@ -153,9 +155,19 @@ pub fn remove(path: &Path) {
 /// The socket's directory must be ours or root's, and writable by others only if sticky (like
 /// /tmp): otherwise another user could swap the socket for their own (say, a
 /// `/tmp/porthole-1000` created first by someone else).
+///
+/// The directory itself must be one, not a symlink to one (whoever owns the link could point it
+/// elsewhere later). Checked by the server before it binds and by every client before it trusts
+/// what answers there.
 fn check_private(dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(dir)?;
+    let meta = std::fs::symlink_metadata(dir)?;
+    if !meta.file_type().is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "unsafe directory: it is a symbolic link or not a directory; it must be a real directory of yours",
+        ));
+    }
     // SAFETY: getuid has no preconditions and cannot fail.
     let uid = unsafe { libc::getuid() };
     let mode = meta.mode();
@@ -270,13 +282,34 @@ pub struct Client {
 }
 
 impl Client {
+    /// Connects to the engine at `path`, after checking that nobody else could have put the
+    /// socket there: its directory is private (as the server checks), and the process that
+    /// answers runs as this user (or root).
     pub async fn connect(path: &Path) -> Result<Client, ControlError> {
+        let untrusted = |error: io::Error| ControlError::Untrusted {
+            path: path.to_path_buf(),
+            error,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && dir.exists()
+        {
+            check_private(dir).map_err(|e| untrusted(io::Error::new(e.kind(), format!("{}: {e}", dir.display()))))?;
+        }
         let stream = UnixStream::connect(path)
             .await
             .map_err(|error| ControlError::NotRunning {
                 path: path.to_path_buf(),
                 error,
             })?;
+        let peer = stream.peer_cred().map_err(untrusted)?;
+        // SAFETY: getuid has no preconditions and cannot fail.
+        let uid = unsafe { libc::getuid() };
+        if peer.uid() != uid && peer.uid() != 0 {
+            return Err(untrusted(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("the process answering runs as user {}, not as you", peer.uid()),
+            )));
+        }
         let (read, write) = stream.into_split();
         Ok(Client {
             path: path.to_path_buf(),

@@ -505,3 +505,45 @@ async fn running_out_of_descriptors_is_named_as_such_and_passes_when_they_are_ba
         "accept failures are said once per 10 s, not 10 times a second:\n{log}"
     );
 }
+
+#[tokio::test]
+async fn a_control_socket_in_a_directory_others_can_write_is_not_trusted() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let control = shared.join("control.sock");
+    // Something answers there (it could be anyone's: the directory lets anyone swap it).
+    let _listener = std::os::unix::net::UnixListener::bind(&control).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    for args in [&["status"][..], &["wait", "--timeout", "30"][..]] {
+        let mut all = vec!["--control", path(&control)];
+        all.extend_from_slice(args);
+        let out = run(&all).await;
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains("is not trusted") && stderr.contains("unsafe directory") && stderr.contains(path(&shared)),
+            "{args:?}: {stderr}"
+        );
+    }
+
+    // A symlink to a private directory is not a private directory: the engine refuses it too.
+    let private = dir.path().join("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&private, &link).unwrap();
+    let cluster = FakeCluster::openchoreo().await;
+    let config = preset_config(dir.path(), &cluster);
+    let up = run(&[
+        "--config",
+        path(&config),
+        "--control",
+        path(&link.join("control.sock")),
+        "up",
+    ])
+    .await;
+    assert!(!up.status.success());
+    assert!(text(&up.stderr).contains("symbolic link"), "{}", text(&up.stderr));
+}

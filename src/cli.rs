@@ -13,6 +13,7 @@ use porthole::engine::{ForwardStatus, Snapshot};
 use porthole::health::State;
 use porthole::kubeconfig::state;
 use porthole::kubeconfig::tools::Tools;
+use porthole::status::printable;
 use porthole::write::LockWait;
 use porthole::{Engine, Tuning, doctor};
 use tokio::net::{TcpListener, TcpStream};
@@ -216,18 +217,22 @@ fn render(snapshot: &Snapshot) -> String {
         Some(detail) => format!("{} ({detail})", snapshot.cluster.state),
         None => snapshot.cluster.state.clone(),
     };
-    out += &format!("context {context}: {cluster} (kubectl: {kubectl})\n");
+    out += &printable(&format!("context {context}: {cluster} (kubectl: {kubectl})"));
+    out.push('\n');
     match &snapshot.kubeconfig {
         Some(state) if !state.is_ok() => {
             out += &format!(
                 "warning: {}: {} (fix: `porthole fix-kubeconfig`)\n",
                 state.id(),
-                state.sentence()
+                printable(&state.sentence())
             );
         }
         Some(_) => {}
         None if snapshot.context_mismatch() => {
-            out += &format!("warning: kubectl's current-context is {kubectl}, not {context}\n");
+            out += &printable(&format!(
+                "warning: kubectl's current-context is {kubectl}, not {context}"
+            ));
+            out.push('\n');
         }
         None => {}
     }
@@ -256,10 +261,12 @@ fn table(forwards: &[&ForwardStatus]) -> String {
 /// One forward's cells: name, local address, state, route, connections (open/total), bytes.
 fn row(f: &ForwardStatus) -> [String; 6] {
     [
-        f.name.clone(),
+        printable(&f.name).into_owned(),
         f.local.map_or("-".into(), |a| a.to_string()),
         f.health.state.to_string(),
-        f.route.as_ref().map_or("-".into(), |r| r.describe()),
+        f.route
+            .as_ref()
+            .map_or("-".into(), |r| printable(&r.describe()).into_owned()),
         format!("{}/{}", f.stats.active, f.stats.total),
         human_bytes(f.stats.bytes_up + f.stats.bytes_down),
     ]
@@ -286,9 +293,9 @@ fn cause_lines(f: &ForwardStatus) -> String {
         lines += &format!("    listening on {local}: other machines can reach this forward\n");
     }
     if let Some(cause) = &f.health.cause {
-        lines += &format!("    {}: {}\n", cause.id, cause.message);
+        lines += &format!("    {}: {}\n", cause.id, printable(&cause.message));
         if let Some(fix) = &cause.fix {
-            lines += &format!("    fix: {fix}\n");
+            lines += &format!("    fix: {}\n", printable(fix));
         }
     }
     if f.stats.refused > 0 {
@@ -657,5 +664,16 @@ mod tests {
         );
         let local = forward("api", 8080, None, Health::new(State::Healthy, None));
         assert_eq!(cause_lines(&local), "");
+    }
+
+    #[test]
+    fn strings_from_the_cluster_cannot_drive_the_terminal() {
+        let cause = Cause::new(CauseId::TunnelFailed, "pod \u{1b}[2J\u{1b}]0;owned\u{7}gone\nfake line")
+            .with_fix("run \u{1b}[31mthis");
+        let f = forward("api", 8080, None, Health::new(State::Down, Some(cause)));
+        let out = cause_lines(&f);
+        assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{out:?}");
+        assert_eq!(out.lines().count(), 2, "no line of the cluster's making: {out:?}");
+        assert!(out.contains("pod ?[2J?]0;owned?gone?fake line"), "{out:?}");
     }
 }

@@ -60,6 +60,20 @@ pub struct RouteView {
     pub ready_endpoints: usize,
 }
 
+/// `text` with every control character (an escape sequence's ESC, a bell, a line break) shown
+/// as `?`: strings from the cluster and the config (an API server's error message, a pod name)
+/// are printed to terminals, menus and notifications as they are, never interpreted.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().any(char::is_control) {
+        text.chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect::<String>()
+            .into()
+    } else {
+        text.into()
+    }
+}
+
 impl From<&Route> for RouteView {
     fn from(route: &Route) -> RouteView {
         let first_pod = route.pods.first();

@@ -327,12 +327,39 @@ fn down_summary(down: &[(String, String, Option<Cause>)]) -> Notice {
     }
 }
 
+/// A notification body as freedesktop notification servers read it: their markup (`<b>`,
+/// `<a href=…>`, `&amp;`) escaped, so a service or pod name or an API server's message shows as
+/// text, never as a link or formatting; control characters shown as `?`.
+pub fn markup_escaped(body: &str) -> String {
+    let mut out = String::with_capacity(body.len());
+    for c in body.chars() {
+        match c {
+            '&' => out += "&amp;",
+            '<' => out += "&lt;",
+            '>' => out += "&gt;",
+            // A line break is the one control character a body may hold.
+            '\n' => out.push('\n'),
+            c if c.is_control() => out.push('?'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use porthole::engine::{ClusterStatusView, ForwardStatus};
     use porthole::health::{CauseId, Health};
 
     use super::*;
+
+    #[test]
+    fn a_body_is_text_to_the_notification_server() {
+        assert_eq!(
+            markup_escaped("<a href=\"https://evil\">pod</a> & co\u{1b}[1m\nnext"),
+            "&lt;a href=\"https://evil\"&gt;pod&lt;/a&gt; &amp; co?[1m\nnext"
+        );
+    }
 
     fn snapshot(names: &[&str]) -> Snapshot {
         Snapshot {

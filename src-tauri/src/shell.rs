@@ -234,8 +234,8 @@ pub fn notify(app: &AppHandle, notices: Vec<Notice>) {
 async fn send(notice: Notice) {
     let shown = notify_rust::Notification::new()
         .appname("Porthole")
-        .summary(&notice.summary)
-        .body(&notice.body)
+        .summary(&porthole::status::printable(&notice.summary))
+        .body(&crate::notices::markup_escaped(&notice.body))
         .icon("network-wired")
         .show_async()
         .await;

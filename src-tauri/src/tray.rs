@@ -83,7 +83,11 @@ fn cause_words(forward: &ForwardStatus) -> Option<String> {
     if matches!(forward.health.state, State::Healthy | State::Disabled) {
         return None;
     }
-    forward.health.cause.as_ref().map(|c| format!("    {}", c.message))
+    forward
+        .health
+        .cause
+        .as_ref()
+        .map(|c| format!("    {}", porthole::status::printable(&c.message)))
 }
 
 /// The worst state decides; a wrong kubectl context shows unless a forward is down.

@@ -414,6 +414,16 @@ impl Validator<'_> {
         if name.is_empty() {
             return Err(self.invalid(raw.name.span(), "name", "must not be empty".into()));
         }
+        // Names reach terminals, menus, notifications and log lines: nothing that could be read
+        // as markup, an escape sequence or a second line.
+        if name.len() > 63
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            let message = format!("forward name {name:?} may hold only letters, digits, `.`, `_` and `-` (at most 63)");
+            return Err(self.invalid(raw.name.span(), "name", message));
+        }
         if let Some(first) = self
             .names
             .insert(name.clone(), line_of(self.text, raw.name.span().start))
@@ -448,6 +458,15 @@ impl Validator<'_> {
             && !path.starts_with('/')
         {
             let message = format!("forward `{name}`: http probe path must start with `/`");
+            return Err(self.invalid(span, "probe", message));
+        }
+        if let Probe::Http(path) = &raw.probe
+            && path.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            // It goes into the request line: a space or a line break would end it early.
+            let message = format!(
+                "forward `{name}`: http probe path {path:?} must not hold spaces or control characters (encode them: %20)"
+            );
             return Err(self.invalid(span, "probe", message));
         }
         Ok(ForwardSpec {

@@ -124,6 +124,21 @@ enabled = false
     "`probe`",
     "must start with `/`"
 )]
+#[case::probe_path_with_a_line_break(
+    "[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 1\nprobe = { http = \"/x HTTP/1.1\\r\\nHost: evil\" }\n",
+    "`probe`",
+    "must not hold spaces or control characters"
+)]
+#[case::name_with_markup(
+    "[[forward]]\nname = \"<b>api</b>\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 1\n",
+    ":2: `name`",
+    "may hold only letters, digits"
+)]
+#[case::name_with_an_escape(
+    "[[forward]]\nname = \"api\\u001b[31m\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 1\n",
+    ":2: `name`",
+    "\\u{1b}[31m"
+)]
 #[case::bad_node_address("[cluster]\nnode_address = \"external\"\n", "line 2", "unknown variant `external`")]
 fn invalid_configs_name_file_line_and_key(#[case] text: &str, #[case] place: &str, #[case] message: &str) {
     let err = parse(text).unwrap_err().to_string();

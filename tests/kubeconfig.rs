@@ -44,12 +44,12 @@ impl Home {
         path
     }
 
-    /// A stand-in `kind` that prints `output` for `get kubeconfig --name openchoreo-local`.
+    /// A stand-in `kind` that prints `output` for `get kubeconfig --name=openchoreo-local`.
     fn fake_kind(&self, output: &str) {
         let printed = self.path("kind-output.yaml");
         std::fs::write(&printed, output).unwrap();
         let script = format!(
-            "#!/bin/sh\nif [ \"$*\" = \"get kubeconfig --name openchoreo-local\" ]; then exec /bin/cat '{}'; else echo \"ERROR: unexpected: $*\" >&2; exit 1; fi\n",
+            "#!/bin/sh\nif [ \"$*\" = \"get kubeconfig --name=openchoreo-local\" ]; then exec /bin/cat '{}'; else echo \"ERROR: unexpected: $*\" >&2; exit 1; fi\n",
             printed.display()
         );
         let kind = self.path("bin/kind");
@@ -417,7 +417,7 @@ fn a_cluster_that_kind_does_not_know_is_said_plainly() {
     let out = home.run(&[&file], &["fix-kubeconfig"]);
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("`kind get kubeconfig --name openchoreo-local` failed: ERROR: could not locate any control plane nodes for cluster named 'openchoreo-local'"),
+        stderr(&out).contains("`kind get kubeconfig --name=openchoreo-local` failed: ERROR: could not locate any control plane nodes for cluster named 'openchoreo-local'"),
         "{}",
         stderr(&out)
     );

@@ -310,9 +310,56 @@ const SECRET_KEYS: &[&str] = &[
     "secret",
 ];
 
-/// The text with the value of every secret key replaced (block and flow style alike).
+/// The text with the value of every secret key replaced (block and flow style alike): line by
+/// line for `key: value`, then every secret the parsed document holds (a multi-line `token: |`
+/// block, an exec plugin's `env` values), wherever and however it is written.
 fn redact(text: &str) -> String {
-    text.split_inclusive('\n').map(redact_line).collect()
+    let mut out: String = text.split_inclusive('\n').map(redact_line).collect();
+    let mut found = Vec::new();
+    if let Ok(doc) = edit::parse(text) {
+        secrets(&doc, false, &mut found);
+    }
+    // Longest first, so a secret that contains another is replaced whole.
+    let mut pieces: Vec<&str> = found
+        .iter()
+        // By word: a folded (`>`) block is written over lines its value joins with spaces.
+        .flat_map(|s| s.split_whitespace())
+        .filter(|piece| piece.len() >= MIN_SECRET)
+        .collect();
+    pieces.sort_by_key(|piece| std::cmp::Reverse(piece.len()));
+    for piece in pieces {
+        out = out.replace(piece, "<redacted>");
+    }
+    out
+}
+
+/// Shorter values are left to the line-based pass: replacing them everywhere would garble the
+/// diff without hiding anything worth hiding.
+const MIN_SECRET: usize = 4;
+
+/// Every string under a secret key, and every value of an exec plugin's `env`.
+fn secrets(value: &serde_json::Value, secret: bool, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if secret => out.push(s.clone()),
+        Value::Array(items) => items.iter().for_each(|v| secrets(v, secret, out)),
+        Value::Object(map) => {
+            for (key, v) in map {
+                let env = key == "env" && v.as_array().is_some_and(|a| a.iter().all(|e| e.get("value").is_some()));
+                if env {
+                    out.extend(
+                        v.as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|e| e["value"].as_str().map(String::from)),
+                    );
+                } else {
+                    secrets(v, secret || SECRET_KEYS.contains(&key.as_str()), out);
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 fn redact_line(line: &str) -> String {

@@ -39,10 +39,12 @@ impl Origin {
         }
     }
 
+    /// The name is never read as an option, whatever it starts with: bound to its flag for
+    /// kind, after `--` for k3d.
     fn args(&self) -> Vec<String> {
         match self {
-            Origin::Kind(name) => vec!["get".into(), "kubeconfig".into(), "--name".into(), name.clone()],
-            Origin::K3d(name) => vec!["kubeconfig".into(), "get".into(), name.clone()],
+            Origin::Kind(name) => vec!["get".into(), "kubeconfig".into(), format!("--name={name}")],
+            Origin::K3d(name) => vec!["kubeconfig".into(), "get".into(), "--".into(), name.clone()],
         }
     }
 
@@ -55,18 +57,25 @@ impl Origin {
     }
 }
 
-/// Where binaries are looked for.
+/// Where binaries are looked for, and how long one run may take.
 #[derive(Debug, Clone)]
 pub struct Tools {
     pub search: Vec<PathBuf>,
+    pub timeout: Duration,
 }
 
 impl Tools {
     /// `$PATH`, then the usual install directories (Homebrew on Apple silicon and Intel, Go,
     /// pipx-style user installs).
     pub fn from_env() -> Tools {
-        let mut search: Vec<PathBuf> = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).collect())
+        Tools::from_path(std::env::var_os("PATH"))
+    }
+
+    /// The absolute directories of `path` (an empty or relative entry would look in whatever
+    /// directory the app happens to run in), then the usual ones.
+    pub fn from_path(path: Option<std::ffi::OsString>) -> Tools {
+        let mut search: Vec<PathBuf> = path
+            .map(|p| std::env::split_paths(&p).filter(|dir| dir.is_absolute()).collect())
             .unwrap_or_default();
         let home = directories::BaseDirs::new().map(|d| d.home_dir().to_path_buf());
         let usual = [
@@ -83,7 +92,10 @@ impl Tools {
                 search.push(dir);
             }
         }
-        Tools { search }
+        Tools {
+            search,
+            timeout: RUN_TIMEOUT,
+        }
     }
 
     pub fn find(&self, tool: &str) -> Option<PathBuf> {
@@ -106,19 +118,33 @@ impl Tools {
         // The tool runs `docker` (or `podman`) in turn: give it the same search list, which an
         // app started from the macOS Dock would otherwise not have.
         let search = std::env::join_paths(&self.search).unwrap_or_default();
-        let run = tokio::process::Command::new(&path)
-            .args(&args)
-            .env("PATH", search)
-            .kill_on_drop(true)
-            .output();
         let failed = |message: String| ToolError::Failed {
             command: command.clone(),
             message,
         };
-        let output = match tokio::time::timeout(RUN_TIMEOUT, run).await {
+        // In a process group of its own, so that a timeout stops what it started too (`docker`
+        // exec'ing into a hung node container), not only the tool.
+        let child = tokio::process::Command::new(&path)
+            .args(&args)
+            .env("PATH", search)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| failed(e.to_string()))?;
+        let group = child.id().map(|pid| pid as libc::pid_t);
+        let output = match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
             Ok(Ok(output)) => output,
             Ok(Err(e)) => return Err(failed(e.to_string())),
-            Err(_) => return Err(failed(format!("no answer in {RUN_TIMEOUT:?}"))),
+            Err(_) => {
+                if let Some(group) = group {
+                    // SAFETY: kill(2) on the process group we created for this run.
+                    unsafe { libc::kill(-group, libc::SIGKILL) };
+                }
+                return Err(failed(format!("no answer in {:?}", self.timeout)));
+            }
         };
         if !output.status.success() {
             let stderr = String::from_utf8_lossy(&output.stderr);
@@ -169,6 +195,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tools = Tools {
             search: vec![dir.path().to_path_buf()],
+            timeout: RUN_TIMEOUT,
         };
         let err = tools.fresh_kubeconfig("kind-x").await.unwrap_err();
         assert!(
@@ -179,5 +206,83 @@ mod tests {
             tools.fresh_kubeconfig("minikube").await,
             Err(ToolError::Unknown(_))
         ));
+    }
+
+    #[test]
+    fn empty_and_relative_path_entries_are_skipped() {
+        let tools = Tools::from_path(Some("/usr/bin::bin:./tools:/opt/kind/bin".into()));
+        assert_eq!(
+            tools.search[..2],
+            [PathBuf::from("/usr/bin"), PathBuf::from("/opt/kind/bin")]
+        );
+        assert!(tools.search.iter().all(|d| d.is_absolute()), "{:?}", tools.search);
+    }
+
+    fn script(dir: &Path, name: &str, body: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_cluster_name_is_never_read_as_an_option() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = dir.path().join("args");
+        for tool in ["kind", "k3d"] {
+            script(
+                dir.path(),
+                tool,
+                &format!("printf '%s\\n' \"$@\" > '{}'\necho 'kind: Config'\n", args.display()),
+            );
+        }
+        let tools = Tools {
+            search: vec![dir.path().to_path_buf()],
+            timeout: RUN_TIMEOUT,
+        };
+        tools.fresh_kubeconfig("kind---help").await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&args).unwrap(),
+            "get\nkubeconfig\n--name=--help\n"
+        );
+        tools.fresh_kubeconfig("k3d--all").await.unwrap();
+        assert_eq!(std::fs::read_to_string(&args).unwrap(), "kubeconfig\nget\n--\n-all\n");
+    }
+
+    #[tokio::test]
+    async fn a_tool_that_hangs_is_stopped_with_what_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        // Like kind exec'ing docker: a child of its own that would outlive it.
+        script(
+            dir.path(),
+            "kind",
+            &format!(
+                "/bin/sleep 1000 &\necho $! > '{}'\n/bin/sleep 1000\n",
+                pid_file.display()
+            ),
+        );
+        let tools = Tools {
+            search: vec![dir.path().to_path_buf()],
+            timeout: Duration::from_millis(500),
+        };
+        let err = tools.fresh_kubeconfig("kind-x").await.unwrap_err();
+        assert!(err.to_string().contains("no answer in 500ms"), "{err}");
+        let pid: libc::pid_t = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+        // Killed with its group; reaped by whoever inherited it (polled: nothing announces it).
+        let gone = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let state = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().next());
+                if matches!(state, None | Some("Z")) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(gone.is_ok(), "the tool's own child {pid} still runs");
     }
 }

@@ -49,6 +49,26 @@ fn diffs_never_show_credentials() {
 }
 
 #[test]
+fn diffs_never_show_credentials_in_blocks_or_exec_env() {
+    let text = "users:\n- name: a\n  user:\n    token: |\n      eyJhbGciOi\n      second-half-of-it\n- name: eks\n  user:\n    exec:\n      command: aws\n      env:\n      - name: AWS_SECRET_ACCESS_KEY\n        value: wJalrXUtnFEMI\n      - {name: AWS_PROFILE, value: \"dev-profile\"}\n- name: oidc\n  user:\n    auth-provider:\n      config:\n        refresh-token: >-\n          folded-refresh\n          token-text\n";
+    let redacted = redact(text);
+    for secret in [
+        "eyJhbGciOi",
+        "second-half-of-it",
+        "wJalrXUtnFEMI",
+        "dev-profile",
+        "folded-refresh",
+        "token-text",
+    ] {
+        assert!(!redacted.contains(secret), "{secret} shows in:\n{redacted}");
+    }
+    assert!(
+        redacted.contains("AWS_SECRET_ACCESS_KEY") && redacted.contains("command: aws"),
+        "{redacted}"
+    );
+}
+
+#[test]
 fn sentences_and_fixes() {
     let state = KubeconfigState::ContextMismatch {
         expected: "kind-openchoreo-local".into(),

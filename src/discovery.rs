@@ -6,6 +6,7 @@
 //! keep their last contents, so routes stay usable while the status says what is wrong.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -109,34 +110,73 @@ impl ClusterView {
     }
 }
 
-/// Reconnect quickly: a local cluster is cheap to ask, and users wait on the answer.
+/// Reconnect quickly (a local cluster is cheap to ask, and users wait on the answer), but never
+/// in lockstep: each delay is jittered ("equal jitter": half of it fixed, half random), so four
+/// watches and the recheck that fail together do not retry together. While the API server
+/// refuses the credentials (401/403, `refused`), the pace is 1 s to 30 s instead: asking again
+/// every few seconds forever changes nothing but the audit log.
 struct Reconnect {
-    next: Duration,
+    /// The undelayed next step, doubling from the pace's floor to its ceiling.
+    step: Duration,
+    refused: Arc<AtomicBool>,
+    /// xorshift state, seeded per instance.
+    seed: u64,
 }
 
-const RECONNECT_MIN: Duration = Duration::from_millis(250);
 /// Bound on asking a failing API server whether it is back.
 const RECHECK_TIMEOUT: Duration = Duration::from_secs(5);
+const RECONNECT_MIN: Duration = Duration::from_millis(250);
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
+const REFUSED_MIN: Duration = Duration::from_secs(1);
+const REFUSED_MAX: Duration = Duration::from_secs(30);
+
+impl Reconnect {
+    fn new(refused: Arc<AtomicBool>) -> Reconnect {
+        use std::hash::{BuildHasher, Hasher};
+        let seed = std::collections::hash_map::RandomState::new().build_hasher().finish() | 1;
+        Reconnect {
+            step: Duration::ZERO,
+            refused,
+            seed,
+        }
+    }
+
+    fn pace(&self) -> (Duration, Duration) {
+        if self.refused.load(Ordering::Relaxed) {
+            (REFUSED_MIN, REFUSED_MAX)
+        } else {
+            (RECONNECT_MIN, RECONNECT_MAX)
+        }
+    }
+
+    /// A number in [0, 1).
+    fn random(&mut self) -> f64 {
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        (self.seed >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
 
 impl Default for Reconnect {
     fn default() -> Self {
-        Reconnect { next: RECONNECT_MIN }
+        Reconnect::new(Arc::default())
     }
 }
 
 impl Iterator for Reconnect {
     type Item = Duration;
     fn next(&mut self) -> Option<Duration> {
-        let delay = self.next;
-        self.next = (self.next * 2).min(RECONNECT_MAX);
-        Some(delay)
+        let (min, max) = self.pace();
+        self.step = (self.step * 2).clamp(min, max);
+        let half = self.step / 2;
+        Some(half + half.mul_f64(self.random()))
     }
 }
 
 impl Backoff for Reconnect {
     fn reset(&mut self) {
-        self.next = RECONNECT_MIN;
+        self.step = Duration::ZERO;
     }
 }
 
@@ -204,17 +244,21 @@ fn replace<T: PartialEq>(slot: &mut T, value: T) -> bool {
     true
 }
 
-fn reflect<K>(api: Api<K>, kind: usize) -> (Store<K>, impl Stream<Item = Signal> + Send)
+/// A reflector of `K`; `refused` is set while the API server refuses the credentials (its
+/// backoff and every other watch's slow down) and cleared when the watch works.
+fn reflect<K>(api: Api<K>, kind: usize, refused: Arc<AtomicBool>) -> (Store<K>, impl Stream<Item = Signal> + Send)
 where
     K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + serde::de::DeserializeOwned + 'static,
 {
     let (reader, writer) = reflector::store();
+    let flag = refused.clone();
     let stream = watcher(api, watcher::Config::default())
-        .backoff(Reconnect::default())
+        .backoff(Reconnect::new(refused))
         .modify(|o: &mut K| o.managed_fields_mut().clear())
         .reflect(writer)
         .map(move |item| match item {
             Ok(event) => {
+                flag.store(false, Ordering::Relaxed);
                 let (changed, synced) = match event {
                     watcher::Event::Apply(_) | watcher::Event::Delete(_) => (true, false),
                     watcher::Event::InitDone => (true, true),
@@ -223,7 +267,10 @@ where
                 Signal::Ok { kind, changed, synced }
             }
             Err(e) => match classify(&e) {
-                Some(status) => Signal::Failed { kind, status },
+                Some(status) => {
+                    flag.store(matches!(status, ClusterStatus::Unauthorized(_)), Ordering::Relaxed);
+                    Signal::Failed { kind, status }
+                }
                 None => {
                     debug!(kind, error = %e, "watch restarted");
                     Signal::Ok {
@@ -330,10 +377,11 @@ impl Progress {
 }
 
 async fn watch_cluster(client: Client, view: &watch::Sender<ClusterView>, cancel: &CancellationToken) {
-    let (namespaces, s0) = reflect(Api::<Namespace>::all(client.clone()), 0);
-    let (services, s1) = reflect(Api::<Service>::all(client.clone()), 1);
-    let (nodes, s2) = reflect(Api::<Node>::all(client.clone()), 2);
-    let (slices, s3) = reflect(Api::<EndpointSlice>::all(client.clone()), 3);
+    let refused = Arc::new(AtomicBool::new(false));
+    let (namespaces, s0) = reflect(Api::<Namespace>::all(client.clone()), 0, refused.clone());
+    let (services, s1) = reflect(Api::<Service>::all(client.clone()), 1, refused.clone());
+    let (nodes, s2) = reflect(Api::<Node>::all(client.clone()), 2, refused.clone());
+    let (slices, s3) = reflect(Api::<EndpointSlice>::all(client.clone()), 3, refused.clone());
     let stores = Stores {
         namespaces,
         services,
@@ -342,7 +390,7 @@ async fn watch_cluster(client: Client, view: &watch::Sender<ClusterView>, cancel
     };
     let mut signals = futures::stream::select_all([s0.boxed(), s1.boxed(), s2.boxed(), s3.boxed()]);
     let mut progress = Progress::default();
-    let mut recheck = Reconnect::default();
+    let mut recheck = Reconnect::new(refused);
     // A deadline that survives other signals: a busy watch must not starve the recheck.
     let mut recheck_at: Option<tokio::time::Instant> = None;
     loop {

@@ -36,10 +36,12 @@ impl Probed {
     }
 }
 
-/// Probes the current route at once, then every `probe_interval` (`probe_retry` after a failure),
-/// and at once again whenever the route changes (a probe under way is dropped: it says nothing
-/// of the new route). Routes without ready endpoints are not probed: their health is already
-/// known.
+/// Probes the current route at once, then every `probe_interval`, and at once again whenever
+/// the route changes (a probe under way is dropped: it says nothing of the new route). After a
+/// failure it retries after `probe_retry` until `failure_threshold` failures confirm an outage,
+/// then backs off, doubling up to `probe_interval`: a forward that stays down is not probed (in
+/// tunnel mode: a new upgrade to the API server) every second. Routes without ready endpoints
+/// are not probed: their health is already known.
 pub(crate) async fn schedule<F, Fut>(
     tuning: &crate::forward::Tuning,
     mut routes: watch::Receiver<Option<Arc<Route>>>,
@@ -50,6 +52,7 @@ pub(crate) async fn schedule<F, Fut>(
     F: Fn(Arc<Route>) -> Fut,
     Fut: std::future::Future<Output = Result<(), Cause>>,
 {
+    let mut failures: u32 = 0;
     loop {
         let route = routes.borrow_and_update().clone();
         let mut wait = tuning.probe_interval;
@@ -61,11 +64,16 @@ pub(crate) async fn schedule<F, Fut>(
                     if changed.is_err() {
                         return;
                     }
+                    // A new path is news: probed at once, and quickly again if it fails.
+                    failures = 0;
                     continue;
                 }
             };
             if outcome.is_err() {
-                wait = tuning.probe_retry;
+                failures += 1;
+                wait = retry_after(tuning, failures);
+            } else {
+                failures = 0;
             }
             if results.send(Probed { route, outcome }).await.is_err() {
                 return;
@@ -77,6 +85,19 @@ pub(crate) async fn schedule<F, Fut>(
             changed = routes.changed() => if changed.is_err() { return },
         }
     }
+}
+
+/// The wait after the `failures`-th failure in a row: `probe_retry` until the outage is confirmed,
+/// then twice as long each time, up to `probe_interval`.
+fn retry_after(tuning: &crate::forward::Tuning, failures: u32) -> Duration {
+    let past = failures
+        .saturating_sub(tuning.failure_threshold.saturating_sub(1))
+        .min(16);
+    tuning
+        .probe_retry
+        .saturating_mul(1 << past)
+        .min(tuning.probe_interval)
+        .max(tuning.probe_retry)
 }
 
 /// What a probe says to the far end: `auto` resolved by what the route's port speaks.
@@ -664,6 +685,32 @@ mod schedule_tests {
         assert_eq!(t0.elapsed(), tuning.probe_interval * 2);
         assert!(h.next().await.unwrap().is_err());
         assert_eq!(t0.elapsed(), tuning.probe_interval * 2 + tuning.probe_retry);
+        h.cancel.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_forward_that_stays_down_is_probed_less_and_less_often_up_to_the_interval() {
+        let tuning = Tuning::default();
+        let mut h = start(tuning.clone());
+        assert_eq!(h.next().await, Some(Ok(())));
+        h.failing.store(true, Ordering::SeqCst);
+        let mut at = Vec::new();
+        let t0 = Instant::now();
+        for _ in 0..8 {
+            assert!(h.next().await.unwrap().is_err());
+            at.push(t0.elapsed());
+        }
+        let gaps: Vec<u64> = at.windows(2).map(|w| (w[1] - w[0]).as_secs()).collect();
+        // Threshold 3: two quick retries confirm it, then 2, 4 and the 5 s interval.
+        assert_eq!(gaps, [1, 1, 2, 4, 5, 5, 5], "{at:?}");
+        // Back: probed at the interval again, and a new failure is retried quickly.
+        h.failing.store(false, Ordering::SeqCst);
+        assert_eq!(h.next().await, Some(Ok(())));
+        h.failing.store(true, Ordering::SeqCst);
+        let t1 = Instant::now();
+        assert!(h.next().await.unwrap().is_err());
+        assert!(h.next().await.unwrap().is_err());
+        assert_eq!(t1.elapsed(), tuning.probe_interval + tuning.probe_retry);
         h.cancel.cancel();
     }
 

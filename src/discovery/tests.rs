@@ -1,13 +1,33 @@
 use super::*;
 
 #[test]
-fn reconnect_backs_off_to_a_cap_and_resets() {
+fn reconnect_backs_off_jittered_to_a_cap_and_resets() {
+    let within = |d: Duration, step: Duration| d >= step / 2 && d <= step;
     let mut r = Reconnect::default();
-    let delays: Vec<Duration> = (0..7).map(|_| r.next().unwrap()).collect();
-    assert_eq!(delays[0], RECONNECT_MIN);
-    assert_eq!(*delays.last().unwrap(), RECONNECT_MAX);
+    let delays: Vec<Duration> = (0..12).map(|_| r.next().unwrap()).collect();
+    assert!(within(delays[0], RECONNECT_MIN), "{delays:?}");
+    assert!(within(delays[1], RECONNECT_MIN * 2), "{delays:?}");
+    assert!(delays[6..].iter().all(|d| within(*d, RECONNECT_MAX)), "{delays:?}");
+    // Jittered: the capped delays are not all the same (six equal draws of 53 random bits
+    // would be a broken generator).
+    assert!(delays[6..].windows(2).any(|w| w[0] != w[1]), "{delays:?}");
     r.reset();
-    assert_eq!(r.next(), Some(RECONNECT_MIN));
+    assert!(within(r.next().unwrap(), RECONNECT_MIN));
+}
+
+#[test]
+fn refused_credentials_are_asked_again_slowly() {
+    let refused = Arc::new(AtomicBool::new(true));
+    let mut r = Reconnect::new(refused.clone());
+    let delays: Vec<Duration> = (0..10).map(|_| r.next().unwrap()).collect();
+    assert!(delays[0] >= REFUSED_MIN / 2 && delays[0] <= REFUSED_MIN, "{delays:?}");
+    assert!(
+        delays[7..].iter().all(|d| *d >= REFUSED_MAX / 2 && *d <= REFUSED_MAX),
+        "{delays:?}"
+    );
+    // Accepted again: back to the quick pace from where it is, capped at its ceiling.
+    refused.store(false, Ordering::Relaxed);
+    assert!(r.next().unwrap() <= RECONNECT_MAX);
 }
 
 #[test]

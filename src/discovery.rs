@@ -200,13 +200,20 @@ const KINDS: usize = 4;
 
 /// Runs discovery until cancelled, publishing into `view`; `read_timeout` bounds each read of
 /// its requests and watches.
+///
+/// On a wake (`wakes`: the machine slept or its network changed) it starts over with new
+/// clients and new watches, within the same generation: connections that died silently are
+/// not waited for, and the view keeps the last world until the new watches have read the
+/// cluster again.
 pub async fn run(
     cluster: ClusterSpec,
     view: watch::Sender<ClusterView>,
     cancel: CancellationToken,
     read_timeout: Duration,
+    mut wakes: watch::Receiver<u64>,
 ) {
     let mut retry = Reconnect::default();
+    wakes.borrow_and_update();
     loop {
         let attempt = async {
             let loaded = Loaded::for_cluster(&cluster)?;
@@ -219,8 +226,13 @@ pub async fn run(
                     v.context = Some(clients.context);
                     v.client = Some(ApiClient(clients.tunnel));
                 });
-                watch_cluster(clients.api, &view, &cancel).await;
-                return;
+                match watch_cluster(clients.api, &view, &cancel, &mut wakes).await {
+                    Ended::Stopped => return,
+                    Ended::Woken => {
+                        info!("reconnecting to the cluster after a wake");
+                        retry.reset();
+                    }
+                }
             }
             Err(e) => {
                 let status = ClusterStatus::Unusable(e.cause());
@@ -230,6 +242,7 @@ pub async fn run(
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(retry.next().unwrap_or(RECONNECT_MAX)) => {}
+                    _ = wakes.changed() => {}
                 }
             }
         }
@@ -376,7 +389,18 @@ impl Progress {
     }
 }
 
-async fn watch_cluster(client: Client, view: &watch::Sender<ClusterView>, cancel: &CancellationToken) {
+/// Why [`watch_cluster`] returned.
+enum Ended {
+    Stopped,
+    Woken,
+}
+
+async fn watch_cluster(
+    client: Client,
+    view: &watch::Sender<ClusterView>,
+    cancel: &CancellationToken,
+    wakes: &mut watch::Receiver<u64>,
+) -> Ended {
     let refused = Arc::new(AtomicBool::new(false));
     let (namespaces, s0) = reflect(Api::<Namespace>::all(client.clone()), 0, refused.clone());
     let (services, s1) = reflect(Api::<Service>::all(client.clone()), 1, refused.clone());
@@ -402,16 +426,19 @@ async fn watch_cluster(client: Client, view: &watch::Sender<ClusterView>, cancel
         let deadline =
             *recheck_at.get_or_insert_with(|| tokio::time::Instant::now() + recheck.next().unwrap_or(RECONNECT_MAX));
         let signal = tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = cancel.cancelled() => return Ended::Stopped,
+            changed = wakes.changed() => {
+                return if changed.is_ok() { Ended::Woken } else { Ended::Stopped };
+            }
             signal = signals.next() => match signal {
                 Some(signal) => signal,
-                None => return,
+                None => return Ended::Stopped,
             },
             // A watch that restarts without news emits nothing: ask the API whether it is back.
             _ = tokio::time::sleep_until(deadline), if failing => {
                 recheck_at = None;
                 tokio::select! {
-                    _ = cancel.cancelled() => return,
+                    _ = cancel.cancelled() => return Ended::Stopped,
                     _ = tokio::time::timeout(RECHECK_TIMEOUT, recover(&client, &mut progress.failures)) => {}
                 }
                 Signal::Rechecked

@@ -44,6 +44,9 @@ pub(crate) struct Hub {
     pub tuning: Tuning,
     /// Every client connection, so that shutdown can wait for them to drain.
     pub connections: TaskTracker,
+    /// Bumped when the machine woke up or its network changed ([`crate::host`]): discovery
+    /// reconnects, and every forward is probed at once.
+    pub wakes: watch::Sender<u64>,
 }
 
 struct Running {
@@ -98,8 +101,14 @@ impl Drop for StopOnDrop {
 impl Engine {
     /// Starts every forward of `config`. Must be called within a tokio runtime.
     pub fn start(config: Config, tuning: Tuning) -> Engine {
+        Engine::start_on(config, tuning, Arc::new(crate::host::System))
+    }
+
+    /// [`Engine::start`] on a given [`Host`](crate::host::Host): its clocks and addresses tell
+    /// when the machine slept or changed networks.
+    pub fn start_on(config: Config, tuning: Tuning, host: Arc<dyn crate::host::Host>) -> Engine {
         crate::install_tls_provider();
-        let core = Core::start(config, tuning);
+        let core = Core::start(config, tuning, host);
         let stop = StopOnDrop {
             cancel: core.cancel.clone(),
             connections: core.connections.clone(),
@@ -198,7 +207,7 @@ struct Core {
 }
 
 impl Core {
-    fn start(config: Config, tuning: Tuning) -> Core {
+    fn start(config: Config, tuning: Tuning, host: Arc<dyn crate::host::Host>) -> Core {
         let (snapshot, _) = watch::channel(Snapshot {
             context: config.cluster.context.clone(),
             kubectl_context: None,
@@ -207,11 +216,13 @@ impl Core {
             forwards: Vec::new(),
         });
         let (events, _) = broadcast::channel(1024);
+        let (wakes, _) = watch::channel(0);
         let hub = Arc::new(Hub {
             snapshot,
             events,
             tuning,
             connections: TaskTracker::new(),
+            wakes,
         });
         let (view, _) = watch::channel(ClusterView::new(config.cluster.clone()));
         let engine = Core {
@@ -229,6 +240,15 @@ impl Core {
         };
         tokio::spawn(engine.clone().follow_cluster().instrument(info_span!("cluster")));
         tokio::spawn(engine.clone().follow_stats().instrument(info_span!("stats")));
+        tokio::spawn(
+            crate::host::follow(
+                host,
+                engine.hub.tuning.wake_tick,
+                engine.hub.wakes.clone(),
+                engine.cancel.clone(),
+            )
+            .instrument(info_span!("host")),
+        );
         let mut setup = Running {
             config: Config {
                 cluster: config.cluster.clone(),
@@ -382,6 +402,7 @@ impl Core {
                 self.view.clone(),
                 cancel.clone(),
                 self.hub.tuning.api_read_timeout,
+                self.hub.wakes.subscribe(),
             )
             .instrument(info_span!("discovery")),
         );

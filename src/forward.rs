@@ -81,6 +81,8 @@ pub struct Tuning {
     /// Bound on each read of the API requests and watches (not of tunnels, which carry quiet
     /// connections); longer than a watch's server-side timeout.
     pub api_read_timeout: Duration,
+    /// How often the engine looks whether the machine slept or its network changed.
+    pub wake_tick: Duration,
 }
 
 impl Default for Tuning {
@@ -98,6 +100,7 @@ impl Default for Tuning {
             // ~2 s (a DNS timeout in the API server): both inside it, with room.
             tunnel_settle: Duration::from_secs(3),
             api_read_timeout: Duration::from_secs(300),
+            wake_tick: Duration::from_secs(2),
         }
     }
 }
@@ -312,9 +315,10 @@ impl Forward {
                     outcome
                 }
             };
-            let (tuning, cancel) = (this.hub.tuning.clone(), this.cancel.clone());
+            let (tuning, cancel, wakes) = (this.hub.tuning.clone(), this.cancel.clone(), this.hub.wakes.subscribe());
             helpers.spawn(
-                async move { probe::schedule(&tuning, route_rx, &cancel, check, probe_tx).await }.in_current_span(),
+                async move { probe::schedule(&tuning, route_rx, wakes, &cancel, check, probe_tx).await }
+                    .in_current_span(),
             );
         }
         // `auto`: whether a node answers on the nodePort, checked on the probe's schedule.
@@ -328,9 +332,10 @@ impl Forward {
                 }
                 route.connect(timeout).await.map(drop)
             };
-            let (tuning, cancel) = (this.hub.tuning.clone(), this.cancel.clone());
+            let (tuning, cancel, wakes) = (this.hub.tuning.clone(), this.cancel.clone(), this.hub.wakes.subscribe());
             helpers.spawn(
-                async move { probe::schedule(&tuning, candidate_rx, &cancel, check, reach_tx).await }.in_current_span(),
+                async move { probe::schedule(&tuning, candidate_rx, wakes, &cancel, check, reach_tx).await }
+                    .in_current_span(),
             );
         }
         let mut nodes_answer: Option<bool> = None;

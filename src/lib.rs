@@ -16,6 +16,7 @@
 //! - [`control`]: the local control socket that `porthole status|wait|enable|disable` talk to.
 //! - [`doctor`]: one-shot checks with a fix for each failure.
 //! - [`holder`]: which process holds a local port.
+//! - [`host`]: the machine sleeping or changing networks, noticed so everything is re-checked.
 //! - [`write`]: replacing a user's file (kubeconfig, config) without ever losing it.
 //! - [`catalog`]: the cluster's namespaces, services and ports, for pickers.
 
@@ -30,6 +31,7 @@ pub mod engine;
 pub mod forward;
 pub mod health;
 pub mod holder;
+pub mod host;
 pub mod kubeconfig;
 pub mod lines;
 pub mod probe;

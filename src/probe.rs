@@ -45,6 +45,7 @@ impl Probed {
 pub(crate) async fn schedule<F, Fut>(
     tuning: &crate::forward::Tuning,
     mut routes: watch::Receiver<Option<Arc<Route>>>,
+    mut wakes: watch::Receiver<u64>,
     cancel: &CancellationToken,
     check: F,
     results: mpsc::Sender<Probed>,
@@ -83,6 +84,8 @@ pub(crate) async fn schedule<F, Fut>(
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
             changed = routes.changed() => if changed.is_err() { return },
+            // The machine woke up or changed networks: whatever was true may not be.
+            changed = wakes.changed() => if changed.is_err() { return },
         }
     }
 }
@@ -609,6 +612,7 @@ mod schedule_tests {
     /// The schedule running with a check that fails while `failing` is set.
     struct Harness {
         routes: watch::Sender<Option<Arc<Route>>>,
+        wakes: watch::Sender<u64>,
         failing: Arc<AtomicBool>,
         results: mpsc::Receiver<Probed>,
         cancel: CancellationToken,
@@ -622,6 +626,7 @@ mod schedule_tests {
 
     fn start(tuning: Tuning) -> Harness {
         let (routes, routes_rx) = watch::channel(route(30080, 1));
+        let (wakes, wakes_rx) = watch::channel(0);
         let (tx, results) = mpsc::channel(16);
         let failing = Arc::new(AtomicBool::new(false));
         let cancel = CancellationToken::new();
@@ -637,10 +642,11 @@ mod schedule_tests {
                     }
                 }
             };
-            schedule(&tuning, routes_rx, &c, check, tx).await;
+            schedule(&tuning, routes_rx, wakes_rx, &c, check, tx).await;
         });
         Harness {
             routes,
+            wakes,
             failing,
             results,
             cancel,
@@ -657,7 +663,8 @@ mod schedule_tests {
             Ok(())
         };
         let c = cancel.clone();
-        tokio::spawn(async move { schedule(&Tuning::default(), routes_rx, &c, slow, tx).await });
+        let (_wakes, wakes_rx) = watch::channel(0);
+        tokio::spawn(async move { schedule(&Tuning::default(), routes_rx, wakes_rx, &c, slow, tx).await });
         let t0 = Instant::now();
         tokio::time::sleep(Duration::from_secs(1)).await;
         routes.send_replace(route(30081, 1));
@@ -685,6 +692,19 @@ mod schedule_tests {
         assert_eq!(t0.elapsed(), tuning.probe_interval * 2);
         assert!(h.next().await.unwrap().is_err());
         assert_eq!(t0.elapsed(), tuning.probe_interval * 2 + tuning.probe_retry);
+        h.cancel.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wake_probes_at_once() {
+        let tuning = Tuning::default();
+        let mut h = start(tuning.clone());
+        assert_eq!(h.next().await, Some(Ok(())));
+        let t0 = Instant::now();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        h.wakes.send_modify(|n| *n += 1);
+        assert_eq!(h.next().await, Some(Ok(())));
+        assert_eq!(t0.elapsed(), Duration::from_secs(1), "not at the interval: at once");
         h.cancel.cancel();
     }
 

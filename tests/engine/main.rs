@@ -9,6 +9,7 @@ mod causes;
 mod cluster_changes;
 mod data_path;
 mod lifecycle;
+mod wake;
 
 use std::time::Duration;
 

@@ -39,12 +39,12 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Sha
             drop(tcp);
             continue;
         }
-        let epoch = shared.epoch();
+        let (epoch, silence) = (shared.epoch(), shared.silence());
         let acceptor = acceptor.clone();
         let shared = shared.clone();
         tokio::spawn(async move {
             let connection = async {
-                let Ok(tls) = acceptor.accept(tcp).await else {
+                let Ok(tls) = acceptor.accept(Silenceable { io: tcp, silence }).await else {
                     return;
                 };
                 let service = service_fn(move |req| {
@@ -62,6 +62,61 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Sha
                 _ = connection => {}
             }
         });
+    }
+}
+
+/// A connection that can go silent: once `silence` is cancelled nothing is read or written on
+/// it and it is never closed, as a peer that vanished looks (see
+/// `FakeCluster::silence_connections`).
+struct Silenceable<IO> {
+    io: IO,
+    silence: tokio_util::sync::CancellationToken,
+}
+
+impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Silenceable<IO> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.silence.is_cancelled() {
+            // Nothing ever arrives: no waker is kept, as none will be needed.
+            return std::task::Poll::Pending;
+        }
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Silenceable<IO> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.silence.is_cancelled() {
+            return std::task::Poll::Pending;
+        }
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.silence.is_cancelled() {
+            return std::task::Poll::Pending;
+        }
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.silence.is_cancelled() {
+            return std::task::Poll::Pending;
+        }
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

@@ -53,6 +53,8 @@ pub struct Shared {
     pub unauthorized: AtomicBool,
     /// Cancelled when the API goes unreachable, which drops every open connection.
     epoch: Mutex<CancellationToken>,
+    /// Cancelled to make every connection open now go silent (see `silence_connections`).
+    silence: Mutex<CancellationToken>,
     pub shutdown: CancellationToken,
     pub runtime: tokio::runtime::Handle,
     pub port_forwards: portforward::Controls,
@@ -66,6 +68,10 @@ impl Shared {
 
     pub fn epoch(&self) -> CancellationToken {
         self.epoch.lock().expect("epoch lock").clone()
+    }
+
+    pub fn silence(&self) -> CancellationToken {
+        self.silence.lock().expect("silence lock").clone()
     }
 }
 
@@ -135,6 +141,7 @@ impl FakeCluster {
             reachable: AtomicBool::new(true),
             unauthorized: AtomicBool::new(false),
             epoch: Mutex::new(shutdown.child_token()),
+            silence: Mutex::new(CancellationToken::new()),
             shutdown: shutdown.clone(),
             runtime: tokio::runtime::Handle::current(),
             port_forwards: portforward::Controls::new(&shutdown),
@@ -230,6 +237,17 @@ impl FakeCluster {
             epoch.cancel();
             *epoch = shared.shutdown.child_token();
         }
+    }
+
+    /// Every connection open now goes silent: from here on nothing moves either way on it and
+    /// it is not closed, as connections are after a laptop slept or changed networks (packets
+    /// go nowhere; nobody hears a reset). Watches stop delivering, tunnels stop carrying; new
+    /// connections are served as before.
+    pub fn silence_connections(&self) {
+        let shared = self.shared();
+        let mut silence = shared.silence.lock().expect("silence lock");
+        silence.cancel();
+        *silence = CancellationToken::new();
     }
 
     /// Every request answers 401 Unauthorized while set.

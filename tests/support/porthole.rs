@@ -48,6 +48,7 @@ pub fn tuning() -> Tuning {
         // The fake's kubelet answers at once unless a test delays it (and sets its own).
         tunnel_settle: Duration::from_millis(500),
         api_read_timeout: Duration::from_secs(300),
+        wake_tick: Duration::from_millis(100),
     }
 }
 
@@ -217,4 +218,38 @@ pub async fn http_get(addr: SocketAddr) -> String {
         .expect("answer")
         .unwrap();
     response.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()
+}
+
+/// A machine whose clocks and addresses the test moves: [`FakeHost::sleep`] is a laptop's lid
+/// closed for that long, [`FakeHost::join_network`] a Wi-Fi or VPN change.
+#[derive(Default)]
+pub struct FakeHost {
+    wall_ahead: std::sync::Mutex<Duration>,
+    addresses: std::sync::Mutex<std::collections::BTreeSet<std::net::IpAddr>>,
+}
+
+impl FakeHost {
+    pub fn sleep(&self, slept: Duration) {
+        *self.wall_ahead.lock().unwrap() += slept;
+    }
+
+    pub fn join_network(&self, address: &str) {
+        let mut addresses = self.addresses.lock().unwrap();
+        addresses.clear();
+        addresses.insert(address.parse().unwrap());
+    }
+}
+
+impl porthole::host::Host for FakeHost {
+    fn wall(&self) -> std::time::SystemTime {
+        std::time::SystemTime::now() + *self.wall_ahead.lock().unwrap()
+    }
+
+    fn monotonic(&self) -> std::time::Instant {
+        std::time::Instant::now()
+    }
+
+    fn addresses(&self) -> std::collections::BTreeSet<std::net::IpAddr> {
+        self.addresses.lock().unwrap().clone()
+    }
 }

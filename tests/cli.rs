@@ -126,6 +126,20 @@ fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `porthole wait` until every forward of the engine at `control` is healthy, then its status.
+async fn all_healthy(control: &Path) -> Snapshot {
+    let wait = run(&["--control", path(control), "wait", "--timeout", "30"]).await;
+    assert!(
+        wait.status.success(),
+        "wait: {}{}",
+        text(&wait.stdout),
+        text(&wait.stderr)
+    );
+    let status = run(&["--control", path(control), "status", "--json"]).await;
+    assert!(status.status.success());
+    serde_json::from_slice(&status.stdout).unwrap()
+}
+
 #[tokio::test]
 async fn up_serves_the_preset_and_answers_status_wait_and_disable() {
     let cluster = FakeCluster::openchoreo().await;
@@ -133,13 +147,7 @@ async fn up_serves_the_preset_and_answers_status_wait_and_disable() {
     let config = preset_config(dir.path(), &cluster);
     let control = dir.path().join("control.sock");
     let mut up = up(&config, &control).await;
-
-    let wait = run(&["--control", path(&control), "wait", "--timeout", "30"]).await;
-    assert!(wait.status.success(), "wait: {}", text(&wait.stderr));
-
-    let status = run(&["--control", path(&control), "status", "--json"]).await;
-    assert!(status.status.success());
-    let snapshot: Snapshot = serde_json::from_slice(&status.stdout).unwrap();
+    let snapshot = all_healthy(&control).await;
     assert_eq!(snapshot.forwards.len(), 5);
     for f in &snapshot.forwards {
         assert_eq!(f.health.state, State::Healthy, "{}", f.name);
@@ -451,10 +459,7 @@ async fn running_out_of_descriptors_is_named_as_such_and_passes_when_they_are_ba
     let config = preset_config(dir.path(), &cluster);
     let control = dir.path().join("control.sock");
     let mut up = up(&config, &control).await;
-    let wait = run(&["--control", path(&control), "wait", "--timeout", "30"]).await;
-    assert!(wait.status.success(), "wait: {}", text(&wait.stdout));
-    let status = run(&["--control", path(&control), "status", "--json"]).await;
-    let snapshot: Snapshot = serde_json::from_slice(&status.stdout).unwrap();
+    let snapshot = all_healthy(&control).await;
     let console = snapshot.forward("console").unwrap().local.unwrap();
 
     // Ten descriptors to spare: a handful of connections, then none.

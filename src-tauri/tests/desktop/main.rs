@@ -332,6 +332,11 @@ async fn quit_from_the_menu_stops_the_app_and_removes_its_socket() {
     all_healthy(&app, 1).await;
     let console = local_addr(&app.tray.menu_items().await, "console");
     app.tray.click("Quit Porthole").await;
+    exited_cleanly(&d, &mut app, console).await;
+}
+
+/// The app exits 0, its control socket removed and the forward at `console` closed.
+async fn exited_cleanly(d: &Desktop, app: &mut App, console: SocketAddr) {
     let status = tokio::time::timeout(WAIT, app.child.wait())
         .await
         .expect("the app exits")
@@ -420,13 +425,7 @@ async fn the_app_lifts_its_descriptor_limit_reaps_its_openers_reloads_on_sighup_
     // SIGTERM (logout, `kill`): the same graceful exit as Quit.
     let console = local_addr(&app.tray.menu_items().await, "console");
     send_signal(&app, libc::SIGTERM);
-    let status = tokio::time::timeout(WAIT, app.child.wait())
-        .await
-        .expect("the app exits")
-        .unwrap();
-    assert!(status.success(), "{status}; log:\n{}", d.home.log());
-    assert!(!d.home.control().exists(), "the control socket is removed");
-    assert!(!listening(console).await);
+    exited_cleanly(&d, &mut app, console).await;
     assert!(d.home.log().contains("quitting on a signal"));
 }
 

@@ -174,7 +174,8 @@ impl Up {
         }
         std::fs::write(dir.path().join("porthole.toml"), text).unwrap();
         let started = Instant::now();
-        let child = porthole(dir.path(), &["--log", "warn", "up"])
+        let log = std::env::var("PORTHOLE_SOAK_LOG").unwrap_or_else(|_| "warn".into());
+        let child = porthole(dir.path(), &["--log", &log, "up"])
             .stdout(Stdio::null())
             .spawn()
             .expect("porthole up");
@@ -283,37 +284,53 @@ fn cpu(pid: u32) -> Duration {
 
 /// One short connection from `source`: connect, one echoed byte, close.
 fn one_short(source: std::net::IpAddr, to: SocketAddr) -> bool {
+    short_attempt(source, to).is_ok()
+}
+
+/// [`one_short`], saying which step failed: `connect` (this host's own port space or
+/// Porthole's backlog) or `answer` (Porthole closed it: no path upstream).
+fn short_attempt(source: std::net::IpAddr, to: SocketAddr) -> Result<(), &'static str> {
     use socket2::{Domain, Socket, Type};
-    let attempt = || -> std::io::Result<()> {
-        let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-        socket.bind(&SocketAddr::new(source, 0).into())?;
-        socket.connect_timeout(&to.into(), Duration::from_secs(5))?;
-        let mut s: TcpStream = socket.into();
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(|_| "socket")?;
+    socket
+        .bind(&SocketAddr::new(source, 0).into())
+        .map_err(|_| "bind (client ports)")?;
+    socket
+        .connect_timeout(&to.into(), Duration::from_secs(5))
+        .map_err(|_| "connect")?;
+    let mut s: TcpStream = socket.into();
+    let mut answer = || -> std::io::Result<[u8; 1]> {
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
         s.write_all(b"Ex")?;
         let mut b = [0u8; 1];
         s.read_exact(&mut b)?;
-        if b != *b"x" {
-            return Err(std::io::Error::other("wrong byte"));
-        }
-        Ok(())
+        Ok(b)
     };
-    attempt().is_ok()
+    match answer() {
+        Ok(b) if b == *b"x" => Ok(()),
+        Ok(_) => Err("wrong byte"),
+        Err(_) => Err("answer"),
+    }
 }
 
 /// Short connections from [`CLIENT_THREADS`] threads (each from its own 127.0.0.x, for port
-/// space) until `total` have run; `checkpoint` runs once half are done. Returns the failures.
-fn short_connections(to: SocketAddr, total: u64, mut checkpoint: impl FnMut()) -> u64 {
+/// space) until `total` have run; `checkpoint` runs once half are done. Returns the failures
+/// by the step that failed.
+fn short_connections(
+    to: SocketAddr,
+    total: u64,
+    mut checkpoint: impl FnMut(),
+) -> std::collections::BTreeMap<&'static str, u64> {
     let done = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
     let threads: Vec<_> = (0..CLIENT_THREADS)
         .map(|t| {
             let (done, failed) = (done.clone(), failed.clone());
             std::thread::spawn(move || {
                 let source = std::net::IpAddr::from([127, 0, 0, 10 + t as u8]);
                 while done.fetch_add(1, Ordering::Relaxed) < total {
-                    if !one_short(source, to) {
-                        failed.fetch_add(1, Ordering::Relaxed);
+                    if let Err(step) = short_attempt(source, to) {
+                        *failed.lock().unwrap().entry(step).or_insert(0) += 1;
                     }
                 }
             })
@@ -328,7 +345,7 @@ fn short_connections(to: SocketAddr, total: u64, mut checkpoint: impl FnMut()) -
         std::thread::sleep(Duration::from_millis(50));
     }
     threads.into_iter().for_each(|t| t.join().unwrap());
-    failed.load(Ordering::Relaxed)
+    failed.lock().unwrap().clone()
 }
 
 fn short(runtime: &tokio::runtime::Runtime, backend: Backend) -> Vec<Row> {
@@ -347,11 +364,26 @@ fn short(runtime: &tokio::runtime::Runtime, backend: Backend) -> Vec<Row> {
     let elapsed = started.elapsed();
     up.drained();
     let end = at("end");
+    let stats = up.status().forwards[0].stats;
+    let failures = if failed.is_empty() {
+        "none failed".to_string()
+    } else {
+        failed
+            .iter()
+            .map(|(step, n)| format!("{n} at {step}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let rows = vec![
         (
             "short",
             format!("{total} connections"),
-            format!("{failed} failed, {:.0}/s", total as f64 / elapsed.as_secs_f64()),
+            format!("{failures}; {:.0}/s", total as f64 / elapsed.as_secs_f64()),
+        ),
+        (
+            "short",
+            "Porthole's count: served, closed for want of an upstream".into(),
+            format!("{}, {}", stats.total, stats.failed),
         ),
         ("short", "descriptors, RSS".into(), format!("{start}; {middle}; {end}")),
     ];

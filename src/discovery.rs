@@ -454,7 +454,12 @@ fn publish(view: &watch::Sender<ClusterView>, status: ClusterStatus, world: Opti
     view.send_if_modified(|v| {
         let mut modified = false;
         if v.status != status {
+            // Said once per kind of state: an outage's wording changes with every retry
+            // ("connection reset", "tls handshake eof") and is not news.
             match &status {
+                _ if std::mem::discriminant(&v.status) == std::mem::discriminant(&status) => {
+                    debug!(?status, "cluster status detail changed")
+                }
                 ClusterStatus::Connected => info!("cluster connected"),
                 ClusterStatus::Unreachable(e) => {
                     warn!(error = %e, "cluster unreachable; serving on the last known routes")

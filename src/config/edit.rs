@@ -71,8 +71,11 @@ pub enum Edit {
 /// effect, e.g. a preset) when it does not exist. Returns the new config. Blocking.
 /// The replaced text is kept in `backups`.
 pub fn save(path: &Path, base: &str, edit: &Edit, backups: &Backups) -> Result<Config, EditError> {
-    // Created whole, or left alone when someone else just made it: the edit then applies to theirs.
-    create(path, base)?;
+    // Created whole, or left alone when someone else made it meanwhile: the edit then applies
+    // to theirs.
+    if !path.exists() {
+        create(path, base)?;
+    }
     let source = Source::File(path.to_path_buf());
     let mut config = None;
     let written = write::replace(path, backups, LockWait::default(), |old| {

@@ -55,21 +55,20 @@ impl Forward {
         info!(%local, "listening");
         // `localhost` is ::1 too for many clients (curl, browsers, Node on macOS): listen there on
         // the same port. A failure (no IPv6, the port taken there) leaves IPv4 serving.
-        let v6 = match self.spec.ipv6_loopback {
-            true => {
-                let addr = SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), local.port());
-                match TcpListener::bind(addr).await {
-                    Ok(listener) => {
-                        info!(local = %addr, "listening");
-                        Some(listener)
-                    }
-                    Err(e) => {
-                        warn!(local = %addr, error = %e, "cannot listen on ::1 too: clients that resolve localhost to ::1 are refused");
-                        None
-                    }
+        let v6 = if self.spec.ipv6_loopback {
+            let addr = SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), local.port());
+            match TcpListener::bind(addr).await {
+                Ok(listener) => {
+                    info!(local = %addr, "listening");
+                    Some(listener)
+                }
+                Err(e) => {
+                    warn!(local = %addr, error = %e, "cannot listen on ::1 too: clients that resolve localhost to ::1 are refused");
+                    None
                 }
             }
-            false => None,
+        } else {
+            None
         };
         bind_tx.send_replace(Bind::Bound(local));
         match v6 {

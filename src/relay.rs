@@ -70,6 +70,12 @@ fn half_close(dst: &TcpStream) -> io::Result<()> {
     }
 }
 
+/// Splice pipes with data in flight, at most, in the whole process (Linux): 16 MiB of the user's
+/// pipe budget. A direction that finds none free (slow readers holding them) moves its bytes
+/// through a small buffer of its own instead, so the user's other programs keep full-size pipes
+/// and no connection waits for another. Elsewhere every direction uses its own buffer.
+pub const PIPES_MAX: usize = 16;
+
 #[cfg(target_os = "linux")]
 use splice::pump;
 
@@ -95,11 +101,7 @@ mod splice {
     const BULK: usize = 64 * 1024;
     /// Pipes kept for reuse; beyond this, returned pipes are closed.
     const POOL_MAX: usize = 4;
-    /// Pipes with data in flight, at most, in the whole process: 16 MiB of the user's pipe
-    /// budget. A direction that finds none free (slow readers holding them) moves its bytes
-    /// through a small buffer of its own instead, so the user's other programs keep full-size
-    /// pipes and no connection waits for another.
-    pub const PIPES_MAX: usize = 16;
+    use super::PIPES_MAX;
     /// The buffer of a direction without a pipe.
     const FALLBACK_BUFFER: usize = 16 * 1024;
 
@@ -322,7 +324,7 @@ mod splice {
 }
 
 #[cfg(target_os = "linux")]
-pub use splice::{PIPES_MAX, pipes};
+pub use splice::pipes;
 
 /// One direction with a user-space buffer: as much as one read gives, passed on whole.
 #[cfg(not(target_os = "linux"))]
@@ -420,7 +422,12 @@ mod tests {
         assert_eq!((up.load(Ordering::Relaxed), down.load(Ordering::Relaxed)), (5, 6));
     }
 
-    /// Pipes this process holds open (other tests running alongside use sockets, not pipes).
+    /// Held by the tests that count this process's pipes, so they do not count each other's.
+    #[cfg(target_os = "linux")]
+    static PIPE_COUNTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+    /// Pipes this process holds open (other tests running alongside use sockets, not pipes,
+    /// except the ones that hold [`PIPE_COUNTING`]).
     #[cfg(target_os = "linux")]
     fn open_pipes() -> usize {
         let fds = std::fs::read_dir("/proc/self/fd").unwrap().flatten();
@@ -431,6 +438,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn idle_connections_hold_no_pipes() {
+        let _alone = PIPE_COUNTING.lock().await;
         const CONNS: usize = 100;
         let before = open_pipes();
         let mut held = Vec::new();
@@ -487,6 +495,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn slow_readers_hold_at_most_the_pipe_cap_and_every_byte_arrives() {
+        let _alone = PIPE_COUNTING.lock().await;
         const CONNS: usize = PIPES_MAX * 2 + 8;
         const CHUNK: usize = 64 * 1024;
         const CHUNKS: usize = 128; // 8 MiB each: far more than the socket buffers take

@@ -429,6 +429,19 @@ async fn the_app_lifts_its_descriptor_limit_reaps_its_openers_reloads_on_sighup_
     assert!(d.home.log().contains("quitting on a signal"));
 }
 
+/// Waits for the notification that the config file (broken by a `bogus = 1` line) is not
+/// applied, naming the file, its line and the key.
+async fn told_the_config_is_not_applied(bus: &Bus) {
+    let told = wait_notification(bus, "about the broken config", |n| {
+        n.summary == "config file not applied"
+    })
+    .await;
+    assert!(
+        told.body.contains("config.toml:") && told.body.contains("bogus"),
+        "{told:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn started_with_a_broken_config_the_app_says_so_and_applies_the_file_once_fixed() {
     let d = Desktop::start(&["console"]).await;
@@ -439,14 +452,7 @@ async fn started_with_a_broken_config_the_app_says_so_and_applies_the_file_once_
     )
     .unwrap();
     let app = App::start(&d.home, &d.bus, &[]).await;
-    let told = wait_notification(&d.bus, "about the broken config", |n| {
-        n.summary == "config file not applied"
-    })
-    .await;
-    assert!(
-        told.body.contains("config.toml:") && told.body.contains("bogus"),
-        "{told:?}"
-    );
+    told_the_config_is_not_applied(&d.bus).await;
     app.tray
         .wait_until("the error atop the menu and a red icon", WAIT, || async {
             let items = app.tray.menu_items().await;
@@ -481,14 +487,7 @@ async fn a_hand_edit_of_the_config_applies_live_and_a_broken_one_is_refused_and_
 
     let broken = added.replace("service = \"amp-api\"", "service = \"amp-api\"\nbogus = 1");
     std::fs::write(d.home.config(), broken).unwrap();
-    let told = wait_notification(&d.bus, "about the broken config", |n| {
-        n.summary == "config file not applied"
-    })
-    .await;
-    assert!(
-        told.body.contains("config.toml:") && told.body.contains("bogus"),
-        "{told:?}"
-    );
+    told_the_config_is_not_applied(&d.bus).await;
     // Still running the last good config.
     all_healthy(&app, 2).await;
 }

@@ -447,13 +447,28 @@ async fn an_endless_line_on_the_control_socket_is_cut_off_and_the_engine_serves_
     assert!(status.status.success(), "{}", text(&status.stderr));
 }
 
-/// The descriptors a process has open.
-fn open_descriptors(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+/// Sets the soft descriptor limit of process `pid` (the hard one is kept); returns the old one.
+fn set_descriptor_limit(pid: u32, soft: libc::rlim_t) -> libc::rlim_t {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit on our own child, reading into a struct we own.
+    let read = unsafe { libc::prlimit(pid as libc::pid_t, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+    assert_eq!(read, 0, "{}", std::io::Error::last_os_error());
+    let new = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: as above, with a struct we own.
+    let set = unsafe { libc::prlimit(pid as libc::pid_t, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
+    assert_eq!(set, 0, "{}", std::io::Error::last_os_error());
+    old.rlim_cur
 }
 
 #[tokio::test]
 async fn running_out_of_descriptors_is_named_as_such_and_passes_when_they_are_back() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let cluster = FakeCluster::openchoreo().await;
     let dir = tempfile::tempdir().unwrap();
     let config = preset_config(dir.path(), &cluster);
@@ -462,21 +477,15 @@ async fn running_out_of_descriptors_is_named_as_such_and_passes_when_they_are_ba
     let snapshot = all_healthy(&control).await;
     let console = snapshot.forward("console").unwrap().local.unwrap();
 
-    // Ten descriptors to spare: a handful of connections, then none.
+    // A soft limit below every descriptor the engine holds: nothing new can be opened, however
+    // its sockets come and go. (A limit a few above its count leaves one descriptor flapping
+    // between the accept loop and the probe, and the probe sometimes wins it.)
     let pid = up.child.id().unwrap();
-    let spare = (open_descriptors(pid) + 10) as libc::rlim_t;
-    let limit = libc::rlimit {
-        rlim_cur: spare,
-        rlim_max: spare,
-    };
-    // SAFETY: prlimit on our own child, with a struct we own.
-    assert_eq!(
-        unsafe { libc::prlimit(pid as libc::pid_t, libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) },
-        0
-    );
-    let mut clients = Vec::new();
+    let before = set_descriptor_limit(pid, 3);
+    // Clients keep arriving: the kernel completes their handshakes, Porthole cannot accept them.
+    let mut waiting = Vec::new();
     for _ in 0..40 {
-        clients.push(tokio::net::TcpStream::connect(console).await.unwrap());
+        waiting.push(tokio::net::TcpStream::connect(console).await.unwrap());
     }
     // A forward's state says it: its probe could not open a socket either.
     let mut log = up
@@ -486,12 +495,24 @@ async fn running_out_of_descriptors_is_named_as_such_and_passes_when_they_are_ba
         .await;
     let told = log.last().unwrap().clone();
     assert!(
-        told.contains("out of file descriptors") && told.contains(&format!("the limit is {spare}")),
+        told.contains("out of file descriptors") && told.contains("the limit is 3"),
         "{told}"
     );
 
-    // Descriptors back: the forwards recover by themselves.
-    drop(clients);
+    // Descriptors back: the clients that waited are served, and the forwards recover by themselves.
+    set_descriptor_limit(pid, before);
+    let mut first = waiting.swap_remove(0);
+    first
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(WAIT, first.read_to_string(&mut answer))
+        .await
+        .expect("a client that waited out the shortage is answered")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(waiting);
     let wait = run(&["--control", path(&control), "wait", "--timeout", "30"]).await;
     assert!(wait.status.success(), "wait: {}", text(&wait.stdout));
     up.signal(libc::SIGTERM);
@@ -506,8 +527,8 @@ async fn running_out_of_descriptors_is_named_as_such_and_passes_when_they_are_ba
     );
     let warnings = log.matches("accept failed").count();
     assert!(
-        warnings <= 2,
-        "accept failures are said once per 10 s, not 10 times a second:\n{log}"
+        (1..=2).contains(&warnings),
+        "accept failures are said, once per 10 s, not 10 times a second:\n{log}"
     );
 }
 

@@ -3,11 +3,12 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use porthole::config::{self, Config, PRESETS, Source};
+use porthole::config::{self, Config, ConfigFile, PRESETS, Reload};
 use porthole::control::{self, Client};
 use porthole::engine::{ForwardStatus, Snapshot};
 use porthole::health::State;
@@ -40,7 +41,7 @@ pub struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the configured forwards in the foreground until Ctrl-C or SIGTERM (SIGHUP reloads the config)
+    /// Run the configured forwards in the foreground until Ctrl-C or SIGTERM; edits to the config file apply as they are saved (SIGHUP: reload now)
     Up,
     /// Show every forward of the running engine: state, cause, route, connections, bytes
     Status {
@@ -144,9 +145,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 async fn up(config_arg: Option<&Path>, control_path: &Path) -> anyhow::Result<ExitCode> {
-    let (config, source) = Config::discover(config_arg)?;
+    let (file, config) = ConfigFile::open(config_arg);
+    let config = config?;
+    let file = Arc::new(file);
     let listener = control::bind(control_path).await?;
-    info!(config = %source, forwards = config.forwards.len(), control = %control_path.display(), "starting");
+    info!(config = %file.source(), forwards = config.forwards.len(), control = %control_path.display(), "starting");
     let engine = Engine::start(config, Tuning::default());
     let cancel = CancellationToken::new();
     let server = tokio::spawn(control::serve(
@@ -155,13 +158,44 @@ async fn up(config_arg: Option<&Path>, control_path: &Path) -> anyhow::Result<Ex
         control_path.to_path_buf(),
         cancel.clone(),
     ));
+    // Edits to the file are applied as they are saved; SIGHUP reads it now.
+    let mut changes = match file.watch() {
+        Some(Ok(watch)) => Some(watch),
+        Some(Err(e)) => {
+            warn!(error = %e, "cannot watch the config file: edits apply on SIGHUP only");
+            None
+        }
+        None => None,
+    };
     let mut terminate = signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut hangup = signal(tokio::signal::unix::SignalKind::hangup())?;
     loop {
+        let change = async {
+            match changes.as_mut() {
+                Some(watch) => watch.next().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
-            _ = hangup.recv() => reload(&engine, &source).await,
+            _ = hangup.recv() => match file.reload() {
+                Some(reload) => {
+                    info!(config = %file.source(), "SIGHUP: reloading the config file");
+                    apply_reload(&engine, reload).await;
+                }
+                None => info!("SIGHUP: running the built-in preset, nothing to reload"),
+            },
+            reload = change => match reload {
+                Some(reload) => {
+                    info!(config = %file.source(), "the config file changed");
+                    apply_reload(&engine, reload).await;
+                }
+                None => {
+                    warn!("the config file's watch ended: edits apply on SIGHUP only");
+                    changes = None;
+                }
+            },
         }
     }
     cancel.cancel();
@@ -179,22 +213,18 @@ fn signal(kind: tokio::signal::unix::SignalKind) -> anyhow::Result<tokio::signal
     tokio::signal::unix::signal(kind).context("cannot install a signal handler")
 }
 
-async fn reload(engine: &Engine, source: &Source) {
-    let Source::File(path) = source else {
-        info!("SIGHUP: running the built-in preset, nothing to reload");
-        return;
-    };
-    match Config::load(path) {
-        Ok(config) => {
-            info!(config = %path.display(), "reloading");
+/// Applies what the config file gave; a broken file keeps the running config (a typo must not
+/// take every forward down).
+async fn apply_reload(engine: &Engine, reload: Reload) {
+    match reload {
+        Reload::Changed(config) => {
             let forwards = config.forwards.len();
             match engine.apply(config).await {
                 Ok(()) => info!(forwards, "config reloaded"),
                 Err(e) => warn!(error = %e, "reload failed"),
             }
         }
-        // Keep running the old config: a typo must not take every forward down.
-        Err(e) => error!("config not reloaded: {e}"),
+        Reload::Invalid(e) => error!("config not reloaded: {e}"),
     }
 }
 

@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::catalog::{Catalog, CatalogError};
-use crate::config::{ClusterSpec, Config, ForwardSpec};
+use crate::config::{Change, ClusterSpec, Config, ForwardSpec, Overrides};
 use crate::discovery::{self, ClusterStatus, ClusterView};
 use crate::forward::{ForwardHandle, Parent, StatsView, Tuning};
 use crate::health::{Health, State};
@@ -50,6 +50,11 @@ pub(crate) struct Hub {
 }
 
 struct Running {
+    /// The config as the file (or the caller of [`Engine::apply`]) gives it.
+    file: Config,
+    /// Forwards turned on or off at run time, kept apart from `file`.
+    overrides: Overrides,
+    /// What runs: `file` with `overrides` applied.
     config: Config,
     forwards: HashMap<String, ForwardHandle>,
     discovery: Discovery,
@@ -140,14 +145,15 @@ impl Engine {
         self.core.running.lock().await.as_ref().map(|r| r.config.clone())
     }
 
-    /// Applies a new config by diff: unchanged forwards keep their listeners and connections; a
-    /// forward whose service, port or probe changed is retargeted in place. The config's
-    /// `enabled` flags win over earlier `set_enabled` calls.
+    /// Applies a new config (the file's) by diff: unchanged forwards keep their listeners and
+    /// connections; a forward whose service, port or probe changed is retargeted in place. A
+    /// forward turned on or off with [`Engine::set_enabled`] stays so unless `config` changes
+    /// that forward ([`Overrides`] states the policy).
     pub async fn apply(&self, config: Config) -> Result<(), EngineError> {
         self.core.apply(config).await
     }
 
-    /// Turns one forward on or off, leaving the others alone.
+    /// Turns one forward on or off at run time, leaving the others and the config alone.
     pub async fn set_enabled(&self, name: &str, enabled: bool) -> Result<(), EngineError> {
         self.core.set_enabled(name, enabled).await
     }
@@ -250,6 +256,8 @@ impl Core {
             .instrument(info_span!("host")),
         );
         let mut setup = Running {
+            file: config.clone(),
+            overrides: Overrides::default(),
             config: Config {
                 cluster: config.cluster.clone(),
                 forwards: Vec::new(),
@@ -282,83 +290,91 @@ impl Core {
         snapshot
     }
 
-    /// Applies a new config by diff: unchanged forwards keep their listeners and connections.
-    /// The config's `enabled` flags win over earlier `set_enabled` calls.
+    /// Applies a new config by diff. Forwards turned on or off at run time stay so unless
+    /// `config` changes them ([`Overrides`]).
     async fn apply(&self, config: Config) -> Result<(), EngineError> {
         let mut guard = self.running.lock().await;
         let running = guard.as_mut().ok_or(EngineError::Stopped)?;
-        self.apply_locked(running, config).await;
+        running.overrides.rebase(&running.file, &config);
+        running.file = config;
+        let effective = running.overrides.effective(&running.file);
+        self.carry_out(running, effective).await;
         Ok(())
     }
 
-    /// Turns one forward on or off, leaving the others alone.
+    /// Turns one forward on or off, leaving the others and the config as given alone.
     async fn set_enabled(&self, name: &str, enabled: bool) -> Result<(), EngineError> {
         let mut guard = self.running.lock().await;
         let running = guard.as_mut().ok_or(EngineError::Stopped)?;
-        let mut config = running.config.clone();
-        let spec = config
-            .forwards
-            .iter_mut()
-            .find(|f| f.name == name)
-            .ok_or_else(|| EngineError::UnknownForward(name.to_string()))?;
-        spec.enabled = enabled;
-        self.apply_locked(running, config).await;
+        if !running.overrides.set(&running.file, name, enabled) {
+            return Err(EngineError::UnknownForward(name.to_string()));
+        }
+        let effective = running.overrides.effective(&running.file);
+        self.carry_out(running, effective).await;
         Ok(())
     }
 
-    async fn apply_locked(&self, running: &mut Running, config: Config) {
+    /// Takes the running forwards to `config` by the steps [`crate::config::plan`] gives: every
+    /// listener that goes or moves is closed before any new one binds (two forwards may swap
+    /// ports).
+    async fn carry_out(&self, running: &mut Running, config: Config) {
         let drain = self.hub.tuning.drain_timeout;
-        if running.config.cluster != config.cluster {
-            info!("cluster settings changed: reconnecting");
-            self.restart_discovery(running, &config.cluster).await;
-        }
-        let wanted: HashMap<&str, &ForwardSpec> = config.forwards.iter().map(|f| (f.name.as_str(), f)).collect();
-        for (name, handle) in running.forwards.iter_mut() {
-            if let Some(spec) = wanted
-                .get(name.as_str())
-                .filter(|s| ***s != handle.spec && !handle.needs_restart(s))
-            {
-                info!(forward = %name, "retargeting");
-                handle.update((*spec).clone());
-                let service = spec.target.to_string();
-                self.hub.snapshot.send_modify(|s| {
-                    if let Some(entry) = s.forwards.iter_mut().find(|f| f.name == *name) {
-                        entry.namespace = spec.namespace.clone();
-                        entry.service = service;
-                    }
-                });
-            }
-        }
-        let stale: Vec<String> = running
-            .forwards
-            .iter()
-            .filter(|(name, handle)| wanted.get(name.as_str()).is_none_or(|s| handle.needs_restart(s)))
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in stale {
-            if let Some(handle) = running.forwards.remove(&name) {
-                info!(forward = %name, "stopping");
-                handle.stop(Some(drain)).await;
-                if !wanted.contains_key(name.as_str()) {
+        let changes = crate::config::plan(&running.config, &config);
+        for change in &changes {
+            match change {
+                Change::Reconnect(cluster) => {
+                    info!("cluster settings changed: reconnecting");
+                    self.restart_discovery(running, cluster).await;
+                }
+                Change::Retarget(spec) => {
+                    let Some(handle) = running.forwards.get_mut(&spec.name) else {
+                        continue;
+                    };
+                    info!(forward = %spec.name, "retargeting");
+                    handle.update(spec.clone());
+                    let service = spec.target.to_string();
+                    self.hub.snapshot.send_modify(|s| {
+                        if let Some(entry) = s.forwards.iter_mut().find(|f| f.name == spec.name) {
+                            entry.namespace = spec.namespace.clone();
+                            entry.service = service;
+                        }
+                    });
+                }
+                Change::Remove(name) => {
+                    let Some(handle) = running.forwards.remove(name) else {
+                        continue;
+                    };
+                    info!(forward = %name, "stopping");
+                    handle.stop(Some(drain)).await;
                     // Out of the snapshot before the event: no snapshot read after the event
                     // still shows it.
-                    self.hub.snapshot.send_modify(|s| s.forwards.retain(|f| f.name != name));
+                    self.hub
+                        .snapshot
+                        .send_modify(|s| s.forwards.retain(|f| f.name != *name));
                     let _ = self.hub.events.send(Event::Removed { name: name.clone() });
                 }
+                Change::Restart(spec) => {
+                    let Some(handle) = running.forwards.remove(&spec.name) else {
+                        continue;
+                    };
+                    info!(forward = %spec.name, "stopping to restart");
+                    handle.stop(Some(drain)).await;
+                }
+                Change::Add(_) => {}
             }
         }
-        // Keep the snapshot in config order, without forwards that are gone.
+        for change in changes {
+            if let Change::Restart(spec) | Change::Add(spec) = change {
+                info!(forward = %spec.name, "starting");
+                self.add_forward(running, spec);
+            }
+        }
+        // The status in config order.
         self.hub.snapshot.send_modify(|s| {
             let mut by_name: HashMap<String, ForwardStatus> =
                 s.forwards.drain(..).map(|f| (f.name.clone(), f)).collect();
             s.forwards = config.forwards.iter().filter_map(|f| by_name.remove(&f.name)).collect();
         });
-        for spec in &config.forwards {
-            if !running.forwards.contains_key(&spec.name) {
-                info!(forward = %spec.name, "starting");
-                self.add_forward(running, spec.clone());
-            }
-        }
         running.config = config;
         self.refresh_kubectl_context(&running.config.cluster);
     }

@@ -218,20 +218,10 @@ impl ForwardHandle {
         }
     }
 
-    /// Whether going from `self.spec` to `new` needs a new listener (and so a restart);
-    /// anything else is applied in place by [`ForwardHandle::update`].
-    pub fn needs_restart(&self, new: &ForwardSpec) -> bool {
-        let old = &self.spec;
-        old.bind != new.bind
-            || old.ipv6_loopback != new.ipv6_loopback
-            || old.local_port != new.local_port
-            || old.enabled != new.enabled
-    }
-
     /// Retargets a running forward (namespace, service, port, probe): its listener and open
     /// connections stay; new connections follow the new target.
     pub fn update(&mut self, spec: ForwardSpec) {
-        debug_assert!(!self.needs_restart(&spec));
+        debug_assert!(!crate::config::plan::needs_restart(&self.spec, &spec));
         self.spec = spec.clone();
         self.live.send_replace(spec);
     }

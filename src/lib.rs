@@ -19,6 +19,7 @@
 //! - [`host`]: the machine sleeping or changing networks, noticed so everything is re-checked.
 //! - [`write`]: replacing a user's file (kubeconfig, config) without ever losing it.
 //! - [`catalog`]: the cluster's namespaces, services and ports, for pickers.
+//! - [`watch`]: following files other programs write (the kubeconfig, the config file).
 
 pub mod catalog;
 pub mod config;
@@ -41,6 +42,7 @@ pub mod status;
 #[cfg(test)]
 mod test_alloc;
 pub mod tunnel;
+pub mod watch;
 pub mod write;
 
 pub use config::Config;

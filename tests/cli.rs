@@ -311,7 +311,7 @@ async fn init_writes_a_preset_and_never_overwrites_by_accident() {
 }
 
 #[tokio::test]
-async fn sighup_reloads_the_config_and_sigint_stops_cleanly() {
+async fn edits_to_the_config_file_apply_live_sighup_reloads_and_sigint_stops_cleanly() {
     let cluster = FakeCluster::openchoreo().await;
     let dir = tempfile::tempdir().unwrap();
     let config = preset_config(dir.path(), &cluster);
@@ -329,16 +329,23 @@ async fn sighup_reloads_the_config_and_sigint_stops_cleanly() {
     status.env("PORTHOLE_CONTROL", &control);
     let before: Snapshot = serde_json::from_slice(&status.output().await.unwrap().stdout).unwrap();
     assert_eq!(before.forwards.len(), 5);
+    let disable = run(&["--control", path(&control), "disable", "api"]).await;
+    assert!(disable.status.success(), "{}", text(&disable.stderr));
 
-    // Drop the gateway forward from the file; a broken edit first, which must change nothing.
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, format!("{text}\n[[forward]]\nname = \"console\"\n")).unwrap();
-    up.signal(libc::SIGHUP);
+    // A broken edit is refused, once, and changes nothing.
+    let original = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{original}\n[[forward]]\nname = \"console\"\n")).unwrap();
     up.logged("config not reloaded").await;
-    let gateway = text.find("[[forward]]\nname = \"gateway\"").unwrap();
-    std::fs::write(&config, &text[..gateway]).unwrap();
-    up.signal(libc::SIGHUP);
-    up.logged("config reloaded").await;
+    // Dropping the gateway forward applies as it is saved, with no signal.
+    let gateway = original.find("[[forward]]\nname = \"gateway\"").unwrap();
+    let without_gateway = &original[..gateway];
+    std::fs::write(&config, without_gateway).unwrap();
+    let lines = up.logged("config reloaded").await;
+    assert_eq!(
+        lines.iter().filter(|l| l.contains("config not reloaded")).count(),
+        0,
+        "the broken file was told once: {lines:#?}"
+    );
     let after: Snapshot = serde_json::from_slice(&status.output().await.unwrap().stdout).unwrap();
     let names: Vec<&str> = after.forwards.iter().map(|f| f.name.as_str()).collect();
     assert_eq!(names, vec!["console", "api", "traces-observer", "otel-collector"]);
@@ -346,6 +353,27 @@ async fn sighup_reloads_the_config_and_sigint_stops_cleanly() {
         after.forward("console").unwrap().local,
         before.forward("console").unwrap().local
     );
+    // One policy for on/off: `api`, turned off at run time, stays off while the file leaves
+    // its entry alone, through an edit and through SIGHUP.
+    assert_eq!(after.forward("api").unwrap().health.state, State::Disabled);
+    up.signal(libc::SIGHUP);
+    let lines = up.logged("config reloaded").await;
+    assert!(
+        lines.iter().any(|l| l.contains("SIGHUP: reloading the config file")),
+        "{lines:#?}"
+    );
+    let reloaded: Snapshot = serde_json::from_slice(&status.output().await.unwrap().stdout).unwrap();
+    assert_eq!(reloaded.forward("api").unwrap().health.state, State::Disabled);
+    // The file changes `api` itself: the file wins.
+    let api = without_gateway.find("name = \"api\"\n").unwrap();
+    let mut changed = without_gateway.to_string();
+    changed.insert_str(api, "probe = \"tcp\"\n");
+    std::fs::write(&config, changed).unwrap();
+    up.logged("config reloaded").await;
+    let mut wait = porthole(&["wait", "--timeout", "30", "api"]);
+    wait.env("PORTHOLE_CONTROL", &control);
+    let waited = wait.output().await.unwrap();
+    assert!(waited.status.success(), "api is on again: {}", text(&waited.stdout));
 
     up.signal(libc::SIGINT);
     let exit = up.exit_status().await;

@@ -2,8 +2,8 @@
 //! each a few lines that call the engine or the config file.
 
 use porthole::Snapshot;
-use porthole::config::edit::{self, Edit, EditError, ForwardDraft};
-use porthole::config::{Config, Mode, Probe, ServiceTarget};
+use porthole::config::edit::{Edit, EditError, ForwardDraft};
+use porthole::config::{Mode, Probe, ServiceTarget};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -176,7 +176,7 @@ async fn page_state(app: &AppHandle, shell: &Shell) -> Result<PageState, Command
     Ok(PageState {
         snapshot: shell.engine.snapshot().borrow().clone(),
         forwards: config.forwards.iter().map(|f| draft(f, config.cluster.mode)).collect(),
-        config_path: shell.config_path.as_ref().map(|p| p.display().to_string()),
+        config_path: shell.config.path().map(|p| p.display().to_string()),
         context: config.cluster.context.clone(),
         contexts,
         kubectl_context,
@@ -186,33 +186,28 @@ async fn page_state(app: &AppHandle, shell: &Shell) -> Result<PageState, Command
     })
 }
 
-/// Saves one change to the config file, then the engine applies the new config by diff.
+/// Saves one change to the config file, then the engine applies the new config by diff. A
+/// forward saved from the form takes the form's on/off; the others keep theirs
+/// ([`porthole::config::Overrides`]).
 async fn save(shell: &Shell, edit: Edit) -> Result<(), CommandError> {
-    let path = shell
-        .config_path
-        .clone()
-        .ok_or_else(|| CommandError::failed("this system has no config directory: start with --config FILE"))?;
-    let base = shell.base_text.clone();
-    let edited = match &edit {
-        Edit::Forward { draft, .. } => Some(draft.name.trim().to_string()),
+    let file = shell.config.clone();
+    let backups = porthole::write::Backups::private().map_err(CommandError::failed)?;
+    let toggle = match &edit {
+        Edit::Forward { draft, .. } => Some((draft.name.trim().to_string(), draft.enabled)),
         _ => None,
     };
-    let backups = porthole::write::Backups::private().map_err(CommandError::failed)?;
-    let mut config: Config = tauri::async_runtime::spawn_blocking(move || edit::save(&path, &base, &edit, &backups))
+    let config = tauri::async_runtime::spawn_blocking(move || file.save(&edit, &backups))
         .await
         .map_err(CommandError::failed)??;
-    *lock(&shell.file_config) = Some(config.clone());
-    // Forwards turned on or off from the menu stay so; only the one just edited takes the form's flag.
-    if let Some(running) = shell.engine.config().await {
-        for forward in &mut config.forwards {
-            if Some(&forward.name) != edited.as_ref()
-                && let Some(now) = running.forward(&forward.name)
-            {
-                forward.enabled = now.enabled;
-            }
-        }
+    shell.engine.apply(config).await.map_err(CommandError::failed)?;
+    if let Some((name, enabled)) = toggle {
+        shell
+            .engine
+            .set_enabled(&name, enabled)
+            .await
+            .map_err(CommandError::failed)?;
     }
-    shell.engine.apply(config).await.map_err(CommandError::failed)
+    Ok(())
 }
 
 fn set_prefs(shell: &Shell, prefs: Prefs) -> Result<(), CommandError> {

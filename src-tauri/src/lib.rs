@@ -18,12 +18,12 @@ pub mod tray;
 pub mod window;
 
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use clap::Parser;
-use porthole::config::{self, Config, Source};
+use porthole::config::{Config, ConfigFile};
 use porthole::{Engine, Tuning, control};
 use tauri::{Manager, RunEvent};
 use tokio_util::sync::CancellationToken;
@@ -73,25 +73,20 @@ pub fn run() -> anyhow::Result<()> {
     // Started by launchd or a desktop session, the app may get 256 descriptors: about 100
     // connections. Lift it as the CLI does.
     porthole::relay::raise_fd_limit();
-    let config_path = config::config_path(args.config.as_deref());
     // A broken config file does not keep the app from starting: it shows the error in the tray
     // and a notification, serves nothing, and applies the file once it is fixed.
-    let (config, source, config_error) = match Config::discover(args.config.as_deref()) {
-        Ok((config, source)) => (config, source, None),
+    let (file, loaded) = ConfigFile::open(args.config.as_deref());
+    let (config, config_error) = match loaded {
+        Ok(config) => (config, None),
         Err(e) => {
             error!(error = %e, "the config file is not valid: starting with no forwards until it is fixed");
-            let path = config_path.clone().unwrap_or_default();
-            (Config::default(), Source::File(path), Some(e.to_string()))
+            (Config::default(), Some(e.to_string()))
         }
     };
-    let file_config = (matches!(source, Source::File(_)) && config_error.is_none()).then(|| config.clone());
-    let base_text = match &source {
-        Source::Preset(name) => config::preset_text(name)?.to_string(),
-        Source::File(_) => String::new(),
-    };
+    let file = Arc::new(file);
     let control_path = control::socket_path(args.control.as_deref());
-    info!(config = %source, forwards = config.forwards.len(), control = %control_path.display(), "starting");
-    let prefs_path = prefs::path(config_path.as_deref());
+    info!(config = %file.source(), forwards = config.forwards.len(), control = %control_path.display(), "starting");
+    let prefs_path = prefs::path(file.path());
     let prefs = prefs::load(prefs_path.as_deref());
     let open_settings = args.settings;
 
@@ -113,19 +108,16 @@ pub fn run() -> anyhow::Result<()> {
             });
             app.manage(Shell {
                 engine: engine.clone(),
-                config_path,
-                base_text,
+                config: file.clone(),
                 prefs: Mutex::new(prefs),
                 prefs_path,
                 log_dir,
                 notices: Mutex::new(Notices::default()),
                 tray: Mutex::new(None),
                 cancel: cancel.clone(),
-                file_config: Mutex::new(file_config),
                 window: Mutex::new(None),
                 control: Mutex::new(None),
                 quitting: AtomicBool::new(false),
-                config_error: Mutex::new(config_error.clone()),
             });
             let handle = app.handle().clone();
             match signals {
@@ -136,13 +128,11 @@ pub fn run() -> anyhow::Result<()> {
             let control = serve_control(&handle, engine, control_path, cancel);
             *shell::lock(&app.state::<Shell>().control) = Some(control);
             tauri::async_runtime::spawn(shell::follow(handle.clone()));
-            if let Some(path) = app.state::<Shell>().config_path.clone() {
-                // So that a config saved later (from the preset) is watched too.
-                if let Some(dir) = path.parent() {
-                    let _ = std::fs::create_dir_all(dir);
-                }
-                tauri::async_runtime::spawn(shell::follow_config(handle.clone(), path));
+            // So that a config saved later (from the preset) is watched too.
+            if let Some(dir) = file.path().and_then(std::path::Path::parent) {
+                let _ = std::fs::create_dir_all(dir);
             }
+            tauri::async_runtime::spawn(shell::follow_config(handle.clone()));
             if let Some(error) = config_error {
                 shell::notify(
                     &handle,

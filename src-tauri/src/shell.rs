@@ -3,11 +3,12 @@
 //! logic; everything here is a few lines that hand over to the engine.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use porthole::{Config, Engine, Snapshot, Tuning};
+use porthole::config::{ConfigFile, Reload};
+use porthole::{Engine, Snapshot, Tuning};
 use tauri::{AppHandle, Manager};
 use tauri_plugin_clipboard_manager::ClipboardExt;
 use tokio::sync::broadcast::error::RecvError;
@@ -19,16 +20,11 @@ use crate::prefs::Prefs;
 use crate::tray::{self, Tray, TrayView, ids};
 use crate::window;
 
-/// How long a burst of writes to the config file may take before it is read.
-const CONFIG_SETTLE: std::time::Duration = std::time::Duration::from_millis(100);
-
 /// Everything the app shares between the tray, the commands and the event loop.
 pub struct Shell {
     pub engine: Engine,
-    /// Where settings are saved: the file in use, or the one to create.
-    pub config_path: Option<PathBuf>,
-    /// The text the config file starts from when it does not exist yet (the preset in effect).
-    pub base_text: String,
+    /// The config file: where settings are saved, its changes, and whether it is broken.
+    pub config: Arc<ConfigFile>,
     pub prefs: Mutex<Prefs>,
     pub prefs_path: Option<PathBuf>,
     pub log_dir: PathBuf,
@@ -36,73 +32,60 @@ pub struct Shell {
     pub tray: Mutex<Option<Tray>>,
     /// Cancelled on quit: stops the event loop and the control socket.
     pub cancel: CancellationToken,
-    /// The config as last read from or written to the file: the file watcher skips a change
-    /// that is the app's own save.
-    pub file_config: Mutex<Option<Config>>,
     /// The settings window's process, while it runs.
     pub window: Mutex<Option<window::Link>>,
     /// The control socket's server; it removes the socket when it ends.
     pub control: Mutex<Option<tauri::async_runtime::JoinHandle<()>>>,
     /// Set by the first Quit (menu or signal); later ones do nothing.
     pub quitting: AtomicBool,
-    /// Why the config file in place is not the one running (shown atop the menu until a valid
-    /// file is applied).
-    pub config_error: Mutex<Option<String>>,
 }
 
-/// Follows the config file: an edit by hand is applied as SIGHUP does for `porthole up` (the
-/// file's `enabled` flags win); a broken one is refused, logged and told, and the running
-/// config stays.
-pub async fn follow_config(app: AppHandle, path: PathBuf) {
+/// Follows the config file: a hand edit is applied as it is saved, by the same policy as a save
+/// from the page and SIGHUP ([`porthole::config::Overrides`]); a broken file is refused, logged
+/// and told, and the running config stays.
+pub async fn follow_config(app: AppHandle) {
     let shell = app.state::<Shell>();
-    let (_watcher, mut changes) = match porthole::kubeconfig::watch(std::slice::from_ref(&path)) {
-        Ok(watching) => watching,
-        Err(e) => return warn!(path = %path.display(), error = %e, "cannot watch the config file"),
+    let mut changes = match shell.config.watch() {
+        Some(Ok(watch)) => watch,
+        Some(Err(e)) => return warn!(error = %e, "cannot watch the config file: edits apply on SIGHUP only"),
+        None => return,
     };
     loop {
         tokio::select! {
             _ = shell.cancel.cancelled() => return,
-            change = changes.recv() => if change.is_none() { return },
-        }
-        // Editors write, rename and chmod in a burst: read once after it.
-        tokio::time::sleep(CONFIG_SETTLE).await;
-        while changes.try_recv().is_ok() {}
-        if path.exists() {
-            apply_file(&app, &path, false).await;
+            reload = changes.next() => match reload {
+                Some(reload) => {
+                    info!("config file changed");
+                    apply_reload(&app, reload).await;
+                }
+                None => return,
+            },
         }
     }
 }
 
-/// Reads the config file and applies it; `force` applies it even when it is the config last
-/// read or saved (a reload asked for by SIGHUP resets the menu's on/off flags, as `porthole up`
-/// does). A broken file is refused, logged and told; the running config stays.
-async fn apply_file(app: &AppHandle, path: &std::path::Path, force: bool) {
+/// Applies what reading the config file gave. A broken file is refused, logged and told; the
+/// running config stays, and the error is shown atop the menu until a valid file is read.
+async fn apply_reload(app: &AppHandle, reload: Reload) {
     let shell = app.state::<Shell>();
-    match Config::load(path) {
-        Ok(config) => {
-            let was_broken = lock(&shell.config_error).take().is_some();
-            if !force && !was_broken && lock(&shell.file_config).as_ref() == Some(&config) {
-                return;
-            }
-            info!(path = %path.display(), "config file changed: applying");
-            *lock(&shell.file_config) = Some(config.clone());
-            if let Err(e) = shell.engine.apply(config).await {
-                warn!(error = %e, "cannot apply the config");
-            }
-            if was_broken {
-                render(app, &shell.engine.snapshot().borrow().clone());
+    match reload {
+        Reload::Changed(config) => {
+            let forwards = config.forwards.len();
+            match shell.engine.apply(config).await {
+                Ok(()) => info!(forwards, "config applied"),
+                Err(e) => warn!(error = %e, "cannot apply the config"),
             }
         }
-        Err(e) => {
+        Reload::Invalid(e) => {
             error!(error = %e, "config file changed but is invalid: keeping the running config");
-            *lock(&shell.config_error) = Some(e.to_string());
-            render(app, &shell.engine.snapshot().borrow().clone());
             notify(
                 app,
                 vec![Notice::new(Kind::Config, "config file not applied", e.to_string())],
             );
         }
     }
+    // The error line atop the menu comes or goes.
+    render(app, &shell.engine.snapshot().borrow().clone());
 }
 
 /// The signals a desktop session and a terminal send, installed before the app serves anything:
@@ -135,12 +118,12 @@ impl Signals {
                 _ = shell.cancel.cancelled() => return,
                 _ = self.terminate.recv() => break "SIGTERM",
                 _ = self.interrupt.recv() => break "SIGINT",
-                _ = self.hangup.recv() => match shell.config_path.clone() {
-                    Some(path) if path.exists() => {
-                        info!(path = %path.display(), "SIGHUP: reloading the config file");
-                        apply_file(&app, &path, true).await;
+                _ = self.hangup.recv() => match shell.config.reload() {
+                    Some(reload) => {
+                        info!(config = %shell.config.source(), "SIGHUP: reloading the config file");
+                        apply_reload(&app, reload).await;
                     }
-                    _ => info!("SIGHUP: no config file to reload (running the preset)"),
+                    None => info!("SIGHUP: no config file to reload (running the preset)"),
                 },
             }
         };
@@ -208,7 +191,7 @@ pub fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn render(app: &AppHandle, snapshot: &Snapshot) {
     let shell = app.state::<Shell>();
-    let view = TrayView::of(snapshot).with_config_error(lock(&shell.config_error).as_deref());
+    let view = TrayView::of(snapshot).with_config_error(shell.config.invalid().as_deref());
     if let Some(tray) = lock(&shell.tray).as_mut()
         && let Err(e) = tray.show(app, view)
     {

@@ -22,6 +22,8 @@ pub enum EditError {
     Unreadable { path: PathBuf, message: String },
     #[error(transparent)]
     Write(#[from] WriteError),
+    #[error("this system has no config directory: start Porthole with --config FILE to save settings")]
+    NoConfigDir,
     #[error("cannot create config {path}: {error}")]
     Create { path: PathBuf, error: std::io::Error },
 }

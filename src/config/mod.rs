@@ -10,6 +10,11 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 pub mod edit;
+pub mod file;
+pub mod plan;
+
+pub use file::{ConfigFile, Reload};
+pub use plan::{Change, Overrides, plan};
 
 /// Environment variable naming the config file when `--config` is not given.
 pub const CONFIG_ENV: &str = "PORTHOLE_CONFIG";

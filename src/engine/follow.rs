@@ -32,22 +32,17 @@ impl Core {
     /// snapshot, and a new client when the context's own entries changed (a re-created kind
     /// cluster listens on a new port, with new certificates) or the context appeared.
     pub(super) async fn follow_kubeconfig(self, files: Vec<PathBuf>, cluster: ClusterSpec, cancel: CancellationToken) {
-        let (_watcher, mut changes) = match kubeconfig::watch(&files) {
+        let mut changes = match crate::watch::Files::new(&files, KUBECONFIG_SETTLE) {
             Ok(watching) => watching,
             Err(e) => return warn!(error = %e, "cannot watch the kubeconfig; changes are seen on `status` only"),
         };
         self.refresh_kubeconfig_state(&cluster).await;
         loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                change = changes.recv() => if change.is_none() { return },
-            }
             // Tools write, rename and chmod in a burst: read once after it.
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(KUBECONFIG_SETTLE) => {}
+                change = changes.changed() => if change.is_none() { return },
             }
-            while changes.try_recv().is_ok() {}
             let Some(cluster) = self.cluster().await else { return };
             self.refresh_kubeconfig_state(&cluster).await;
             let mut guard = self.running.lock().await;

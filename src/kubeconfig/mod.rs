@@ -1,5 +1,5 @@
-//! Reading kubeconfig files the way kubectl does, building a client for one context, and
-//! noticing when the files change.
+//! Reading kubeconfig files the way kubectl does and building a client for one context
+//! ([`crate::watch`] notices when the files change).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -9,7 +9,6 @@ pub mod state;
 pub mod tools;
 
 use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError as KubeError};
-use tokio::sync::mpsc;
 
 use crate::config::ClusterSpec;
 use crate::health::{Cause, CauseId};
@@ -241,53 +240,6 @@ impl Loaded {
     }
 }
 
-/// Watches kubeconfig files for changes, including tools that replace a file by renaming
-/// another over it (kubectl, kind, editors): their directories are watched, not the files.
-/// Each change sends `()`; bursts are the receiver's to coalesce.
-pub fn watch(files: &[PathBuf]) -> notify::Result<(notify::RecommendedWatcher, mpsc::UnboundedReceiver<()>)> {
-    use notify::Watcher;
-    let mut watched: Vec<PathBuf> = Vec::new();
-    for file in files {
-        watched.push(file.clone());
-        // A symlinked kubeconfig changes where its target lives.
-        if let Ok(target) = std::fs::canonicalize(file)
-            && target != *file
-        {
-            watched.push(target);
-        }
-    }
-    let names = watched.clone();
-    let (tx, rx) = mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let Ok(event) = event else { return };
-        if event.kind.is_access() {
-            return;
-        }
-        if event.paths.iter().any(|p| names.iter().any(|n| same_file_name(p, n))) {
-            let _ = tx.send(());
-        }
-    })?;
-    let mut dirs: Vec<&Path> = watched
-        .iter()
-        .filter_map(|f| f.parent())
-        .filter(|d| d.is_dir())
-        .collect();
-    dirs.sort();
-    dirs.dedup();
-    for dir in dirs {
-        watcher.watch(dir, notify::RecursiveMode::NonRecursive)?;
-    }
-    Ok((watcher, rx))
-}
-
-fn same_file_name(event: &Path, file: &Path) -> bool {
-    event.file_name() == file.file_name() && event.parent().map(normalize) == file.parent().map(normalize)
-}
-
-fn normalize(dir: &Path) -> PathBuf {
-    std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
-}
-
 fn invalid(path: &Path, e: KubeError) -> KubeconfigError {
     let message = match e {
         // The read error repeats the path; keep only the cause.
@@ -324,35 +276,6 @@ mod tests {
         let path = dir.join(name);
         std::fs::write(&path, text).unwrap();
         path
-    }
-
-    async fn next_change(changes: &mut mpsc::UnboundedReceiver<()>) {
-        let bound = std::time::Duration::from_secs(10);
-        tokio::time::timeout(bound, changes.recv()).await.expect("change seen");
-    }
-
-    #[tokio::test]
-    async fn watch_sees_an_in_place_write() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = write(dir.path(), "config", Some("kind-a"), &["kind-a"]);
-        let (_watcher, mut changes) = watch(std::slice::from_ref(&file)).unwrap();
-        std::fs::write(dir.path().join("unrelated"), "x").unwrap();
-        std::fs::write(&file, "current-context: kind-b\n").unwrap();
-        next_change(&mut changes).await;
-    }
-
-    #[tokio::test]
-    async fn watch_sees_a_replacement_by_rename_and_a_symlink_target() {
-        let dir = tempfile::tempdir().unwrap();
-        let target_dir = tempfile::tempdir().unwrap();
-        let target = write(target_dir.path(), "real", Some("kind-a"), &["kind-a"]);
-        let link = dir.path().join("config");
-        std::os::unix::fs::symlink(&target, &link).unwrap();
-        let (_watcher, mut changes) = watch(std::slice::from_ref(&link)).unwrap();
-        let tmp = write(target_dir.path(), "real.tmp", Some("kind-c"), &["kind-c"]);
-        std::fs::rename(&tmp, &target).unwrap();
-        next_change(&mut changes).await;
-        assert_eq!(Loaded::read(vec![link]).unwrap().current_context(), Some("kind-c"));
     }
 
     #[test]

@@ -67,6 +67,68 @@ async fn disable_and_enable_one_forward() {
 }
 
 #[tokio::test]
+async fn a_forward_turned_off_stays_off_until_the_config_changes_it() {
+    let (cluster, _backend) = echo_cluster("policy", "NodePort").await;
+    let both = format!("{}{}", forward("a", NS, "echo"), forward("b", NS, "echo"));
+    let engine = start(&cluster, &both).await;
+    wait_healthy(&engine, "a").await;
+    let b = local(&wait_healthy(&engine, "b").await);
+    engine.set_enabled("a", false).await.unwrap();
+    wait_for(&engine, "a", "disabled", |f| f.health.state == State::Disabled).await;
+    let off = |config: Option<porthole::Config>| !config.unwrap().forward("a").unwrap().enabled;
+
+    // The same config again (SIGHUP, an editor saving twice), then one that changes only `b`:
+    // `a` stays off, and `b` keeps its listener where it was not changed.
+    engine.apply(config(&cluster, &both)).await.unwrap();
+    assert!(off(engine.config().await));
+    assert_eq!(local(engine.status().await.forward("b").unwrap()), b);
+    let b_probed = format!(
+        "{}{}probe = \"tcp\"\n",
+        forward("a", NS, "echo"),
+        forward("b", NS, "echo")
+    );
+    engine.apply(config(&cluster, &b_probed)).await.unwrap();
+    assert!(off(engine.config().await));
+    assert_eq!(
+        engine.status().await.forward("a").unwrap().health.state,
+        State::Disabled
+    );
+
+    // The config changes `a` itself: it wins, and `a` runs again.
+    let a_probed = format!(
+        "{}probe = \"tcp\"\n{}probe = \"tcp\"\n",
+        forward("a", NS, "echo"),
+        forward("b", NS, "echo")
+    );
+    engine.apply(config(&cluster, &a_probed)).await.unwrap();
+    assert!(!off(engine.config().await));
+    wait_healthy(&engine, "a").await;
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn two_forwards_swapping_ports_both_come_up() {
+    let (cluster, _backend) = echo_cluster("swap", "NodePort").await;
+    let engine = start(
+        &cluster,
+        &format!("{}{}", forward("a", NS, "echo"), forward("b", NS, "echo")),
+    )
+    .await;
+    let a = local(&wait_healthy(&engine, "a").await);
+    let b = local(&wait_healthy(&engine, "b").await);
+    let swapped = format!(
+        "{}{}",
+        forward("a", NS, "echo").replace("local_port = 0", &format!("local_port = {}", b.port())),
+        forward("b", NS, "echo").replace("local_port = 0", &format!("local_port = {}", a.port()))
+    );
+    assert!(swapped.contains(&b.port().to_string()), "{swapped}");
+    engine.apply(config(&cluster, &swapped)).await.unwrap();
+    assert_eq!(local(&wait_healthy(&engine, "a").await).port(), b.port());
+    assert_eq!(local(&wait_healthy(&engine, "b").await).port(), a.port());
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
 async fn graceful_shutdown_stops_accepting_and_drains_open_connections() {
     let (cluster, _backend) = echo_cluster("drain", "NodePort").await;
     let engine = start(&cluster, &forward("echo", NS, "echo")).await;

@@ -396,16 +396,28 @@ async fn the_app_lifts_its_descriptor_limit_reaps_its_openers_reloads_on_sighup_
     );
 
     // Turned off from the menu, then SIGHUP (the terminal it was started from closed): the app
-    // lives on and reloads the file, whose flags win, as `porthole up` does.
+    // lives on and reloads the file, which leaves `api` as it is, so `api` stays off (one
+    // policy for runtime toggles, as in `porthole up`).
     app.tray.click("● api").await;
     wait_engine(&d.home.control(), "api disabled", |s| {
         s.forward("api").is_some_and(|f| f.health.state == State::Disabled)
     })
     .await;
     send_signal(&app, libc::SIGHUP);
-    all_healthy(&app, 2).await;
+    poll_until("the app reloaded its config", || async {
+        let log = d.home.log();
+        log.find("SIGHUP: reloading the config file")
+            .is_some_and(|at| log[at..].contains("config applied"))
+    })
+    .await;
     assert!(app.child.try_wait().unwrap().is_none(), "SIGHUP does not kill the app");
-    assert!(d.home.log().contains("SIGHUP: reloading the config file"));
+    let status = porthole::control::Client::connect(&d.home.control())
+        .await
+        .unwrap()
+        .status()
+        .await
+        .unwrap();
+    assert_eq!(status.forward("api").unwrap().health.state, State::Disabled);
 
     // "Open logs" twice: the opener runs, and no exited opener is left as a zombie.
     app.tray.click("Open logs").await;

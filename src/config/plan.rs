@@ -1,0 +1,299 @@
+//! From one config to the next: what the engine must do ([`plan`]), and the forwards turned on or
+//! off at run time, kept apart from the file ([`Overrides`]).
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::{ClusterSpec, Config, ForwardSpec};
+
+/// One step from a running config to a new one, in the order [`plan`] gives them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The cluster settings changed: reconnect in a new generation of discovery.
+    Reconnect(ClusterSpec),
+    /// A forward's target changed (namespace, service, port, probe, mode, timings): its listener
+    /// and open connections stay, new connections follow the new target.
+    Retarget(ForwardSpec),
+    /// A forward gone from the config: stop it, drain its connections, drop it from the status.
+    Remove(String),
+    /// A forward whose listener changes (address, port, on or off): stopped and started anew,
+    /// its last health kept as where its next transition starts from.
+    Restart(ForwardSpec),
+    /// A forward new to the config.
+    Add(ForwardSpec),
+}
+
+/// Whether going from `old` to `new` needs a new listener (and so a stop and a start), rather
+/// than a retarget in place.
+pub fn needs_restart(old: &ForwardSpec, new: &ForwardSpec) -> bool {
+    old.bind != new.bind
+        || old.ipv6_loopback != new.ipv6_loopback
+        || old.local_port != new.local_port
+        || old.enabled != new.enabled
+}
+
+/// The changes that take a running `old` config to `new`: a reconnect first (forwards then
+/// resolve against the new cluster), retargets, then removals and restarts (their ports are
+/// free before anything binds), then additions, in `new`'s order. Forwards are matched by name.
+pub fn plan(old: &Config, new: &Config) -> Vec<Change> {
+    let mut changes = Vec::new();
+    if old.cluster != new.cluster {
+        changes.push(Change::Reconnect(new.cluster.clone()));
+    }
+    let wanted: HashMap<&str, &ForwardSpec> = new.forwards.iter().map(|f| (f.name.as_str(), f)).collect();
+    let running: HashMap<&str, &ForwardSpec> = old.forwards.iter().map(|f| (f.name.as_str(), f)).collect();
+    for spec in &old.forwards {
+        if let Some(new) = wanted.get(spec.name.as_str())
+            && *new != spec
+            && !needs_restart(spec, new)
+        {
+            changes.push(Change::Retarget((*new).clone()));
+        }
+    }
+    for spec in &old.forwards {
+        match wanted.get(spec.name.as_str()) {
+            None => changes.push(Change::Remove(spec.name.clone())),
+            Some(new) if needs_restart(spec, new) => changes.push(Change::Restart((*new).clone())),
+            Some(_) => {}
+        }
+    }
+    for spec in &new.forwards {
+        if !running.contains_key(spec.name.as_str()) {
+            changes.push(Change::Add(spec.clone()));
+        }
+    }
+    changes
+}
+
+/// Forwards turned on or off at run time (the tray's menu, `porthole enable|disable`, the
+/// settings page's switch), kept apart from the config file, which they never rewrite.
+///
+/// The one policy, for every way a config arrives (a hand edit, a save from the page, SIGHUP):
+/// a forward turned on or off stays so while the file's entry for it is unchanged. When the file
+/// changes that forward (any key, `enabled` included) or drops it, the file wins and the
+/// override is forgotten. Turning a forward back to what the file says forgets it too.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    enabled: BTreeMap<String, bool>,
+}
+
+impl Overrides {
+    /// Turns forward `name` of `file` on or off; `false` if `file` has no such forward.
+    pub fn set(&mut self, file: &Config, name: &str, enabled: bool) -> bool {
+        let Some(spec) = file.forward(name) else {
+            return false;
+        };
+        if spec.enabled == enabled {
+            self.enabled.remove(name);
+        } else {
+            self.enabled.insert(name.to_string(), enabled);
+        }
+        true
+    }
+
+    /// The file changed from `old` to `new`: forgets the overrides of forwards it changed or
+    /// dropped.
+    pub fn rebase(&mut self, old: &Config, new: &Config) {
+        self.enabled
+            .retain(|name, _| matches!((old.forward(name), new.forward(name)), (Some(a), Some(b)) if a == b));
+    }
+
+    /// `file` with the overrides applied: the config that runs.
+    pub fn effective(&self, file: &Config) -> Config {
+        let mut config = file.clone();
+        for spec in &mut config.forwards {
+            if let Some(enabled) = self.enabled.get(&spec.name) {
+                spec.enabled = *enabled;
+            }
+        }
+        config
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.enabled.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+    use crate::config::Source;
+
+    fn config(text: &str) -> Config {
+        let text = format!("[cluster]\ncontext = \"kind-a\"\n{text}");
+        Config::parse(&text, &Source::File("test.toml".into())).unwrap()
+    }
+
+    fn forward(name: &str, port: u16, extra: &str) -> String {
+        format!(
+            "[[forward]]\nname = \"{name}\"\nnamespace = \"ns\"\nservice = \"{name}\"\nlocal_port = {port}\n{extra}"
+        )
+    }
+
+    fn spec<'c>(config: &'c Config, name: &str) -> &'c ForwardSpec {
+        config.forward(name).unwrap()
+    }
+
+    #[test]
+    fn plan_as_a_table() {
+        let a = forward("a", 3000, "");
+        let b = forward("b", 8080, "");
+        let base = config(&format!("{a}{b}"));
+        struct Row {
+            what: &'static str,
+            new: Config,
+            expect: fn(&Config) -> Vec<Change>,
+        }
+        let rows = [
+            Row {
+                what: "the same config: nothing to do",
+                new: base.clone(),
+                expect: |_| vec![],
+            },
+            Row {
+                what: "another service: retargeted in place",
+                new: config(&format!("{}{b}", a.replace("service = \"a\"", "service = \"web\""))),
+                expect: |new| vec![Change::Retarget(spec(new, "a").clone())],
+            },
+            Row {
+                what: "a probe or mode change: retargeted in place",
+                new: config(&format!("{a}{b}mode = \"tunnel\"\nprobe = \"tcp\"\n")),
+                expect: |new| vec![Change::Retarget(spec(new, "b").clone())],
+            },
+            Row {
+                what: "another local port: restarted",
+                new: config(&format!("{}{b}", forward("a", 3001, ""))),
+                expect: |new| vec![Change::Restart(spec(new, "a").clone())],
+            },
+            Row {
+                what: "another address: restarted",
+                new: config(&format!("{}{b}", forward("a", 3000, "bind = \"127.0.0.2\"\n"))),
+                expect: |new| vec![Change::Restart(spec(new, "a").clone())],
+            },
+            Row {
+                what: "turned off: restarted (its listener closes)",
+                new: config(&format!("{}{b}", forward("a", 3000, "enabled = false\n"))),
+                expect: |new| vec![Change::Restart(spec(new, "a").clone())],
+            },
+            Row {
+                what: "one dropped, one added: the removal frees its port first",
+                new: config(&format!("{a}{}", forward("c", 8080, ""))),
+                expect: |new| vec![Change::Remove("b".into()), Change::Add(spec(new, "c").clone())],
+            },
+            Row {
+                what: "another cluster: reconnect before anything else",
+                new: Config::parse(
+                    &format!("[cluster]\ncontext = \"kind-b\"\n{}{b}", forward("a", 3001, "")),
+                    &Source::File("test.toml".into()),
+                )
+                .unwrap(),
+                expect: |new| {
+                    vec![
+                        Change::Reconnect(new.cluster.clone()),
+                        Change::Restart(spec(new, "a").clone()),
+                    ]
+                },
+            },
+            Row {
+                what: "reordered only: nothing to do",
+                new: config(&format!("{b}{a}")),
+                expect: |_| vec![],
+            },
+            Row {
+                what: "all of it at once: reconnect, retarget, removal and restart, addition",
+                new: Config::parse(
+                    &format!(
+                        "[cluster]\ncontext = \"kind-b\"\n{}{}{}",
+                        forward("c", 9000, ""),
+                        forward("b", 8081, ""),
+                        a.replace("namespace = \"ns\"", "namespace = \"other\"")
+                    ),
+                    &Source::File("test.toml".into()),
+                )
+                .unwrap(),
+                expect: |new| {
+                    vec![
+                        Change::Reconnect(new.cluster.clone()),
+                        Change::Retarget(spec(new, "a").clone()),
+                        Change::Restart(spec(new, "b").clone()),
+                        Change::Add(spec(new, "c").clone()),
+                    ]
+                },
+            },
+        ];
+        for row in rows {
+            assert_eq!(plan(&base, &row.new), (row.expect)(&row.new), "{}", row.what);
+        }
+        assert_eq!(
+            plan(&config(""), &base),
+            vec![
+                Change::Add(spec(&base, "a").clone()),
+                Change::Add(spec(&base, "b").clone())
+            ],
+            "from nothing: every forward added, in order"
+        );
+    }
+
+    #[test]
+    fn every_field_of_a_forward_is_either_a_retarget_or_a_restart() {
+        // A change to any field is acted on: `plan` never sees two different specs as equal.
+        let base = config(&forward("a", 3000, ""));
+        let a = spec(&base, "a").clone();
+        let mut changed = Vec::new();
+        let mut each = |f: fn(&mut ForwardSpec)| {
+            let mut new = a.clone();
+            f(&mut new);
+            assert_ne!(new, a);
+            changed.push(needs_restart(&a, &new));
+        };
+        each(|s| s.bind = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
+        each(|s| s.ipv6_loopback = !s.ipv6_loopback);
+        each(|s| s.local_port += 1);
+        each(|s| s.enabled = !s.enabled);
+        each(|s| s.namespace = "other".into());
+        each(|s| s.max_connections += 1);
+        each(|s| s.hold = Some(std::time::Duration::from_secs(1)));
+        assert_eq!(changed, [true, true, true, true, false, false, false]);
+    }
+
+    #[test]
+    fn an_override_lasts_while_the_file_leaves_its_forward_alone() {
+        let file = config(&format!("{}{}", forward("a", 3000, ""), forward("b", 8080, "")));
+        let mut overrides = Overrides::default();
+        assert!(overrides.set(&file, "a", false));
+        assert!(!overrides.set(&file, "nope", false), "no such forward");
+        assert!(!spec(&overrides.effective(&file), "a").enabled);
+        assert!(spec(&file, "a").enabled, "the file's config is untouched");
+
+        // The file changes another forward, or is reloaded as it is: `a` stays off.
+        let edited = config(&format!("{}{}", forward("a", 3000, ""), forward("b", 8081, "")));
+        overrides.rebase(&file, &edited);
+        assert!(!spec(&overrides.effective(&edited), "a").enabled);
+        overrides.rebase(&edited, &edited);
+        assert!(!spec(&overrides.effective(&edited), "a").enabled);
+
+        // The file changes `a` itself: the file wins.
+        let moved = config(&format!("{}{}", forward("a", 3001, ""), forward("b", 8081, "")));
+        overrides.rebase(&edited, &moved);
+        assert!(spec(&overrides.effective(&moved), "a").enabled);
+        assert!(overrides.is_empty());
+    }
+
+    #[test]
+    fn turning_a_forward_back_to_what_the_file_says_forgets_the_override() {
+        let file = config(&forward("a", 3000, "enabled = false\n"));
+        let mut overrides = Overrides::default();
+        overrides.set(&file, "a", true);
+        assert!(spec(&overrides.effective(&file), "a").enabled);
+        overrides.set(&file, "a", false);
+        assert!(overrides.is_empty());
+
+        // Dropped from the file, then back: the old override does not come back with it.
+        overrides.set(&file, "a", true);
+        let empty = config("");
+        overrides.rebase(&file, &empty);
+        overrides.rebase(&empty, &file);
+        assert!(!spec(&overrides.effective(&file), "a").enabled);
+    }
+}

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use porthole::cause::State;
 use porthole::config::{self, Config, ConfigFile, PRESETS, Reload};
 use porthole::control::{self, Client};
 use porthole::engine::{ForwardStatus, Snapshot};
-use porthole::health::State;
 use porthole::kubeconfig::state;
 use porthole::kubeconfig::tools::Tools;
 use porthole::status::printable;
@@ -582,8 +582,8 @@ async fn relay(listen: SocketAddr, target: &str) -> anyhow::Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
+    use porthole::cause::{Cause, CauseId, Health};
     use porthole::engine::{ClusterStatusView, Path, RouteView};
-    use porthole::health::{Cause, CauseId, Health};
 
     use super::*;
 

@@ -7,7 +7,7 @@ use std::error::Error;
 use std::io;
 use std::time::{Duration, Instant};
 
-use crate::health::{Cause, CauseId};
+use crate::cause::{Cause, CauseId};
 
 /// Whether `e` is the process (`EMFILE`) or the system (`ENFILE`) running out of descriptors.
 pub fn exhausted(e: &io::Error) -> bool {

@@ -21,8 +21,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::cause::{Cause, CauseId};
 use crate::config::ClusterSpec;
-use crate::health::{Cause, CauseId};
 use crate::kubeconfig::Loaded;
 use crate::route::World;
 

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::cause::{Cause, CauseId};
 use crate::config::{ClusterSpec, Config, ForwardSpec, Mode};
 use crate::discovery::{ClusterStatus, list_world, status_of};
-use crate::health::{Cause, CauseId};
 use crate::holder;
 use crate::kubeconfig::state::{self, KubeconfigState};
 use crate::kubeconfig::tools::Tools;

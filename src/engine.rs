@@ -13,14 +13,16 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::catalog::{Catalog, CatalogError};
+use crate::cause::{Health, State};
 use crate::config::{Change, ClusterSpec, Config, ForwardSpec, Overrides};
 use crate::discovery::{self, ClusterStatus, ClusterView};
-use crate::forward::{ForwardHandle, Parent, StatsView, Tuning};
-use crate::health::{Health, State};
+use crate::forward::{ForwardHandle, Hub, Parent};
 use crate::kubeconfig::state::{FixError, Fixed};
 use crate::kubeconfig::tools::Tools;
 use crate::kubeconfig::{self, KubeconfigError, Loaded};
+use crate::status::StatsView;
 pub use crate::status::{ClusterStatusView, Event, ForwardStatus, Path, RouteView, Snapshot};
+use crate::tuning::Tuning;
 
 mod follow;
 
@@ -36,18 +38,6 @@ pub enum EngineError {
 
 /// Bound on a discovery task noticing its cancellation.
 const DISCOVERY_STOP: Duration = Duration::from_secs(2);
-
-/// What forwards share with the engine.
-pub(crate) struct Hub {
-    pub snapshot: watch::Sender<Snapshot>,
-    pub events: broadcast::Sender<Event>,
-    pub tuning: Tuning,
-    /// Every client connection, so that shutdown can wait for them to drain.
-    pub connections: TaskTracker,
-    /// Bumped when the machine woke up or its network changed ([`crate::host`]): discovery
-    /// reconnects, and every forward is probed at once.
-    pub wakes: watch::Sender<u64>,
-}
 
 struct Running {
     /// The config as the file (or the caller of [`Engine::apply`]) gives it.

@@ -7,102 +7,33 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use crate::cause::{Cause, CauseId, Health, State};
 use crate::config::{ForwardSpec, Mode};
 use crate::discovery::ClusterView;
-use crate::engine::{Event, Hub, RouteView};
-use crate::health::{Cause, CauseId, Health, Inputs, Listener, ProbeRecord, State};
+use crate::health::{Inputs, Listener, ProbeRecord, RouteChange};
 use crate::probe;
 use crate::route::{Route, resolve};
+use crate::status::{Event, RouteView, Snapshot, StatsView};
+use crate::tuning::Tuning;
 
 mod connections;
 
-/// How a route changed, for the probe record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RouteChange {
-    None,
-    /// Only the count of ready endpoints.
-    Endpoints {
-        was_zero: bool,
-    },
-    /// Another nodePort or other nodes, or a route appeared or went away.
-    Path,
-}
-
-impl RouteChange {
-    fn classify(old: Option<&Route>, new: Option<&Route>) -> RouteChange {
-        match (old, new) {
-            // The same path: the same nodePort on the same nodes, or a tunnel to the same pod
-            // first (the one probes and connections try first).
-            (Some(o), Some(n))
-                if o.mode == n.mode
-                    && o.node_port == n.node_port
-                    && o.targets == n.targets
-                    && o.pods.first() == n.pods.first() =>
-            {
-                RouteChange::Endpoints {
-                    was_zero: o.ready_endpoints == 0,
-                }
-            }
-            _ => RouteChange::Path,
-        }
-    }
-}
-
-/// Timings of the engine; the defaults suit a laptop, tests shorten them.
-#[derive(Debug, Clone)]
-pub struct Tuning {
-    /// Between probes while healthy.
-    pub probe_interval: Duration,
-    /// Between probes after a failure, so a real outage is confirmed quickly.
-    pub probe_retry: Duration,
-    /// Bound on one probe, and on each connect attempt to a node.
-    pub probe_timeout: Duration,
-    /// Consecutive failed probes that make a forward `down`.
-    pub failure_threshold: u32,
-    /// Bound on connecting one client connection to one node.
-    pub connect_timeout: Duration,
-    /// Between attempts to bind a local port that is taken.
-    pub bind_retry: Duration,
-    /// How long open connections may drain when a forward is removed or the engine stops.
-    pub drain_timeout: Duration,
-    /// How long a new connection is held, instead of refused, while the forward has no usable
-    /// path (a rollout replacing the only pod, a service being re-created).
-    pub hold: Duration,
-    /// How long a probe through a tunnel listens for a late failure (the API server answers
-    /// the upgrade first and reaches the kubelet after) before a quiet stream counts as open.
-    pub tunnel_settle: Duration,
-    /// Bound on each read of the API requests and watches (not of tunnels, which carry quiet
-    /// connections); longer than a watch's server-side timeout.
-    pub api_read_timeout: Duration,
-    /// How often the engine looks whether the machine slept or its network changed.
-    pub wake_tick: Duration,
-}
-
-impl Default for Tuning {
-    fn default() -> Self {
-        Tuning {
-            probe_interval: Duration::from_secs(5),
-            probe_retry: Duration::from_secs(1),
-            probe_timeout: Duration::from_secs(2),
-            failure_threshold: 3,
-            connect_timeout: Duration::from_secs(3),
-            bind_retry: Duration::from_secs(2),
-            drain_timeout: Duration::from_secs(5),
-            hold: Duration::from_secs(5),
-            // A real kubelet's refusal arrived after ~1.3 s, an unreachable kubelet's after
-            // ~2 s (a DNS timeout in the API server): both inside it, with room.
-            tunnel_settle: Duration::from_secs(3),
-            api_read_timeout: Duration::from_secs(300),
-            wake_tick: Duration::from_secs(2),
-        }
-    }
+/// What every forward shares with the engine that runs it.
+pub(crate) struct Hub {
+    pub snapshot: watch::Sender<Snapshot>,
+    pub events: broadcast::Sender<Event>,
+    pub tuning: Tuning,
+    /// Every client connection, so that shutdown can wait for them to drain.
+    pub connections: TaskTracker,
+    /// Bumped when the machine woke up or its network changed ([`crate::host`]): discovery
+    /// reconnects, and every forward is probed at once.
+    pub wakes: watch::Sender<u64>,
 }
 
 /// Live counters of a forward's connections.
@@ -120,20 +51,6 @@ pub struct Stats {
     pub held: AtomicU64,
     /// Connections refused because the forward had `max_connections` open.
     pub refused: AtomicU64,
-}
-
-/// A copy of [`Stats`] at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StatsView {
-    pub active: u64,
-    pub total: u64,
-    pub failed: u64,
-    pub bytes_up: u64,
-    pub bytes_down: u64,
-    #[serde(default)]
-    pub held: u64,
-    #[serde(default)]
-    pub refused: u64,
 }
 
 impl Stats {

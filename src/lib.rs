@@ -1,16 +1,19 @@
 //! Porthole: reliable localhost forwards to services in local Kubernetes clusters (kind, k3d).
 //!
 //! A map of the crate:
-//! - [`config`]: the TOML config file and its presets, validated with file/line/key errors.
+//! - [`config`]: the TOML config file and its presets, validated with file/line/key errors; the
+//!   file followed ([`config::ConfigFile`]) and the diff between configs ([`config::plan`]).
 //! - [`kubeconfig`]: kubeconfig files read the way kubectl reads them; a client for one context.
 //! - [`discovery`]: reflectors over the cluster, published as a [`discovery::ClusterView`].
-//! - [`route`]: a forward resolved to node addresses and a nodePort, or the [`health::Cause`] in the way.
+//! - [`route`]: a forward resolved to node addresses and a nodePort, or the [`cause::Cause`] in the way.
 //! - [`forward`]: one forward at run time: listener, connections, probe, health.
 //! - [`relay`]: the byte pump (`splice(2)` on Linux).
 //! - [`descriptors`]: running out of file descriptors, named as such; throttled warnings.
 //! - [`tunnel`]: the path through the API server's port-forward to a ready pod.
 //! - [`probe`]: active health checks through a route.
-//! - [`health`]: states, causes and the rule between them.
+//! - [`cause`]: the shared words: states, causes, health.
+//! - [`health`]: the rule that derives a health from what is known.
+//! - [`tuning`]: the engine's timings.
 //! - [`engine`]: runs forwards, pushes snapshots and events, applies configs by diff.
 //! - [`status`]: what the engine reports: [`status::Snapshot`] and [`status::Event`].
 //! - [`control`]: the local control socket that `porthole status|wait|enable|disable` talk to.
@@ -22,6 +25,7 @@
 //! - [`watch`]: following files other programs write (the kubeconfig, the config file).
 
 pub mod catalog;
+pub mod cause;
 pub mod config;
 #[cfg(unix)]
 pub mod control;
@@ -41,6 +45,7 @@ pub mod route;
 pub mod status;
 #[cfg(test)]
 mod test_alloc;
+pub mod tuning;
 pub mod tunnel;
 pub mod watch;
 pub mod write;
@@ -54,4 +59,4 @@ pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 pub use engine::{Engine, Event, Snapshot};
-pub use forward::Tuning;
+pub use tuning::Tuning;

@@ -9,17 +9,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::cause::{Cause, CauseId};
 use crate::config::{Mode, Probe};
-use crate::health::{Cause, CauseId};
 use crate::route::{Protocol, Route};
-
-pub(crate) fn node_unreachable_fix() -> &'static str {
-    if cfg!(target_os = "macos") {
-        "node addresses are not reachable from macOS under Docker Desktop or Colima: use `mode = \"auto\"` (the default) or `\"tunnel\"` to go through the API server instead"
-    } else {
-        "check that the node's container is running (`docker ps`) and that the nodePort answers"
-    }
-}
 
 /// One probe's outcome, with the route it was run on: a route published since (another path,
 /// or the same one re-published for a new probe config) is not proven by it.
@@ -43,7 +35,7 @@ impl Probed {
 /// tunnel mode: a new upgrade to the API server) every second. Routes without ready endpoints
 /// are not probed: their health is already known.
 pub(crate) async fn schedule<F, Fut>(
-    tuning: &crate::forward::Tuning,
+    tuning: &crate::tuning::Tuning,
     mut routes: watch::Receiver<Option<Arc<Route>>>,
     mut wakes: watch::Receiver<u64>,
     cancel: &CancellationToken,
@@ -92,7 +84,7 @@ pub(crate) async fn schedule<F, Fut>(
 
 /// The wait after the `failures`-th failure in a row: `probe_retry` until the outage is confirmed,
 /// then twice as long each time, up to `probe_interval`.
-fn retry_after(tuning: &crate::forward::Tuning, failures: u32) -> Duration {
+fn retry_after(tuning: &crate::tuning::Tuning, failures: u32) -> Duration {
     let past = failures
         .saturating_sub(tuning.failure_threshold.saturating_sub(1))
         .min(16);
@@ -594,9 +586,9 @@ mod tests {
 #[cfg(test)]
 mod schedule_tests {
     use super::*;
-    use crate::forward::Tuning;
-    use crate::health::CauseId;
+    use crate::cause::CauseId;
     use crate::health::ProbeRecord;
+    use crate::tuning::Tuning;
     use std::sync::atomic::AtomicBool;
     use std::sync::atomic::Ordering;
     use tokio::time::Instant;
@@ -752,8 +744,9 @@ mod schedule_tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_blip_does_not_take_a_forward_down_and_an_outage_is_confirmed_quickly() {
+        use crate::cause::State;
         use crate::discovery::ClusterStatus;
-        use crate::health::{Inputs, Listener, State};
+        use crate::health::{Inputs, Listener};
         let tuning = Tuning::default();
         let mut h = start(tuning.clone());
         // The schedule's outcomes fed to the health rule, as a forward's supervisor does.

@@ -15,8 +15,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Serialize;
 use tokio::net::TcpStream;
 
+use crate::cause::{Cause, CauseId};
 use crate::config::{ClusterSpec, ForwardSpec, Mode, NodeAddressType, PortRef, ServiceTarget};
-use crate::health::{Cause, CauseId};
 
 /// The label EndpointSlices carry to name their service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -224,9 +224,18 @@ impl Route {
                 self.service, self.namespace
             )
         } else {
-            crate::probe::node_unreachable_fix().to_string()
+            node_unreachable_fix().to_string()
         };
         Err(Cause::new(CauseId::NodeUnreachable, message).with_fix(fix))
+    }
+}
+
+/// What to do when no node answers on this platform.
+fn node_unreachable_fix() -> &'static str {
+    if cfg!(target_os = "macos") {
+        "node addresses are not reachable from macOS under Docker Desktop or Colima: use `mode = \"auto\"` (the default) or `\"tunnel\"` to go through the API server instead"
+    } else {
+        "check that the node's container is running (`docker ps`) and that the nodePort answers"
     }
 }
 

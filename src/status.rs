@@ -5,10 +5,9 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cause::Health;
 use crate::config::Mode;
 use crate::discovery::ClusterStatus;
-use crate::forward::StatsView;
-use crate::health::Health;
 use crate::kubeconfig::state::KubeconfigState;
 use crate::route::Route;
 
@@ -189,4 +188,18 @@ pub enum Event {
         from: Option<KubeconfigState>,
         to: KubeconfigState,
     },
+}
+
+/// A forward's connection counters at one moment (`forward::Stats::view`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsView {
+    pub active: u64,
+    pub total: u64,
+    pub failed: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    #[serde(default)]
+    pub held: u64,
+    #[serde(default)]
+    pub refused: u64,
 }

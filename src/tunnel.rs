@@ -11,7 +11,7 @@ use kube::api::Portforwarder;
 use tokio::io::DuplexStream;
 use tokio::net::TcpStream;
 
-use crate::health::{Cause, CauseId};
+use crate::cause::{Cause, CauseId};
 use crate::route::{PodTarget, Route};
 
 /// An open stream to one pod's port.

@@ -5,8 +5,8 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 
+use porthole::cause::State;
 use porthole::engine::Snapshot;
-use porthole::health::State;
 use support::porthole::WAIT;
 use support::{FakeCluster, port, service};
 use tokio::io::{AsyncBufReadExt, BufReader};

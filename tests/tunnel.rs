@@ -5,9 +5,9 @@ mod support;
 
 use std::time::Duration;
 
+use porthole::cause::{CauseId, State};
 use porthole::engine::Engine;
 use porthole::engine::Path;
-use porthole::health::{CauseId, State};
 use support::FakeCluster;
 use support::porthole::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -306,8 +306,8 @@ async fn a_silently_stalled_tunnel_is_caught_by_the_probe_and_recovers() {
 /// engine's tasks run: the test runtime is single-threaded), until `done`.
 async fn states_until(
     events: &mut tokio::sync::broadcast::Receiver<porthole::Event>,
-    done: impl Fn(&porthole::health::Health) -> bool,
-) -> Vec<porthole::health::Health> {
+    done: impl Fn(&porthole::cause::Health) -> bool,
+) -> Vec<porthole::cause::Health> {
     let mut seen = Vec::new();
     tokio::time::timeout(WAIT, async {
         loop {

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use porthole::health::{Cause, Health, State};
+use porthole::cause::{Cause, Health, State};
 use porthole::kubeconfig::state::{Fixed, KubeconfigState};
 use porthole::{Event, Snapshot};
 use serde::{Deserialize, Serialize};
@@ -348,8 +348,8 @@ pub fn markup_escaped(body: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use porthole::cause::{CauseId, Health};
     use porthole::engine::{ClusterStatusView, ForwardStatus};
-    use porthole::health::{CauseId, Health};
 
     use super::*;
 
@@ -574,8 +574,8 @@ mod tests {
 mod properties {
     use std::collections::BTreeMap;
 
+    use porthole::cause::CauseId;
     use porthole::engine::{ClusterStatusView, ForwardStatus};
-    use porthole::health::CauseId;
     use proptest::prelude::*;
 
     use super::*;

@@ -2,8 +2,8 @@
 //! (what to show), [`Tray`] puts it on screen and is rebuilt only when the view changes.
 
 use porthole::Snapshot;
+use porthole::cause::State;
 use porthole::engine::ForwardStatus;
-use porthole::health::State;
 use tauri::image::Image;
 use tauri::menu::{CheckMenuItem, Menu, MenuItem, PredefinedMenuItem};
 use tauri::tray::{TrayIcon, TrayIconBuilder};
@@ -278,8 +278,8 @@ fn menu(app: &AppHandle, lines: &[Line]) -> tauri::Result<Menu<Wry>> {
 
 #[cfg(test)]
 mod tests {
+    use porthole::cause::{Cause, CauseId, Health};
     use porthole::engine::ClusterStatusView;
-    use porthole::health::{Cause, CauseId, Health};
     use porthole::kubeconfig::state::KubeconfigState;
 
     use super::*;

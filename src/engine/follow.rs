@@ -10,10 +10,10 @@ use tracing::{info, warn};
 use super::{Core, Event};
 use crate::config::ClusterSpec;
 use crate::discovery::ClusterStatus;
-use crate::forward::StatsView;
 use crate::kubeconfig::tools::Tools;
 use crate::kubeconfig::{self, Loaded};
 use crate::status::ClusterStatusView;
+use crate::status::StatsView;
 
 /// How long a burst of kubeconfig writes may take before it is read.
 const KUBECONFIG_SETTLE: Duration = Duration::from_millis(100);

@@ -12,9 +12,9 @@ use tokio::sync::watch;
 use tracing::{Instrument, debug, debug_span, info, warn};
 
 use super::{Bind, Forward};
+use crate::cause::{Cause, CauseId};
 use crate::config::Mode;
 use crate::descriptors::{self, Throttle};
-use crate::health::{Cause, CauseId};
 use crate::route::Route;
 use crate::{holder, relay, tunnel};
 

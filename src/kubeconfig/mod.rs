@@ -10,8 +10,8 @@ pub mod tools;
 
 use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError as KubeError};
 
+use crate::cause::{Cause, CauseId};
 use crate::config::ClusterSpec;
-use crate::health::{Cause, CauseId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeconfigError {

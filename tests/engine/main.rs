@@ -14,8 +14,8 @@ mod wake;
 use std::time::Duration;
 
 use porthole::Event;
+use porthole::cause::{CauseId, State};
 use porthole::engine::Engine;
-use porthole::health::{CauseId, State};
 use porthole::kubeconfig::state::{self, KubeconfigState};
 use porthole::kubeconfig::tools::Tools;
 use porthole::write::LockWait;

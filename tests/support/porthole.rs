@@ -4,9 +4,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use porthole::cause::{CauseId, State};
 use porthole::config::{Config, Source};
 use porthole::engine::{Engine, ForwardStatus, Snapshot};
-use porthole::health::{CauseId, State};
 use porthole::{Event, Tuning};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

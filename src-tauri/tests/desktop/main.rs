@@ -16,8 +16,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use porthole::Snapshot;
+use porthole::cause::State;
 use porthole::control::Client;
-use porthole::health::State;
 
 use app::{App, Home, WAIT, listening, poll_until};
 use bus::{Bus, Notification};

@@ -1,0 +1,53 @@
+//! The engine's timings: the defaults suit a laptop; tests shorten them.
+
+use std::time::Duration;
+
+/// Timings of the engine; the defaults suit a laptop, tests shorten them.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// Between probes while healthy.
+    pub probe_interval: Duration,
+    /// Between probes after a failure, so a real outage is confirmed quickly.
+    pub probe_retry: Duration,
+    /// Bound on one probe, and on each connect attempt to a node.
+    pub probe_timeout: Duration,
+    /// Consecutive failed probes that make a forward `down`.
+    pub failure_threshold: u32,
+    /// Bound on connecting one client connection to one node.
+    pub connect_timeout: Duration,
+    /// Between attempts to bind a local port that is taken.
+    pub bind_retry: Duration,
+    /// How long open connections may drain when a forward is removed or the engine stops.
+    pub drain_timeout: Duration,
+    /// How long a new connection is held, instead of refused, while the forward has no usable
+    /// path (a rollout replacing the only pod, a service being re-created).
+    pub hold: Duration,
+    /// How long a probe through a tunnel listens for a late failure (the API server answers
+    /// the upgrade first and reaches the kubelet after) before a quiet stream counts as open.
+    pub tunnel_settle: Duration,
+    /// Bound on each read of the API requests and watches (not of tunnels, which carry quiet
+    /// connections); longer than a watch's server-side timeout.
+    pub api_read_timeout: Duration,
+    /// How often the engine looks whether the machine slept or its network changed.
+    pub wake_tick: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            probe_interval: Duration::from_secs(5),
+            probe_retry: Duration::from_secs(1),
+            probe_timeout: Duration::from_secs(2),
+            failure_threshold: 3,
+            connect_timeout: Duration::from_secs(3),
+            bind_retry: Duration::from_secs(2),
+            drain_timeout: Duration::from_secs(5),
+            hold: Duration::from_secs(5),
+            // A real kubelet's refusal arrived after ~1.3 s, an unreachable kubelet's after
+            // ~2 s (a DNS timeout in the API server): both inside it, with room.
+            tunnel_settle: Duration::from_secs(3),
+            api_read_timeout: Duration::from_secs(300),
+            wake_tick: Duration::from_secs(2),
+        }
+    }
+}

@@ -8,11 +8,6 @@
 //! its own runtime); a child of it is the server (`PORTHOLE_BENCH_SERVE=1`), and the relays run as
 //! their own programs.
 
-// The fake cluster of the tests; the bench uses part of it.
-#[path = "../tests/support/mod.rs"]
-#[allow(unused_imports)]
-mod support;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};

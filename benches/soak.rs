@@ -11,10 +11,6 @@
 //! Run: `cargo bench --bench soak -- [short] [many] [held] [slow] [cut]` (default: all).
 //! `PORTHOLE_SOAK_SHORT=N` changes the number of short connections. Linux only (it reads /proc).
 
-#[path = "../tests/support/mod.rs"]
-#[allow(unused_imports)]
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;

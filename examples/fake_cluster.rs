@@ -2,9 +2,6 @@
 //! quick-start cluster (the test support in `tests/support`) so Porthole can be tried
 //! against it by hand, and reads commands from stdin to break things.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};

@@ -180,23 +180,63 @@ impl Backoff for Reconnect {
     }
 }
 
+/// The kinds of object discovery watches, one watch each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Namespace,
+    Service,
+    Node,
+    EndpointSlice,
+}
+
+impl Kind {
+    const ALL: [Kind; 4] = [Kind::Namespace, Kind::Service, Kind::Node, Kind::EndpointSlice];
+
+    /// Whether the API server lists this kind again (a cheap list of one object's metadata).
+    async fn lists(self, client: &Client) -> Result<(), kube::Error> {
+        let lp = kube::api::ListParams::default().limit(1);
+        let client = client.clone();
+        match self {
+            Kind::Namespace => Api::<Namespace>::all(client).list_metadata(&lp).await.map(drop),
+            Kind::Service => Api::<Service>::all(client).list_metadata(&lp).await.map(drop),
+            Kind::Node => Api::<Node>::all(client).list_metadata(&lp).await.map(drop),
+            Kind::EndpointSlice => Api::<EndpointSlice>::all(client).list_metadata(&lp).await.map(drop),
+        }
+    }
+}
+
+/// Something per [`Kind`].
+#[derive(Debug, Default)]
+struct PerKind<T>([T; 4]);
+
+impl<T> std::ops::Index<Kind> for PerKind<T> {
+    type Output = T;
+    fn index(&self, kind: Kind) -> &T {
+        &self.0[kind as usize]
+    }
+}
+
+impl<T> std::ops::IndexMut<Kind> for PerKind<T> {
+    fn index_mut(&mut self, kind: Kind) -> &mut T {
+        &mut self.0[kind as usize]
+    }
+}
+
 /// What one watch reported.
 enum Signal {
     /// Connected; `changed` when the store's contents changed (or finished a relist).
     Ok {
-        kind: usize,
+        kind: Kind,
         changed: bool,
         synced: bool,
     },
     Failed {
-        kind: usize,
+        kind: Kind,
         status: ClusterStatus,
     },
     /// Failed kinds were asked directly whether the API is back.
     Rechecked,
 }
-
-const KINDS: usize = 4;
 
 /// Runs discovery until cancelled, publishing into `view`; `read_timeout` bounds each read of
 /// its requests and watches.
@@ -259,7 +299,7 @@ fn replace<T: PartialEq>(slot: &mut T, value: T) -> bool {
 
 /// A reflector of `K`; `refused` is set while the API server refuses the credentials (its
 /// backoff and every other watch's slow down) and cleared when the watch works.
-fn reflect<K>(api: Api<K>, kind: usize, refused: Arc<AtomicBool>) -> (Store<K>, impl Stream<Item = Signal> + Send)
+fn reflect<K>(api: Api<K>, kind: Kind, refused: Arc<AtomicBool>) -> (Store<K>, impl Stream<Item = Signal> + Send)
 where
     K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + serde::de::DeserializeOwned + 'static,
 {
@@ -285,7 +325,7 @@ where
                     Signal::Failed { kind, status }
                 }
                 None => {
-                    debug!(kind, error = %e, "watch restarted");
+                    debug!(?kind, error = %e, "watch restarted");
                     Signal::Ok {
                         kind,
                         changed: false,
@@ -342,8 +382,8 @@ impl Stores {
 /// What the watches have said so far: which have listed once, which are failing now.
 #[derive(Debug, Default)]
 struct Progress {
-    synced: [bool; KINDS],
-    failures: [Option<ClusterStatus>; KINDS],
+    synced: PerKind<bool>,
+    failures: PerKind<Option<ClusterStatus>>,
 }
 
 impl Progress {
@@ -356,7 +396,7 @@ impl Progress {
                 changed
             }
             Signal::Failed { kind, status } => {
-                debug!(kind, ?status, "watch failed");
+                debug!(?kind, ?status, "watch failed");
                 self.failures[kind] = Some(status);
                 false
             }
@@ -365,16 +405,16 @@ impl Progress {
     }
 
     fn failing(&self) -> bool {
-        self.failures.iter().any(Option::is_some)
+        self.failures.0.iter().any(Option::is_some)
     }
 
     fn all_synced(&self) -> bool {
-        self.synced.iter().all(|s| *s)
+        self.synced.0.iter().all(|s| *s)
     }
 
     /// Unauthorized wins over unreachable: it is the one the user must act on.
     fn status(&self) -> ClusterStatus {
-        let failed = self.failures.iter().flatten();
+        let failed = self.failures.0.iter().flatten();
         if let Some(status) = failed.clone().find(|s| matches!(s, ClusterStatus::Unauthorized(_))) {
             return status.clone();
         }
@@ -402,10 +442,14 @@ async fn watch_cluster(
     wakes: &mut watch::Receiver<u64>,
 ) -> Ended {
     let refused = Arc::new(AtomicBool::new(false));
-    let (namespaces, s0) = reflect(Api::<Namespace>::all(client.clone()), 0, refused.clone());
-    let (services, s1) = reflect(Api::<Service>::all(client.clone()), 1, refused.clone());
-    let (nodes, s2) = reflect(Api::<Node>::all(client.clone()), 2, refused.clone());
-    let (slices, s3) = reflect(Api::<EndpointSlice>::all(client.clone()), 3, refused.clone());
+    let (namespaces, s0) = reflect(Api::<Namespace>::all(client.clone()), Kind::Namespace, refused.clone());
+    let (services, s1) = reflect(Api::<Service>::all(client.clone()), Kind::Service, refused.clone());
+    let (nodes, s2) = reflect(Api::<Node>::all(client.clone()), Kind::Node, refused.clone());
+    let (slices, s3) = reflect(
+        Api::<EndpointSlice>::all(client.clone()),
+        Kind::EndpointSlice,
+        refused.clone(),
+    );
     let stores = Stores {
         namespaces,
         services,
@@ -479,23 +523,13 @@ fn publish(view: &watch::Sender<ClusterView>, status: ClusterStatus, world: Opti
 }
 
 /// Clears the failure of every kind that lists again.
-async fn recover(client: &Client, failures: &mut [Option<ClusterStatus>; KINDS]) {
-    let lp = kube::api::ListParams::default().limit(1);
-    for (kind, failure) in failures.iter_mut().enumerate() {
-        if failure.is_none() {
+async fn recover(client: &Client, failures: &mut PerKind<Option<ClusterStatus>>) {
+    for kind in Kind::ALL {
+        if failures[kind].is_none() {
             continue;
         }
-        let listed = match kind {
-            0 => Api::<Namespace>::all(client.clone()).list_metadata(&lp).await.map(drop),
-            1 => Api::<Service>::all(client.clone()).list_metadata(&lp).await.map(drop),
-            2 => Api::<Node>::all(client.clone()).list_metadata(&lp).await.map(drop),
-            _ => Api::<EndpointSlice>::all(client.clone())
-                .list_metadata(&lp)
-                .await
-                .map(drop),
-        };
-        match listed {
-            Ok(()) => *failure = None,
+        match kind.lists(client).await {
+            Ok(()) => failures[kind] = None,
             // Still failing: that is already recorded, and the watcher will say more.
             Err(_) => return,
         }

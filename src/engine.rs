@@ -83,13 +83,13 @@ pub struct Engine {
 /// Cancels everything when the last [`Engine`] handle goes.
 struct StopOnDrop {
     cancel: CancellationToken,
-    connections: CancellationToken,
+    cut: CancellationToken,
 }
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
         self.cancel.cancel();
-        self.connections.cancel();
+        self.cut.cancel();
     }
 }
 
@@ -106,7 +106,7 @@ impl Engine {
         let core = Core::start(config, tuning, host);
         let stop = StopOnDrop {
             cancel: core.cancel.clone(),
-            connections: core.connections.clone(),
+            cut: core.cut.clone(),
         };
         Engine {
             core,
@@ -199,7 +199,8 @@ struct Core {
     view: watch::Sender<ClusterView>,
     running: Arc<Mutex<Option<Running>>>,
     cancel: CancellationToken,
-    connections: CancellationToken,
+    /// Cuts every open connection (after the drain, or when the last handle goes).
+    cut: CancellationToken,
 }
 
 impl Core {
@@ -226,7 +227,7 @@ impl Core {
             view,
             running: Arc::new(Mutex::new(None)),
             cancel: CancellationToken::new(),
-            connections: CancellationToken::new(),
+            cut: CancellationToken::new(),
         };
         let running = engine.running.clone();
         // Held until the engine is set up: its tasks start now and wait for it. A mutex made
@@ -391,10 +392,10 @@ impl Core {
                 open = self.hub.connections.len(),
                 "drain timed out: closing connections"
             );
-            self.connections.cancel();
+            self.cut.cancel();
             self.hub.connections.wait().await;
         }
-        self.connections.cancel();
+        self.cut.cancel();
         info!("stopped");
     }
 
@@ -464,7 +465,7 @@ impl Core {
             hub: &self.hub,
             view: self.view.subscribe(),
             cancel: &self.cancel,
-            connections: &self.connections,
+            cut: &self.cut,
         };
         let handle = ForwardHandle::spawn(spec.clone(), previous, parent);
         running.forwards.insert(spec.name, handle);

@@ -53,7 +53,25 @@ pub struct Stats {
     pub refused: AtomicU64,
 }
 
+/// One connection counted in [`Stats::active`], until it is dropped: when the connection ends,
+/// its task panics, or its future is dropped unfinished (the runtime shutting down).
+#[must_use = "the connection counts as active only while this lives"]
+pub struct Active(Arc<Stats>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Stats {
+    /// Counts a new connection: in `total` for good, in `active` while the guard lives.
+    pub fn open(self: &Arc<Stats>) -> Active {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        self.active.fetch_add(1, Ordering::Relaxed);
+        Active(self.clone())
+    }
+
     pub fn view(&self) -> StatsView {
         StatsView {
             active: self.active.load(Ordering::Relaxed),
@@ -93,7 +111,8 @@ pub(crate) struct ForwardHandle {
     live: watch::Sender<ForwardSpec>,
     pub stats: Arc<Stats>,
     cancel: CancellationToken,
-    connections: CancellationToken,
+    /// Cuts this forward's open connections.
+    cut: CancellationToken,
     task: JoinHandle<()>,
 }
 
@@ -102,7 +121,8 @@ pub(crate) struct Parent<'a> {
     pub hub: &'a Arc<Hub>,
     pub view: watch::Receiver<ClusterView>,
     pub cancel: &'a CancellationToken,
-    pub connections: &'a CancellationToken,
+    /// Cuts every open connection of the engine.
+    pub cut: &'a CancellationToken,
 }
 
 impl ForwardHandle {
@@ -111,7 +131,7 @@ impl ForwardHandle {
     pub fn spawn(spec: ForwardSpec, previous: Health, parent: Parent<'_>) -> ForwardHandle {
         let stats = Arc::new(Stats::default());
         let cancel = parent.cancel.child_token();
-        let connections = parent.connections.child_token();
+        let cut = parent.cut.child_token();
         let (live, live_rx) = watch::channel(spec.clone());
         let forward = Forward {
             spec: spec.clone(),
@@ -121,7 +141,7 @@ impl ForwardHandle {
             preferred: AtomicUsize::new(0),
             api: std::sync::Mutex::new(None),
             cancel: cancel.clone(),
-            connections: connections.clone(),
+            cut: cut.clone(),
         };
         let span = info_span!("forward", forward = %spec.name);
         let task = tokio::spawn(forward.supervise(parent.view, previous).instrument(span));
@@ -130,7 +150,7 @@ impl ForwardHandle {
             live,
             stats,
             cancel,
-            connections,
+            cut,
             task,
         }
     }
@@ -148,14 +168,14 @@ impl ForwardHandle {
     pub async fn stop(self, drain: Option<Duration>) {
         self.cancel.cancel();
         let _ = self.task.await;
-        let connections = self.connections;
+        let cut = self.cut;
         let Some(drain) = drain else { return };
         if self.stats.active.load(Ordering::Relaxed) == 0 {
-            connections.cancel();
+            cut.cancel();
         } else {
             tokio::spawn(async move {
                 tokio::time::sleep(drain).await;
-                connections.cancel();
+                cut.cancel();
             });
         }
     }
@@ -173,7 +193,8 @@ struct Forward {
     /// The API client, for tunnels; follows the cluster view.
     api: std::sync::Mutex<Option<kube::Client>>,
     cancel: CancellationToken,
-    connections: CancellationToken,
+    /// Cuts this forward's open connections.
+    cut: CancellationToken,
 }
 
 /// What the listener task reports.
@@ -434,5 +455,33 @@ impl Forward {
 
     fn set_client(&self, client: Option<kube::Client>) {
         *self.api.lock().unwrap_or_else(|p| p.into_inner()) = client;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_connection_leaves_the_active_count_however_its_task_ends() {
+        let stats = Arc::new(Stats::default());
+        let finished = stats.open();
+        let panicked = stats.open();
+        let dropped = stats.open();
+        assert_eq!(stats.view().active, 3);
+        drop(finished);
+        let task = tokio::spawn(async move {
+            let _active = panicked;
+            panic!("a bug in a connection's task");
+        });
+        assert!(task.await.unwrap_err().is_panic());
+        let never = tokio::spawn(async move {
+            let _active = dropped;
+            std::future::pending::<()>().await;
+        });
+        never.abort();
+        assert!(never.await.unwrap_err().is_cancelled());
+        let view = stats.view();
+        assert_eq!((view.active, view.total), (0, 3));
     }
 }

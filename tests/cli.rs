@@ -1,7 +1,5 @@
 //! The `porthole` binary as users run it: real processes, a real control socket, a fake cluster.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 

@@ -1,8 +1,6 @@
 //! Self-tests of the fake cluster through the real kube client, and of its simulated
 //! kube-proxy over real loopback sockets.
 
-mod support;
-
 // Pods and their portforward subresource.
 #[path = "fake_cluster/pods.rs"]
 mod pods;

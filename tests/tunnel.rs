@@ -1,8 +1,6 @@
 //! Forwards in `mode = "tunnel"`: through the API server's port-forward to a ready pod, over
 //! real sockets and the fake cluster's WebSocket port-forward.
 
-mod support;
-
 use std::time::Duration;
 
 use porthole::cause::{CauseId, State};

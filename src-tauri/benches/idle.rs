@@ -5,11 +5,8 @@
 //! the ticks they used over a quiet interval. Three phases: tray only from start; the settings
 //! window open; the window closed again (its process gone, so its memory is back).
 
-// It borrows the desktop tests' harness and the fake cluster, using part of each.
+// It borrows the desktop tests' harness, using part of it.
 #![allow(dead_code, unused_imports)]
-
-#[path = "../../tests/support/mod.rs"]
-mod support;
 
 #[path = "../tests/desktop/app.rs"]
 mod app;

@@ -42,27 +42,27 @@ fn certificate_failures_are_credentials_not_outages() {
 #[test]
 fn unauthorized_wins_over_unreachable() {
     let mut progress = Progress {
-        synced: [true, true, true, false],
+        synced: PerKind([true, true, true, false]),
         ..Default::default()
     };
     assert_eq!(progress.status(), ClusterStatus::Connecting);
     assert!(progress.record(Signal::Ok {
-        kind: 3,
+        kind: Kind::EndpointSlice,
         changed: true,
         synced: true
     }));
     assert_eq!(progress.status(), ClusterStatus::Connected);
     progress.record(Signal::Failed {
-        kind: 0,
+        kind: Kind::Namespace,
         status: ClusterStatus::Unreachable("x".into()),
     });
     progress.record(Signal::Failed {
-        kind: 2,
+        kind: Kind::Node,
         status: ClusterStatus::Unauthorized("401".into()),
     });
     assert!(matches!(progress.status(), ClusterStatus::Unauthorized(_)));
     progress.record(Signal::Ok {
-        kind: 2,
+        kind: Kind::Node,
         changed: false,
         synced: false,
     });

@@ -101,7 +101,7 @@ impl Core {
                 (ClusterStatusView::from(&v.status), v.context.clone())
             };
             if let Some(context) = context {
-                self.set_contexts(Some(Some(context)), None);
+                self.set_context(context);
             }
             if status != last {
                 self.hub.snapshot.send_modify(|s| s.cluster = status.clone());
@@ -121,28 +121,25 @@ impl Core {
         }
     }
 
-    /// Reads kubectl's current-context.
+    /// Reads kubectl's current-context; with a context configured, that is Porthole's (with
+    /// none, Porthole uses kubectl's: the one discovery reports).
     pub(super) fn refresh_kubectl_context(&self, cluster: &ClusterSpec) {
         let current = Loaded::for_cluster(cluster)
             .ok()
             .and_then(|l| l.current_context().map(String::from));
-        // With no context configured, Porthole uses kubectl's: the one discovery reports.
-        let context = cluster.context.clone().map(Some);
-        self.set_contexts(context, Some(current));
+        if let Some(context) = &cluster.context {
+            self.set_context(context.clone());
+        }
+        self.hub
+            .snapshot
+            .send_if_modified(|s| replace(&mut s.kubectl_context, current));
     }
 
-    /// Updates Porthole's and kubectl's contexts (`None`: unchanged).
-    pub(super) fn set_contexts(&self, context: Option<Option<String>>, kubectl: Option<Option<String>>) {
-        self.hub.snapshot.send_if_modified(|s| {
-            let before = (s.context.clone(), s.kubectl_context.clone());
-            if let Some(context) = context {
-                s.context = context;
-            }
-            if let Some(kubectl) = kubectl {
-                s.kubectl_context = kubectl;
-            }
-            (s.context.clone(), s.kubectl_context.clone()) != before
-        });
+    /// Porthole's context: the one configured, or the one discovery resolved.
+    pub(super) fn set_context(&self, context: String) {
+        self.hub
+            .snapshot
+            .send_if_modified(|s| replace(&mut s.context, Some(context)));
     }
 
     /// Inspects the kubeconfig from Porthole's context and reports a change of state.
@@ -175,4 +172,13 @@ impl Core {
             to: state,
         });
     }
+}
+
+/// Sets `slot` to `value`; whether that changed it.
+fn replace<T: PartialEq>(slot: &mut T, value: T) -> bool {
+    if *slot == value {
+        return false;
+    }
+    *slot = value;
+    true
 }

@@ -121,13 +121,16 @@ impl Forward {
             }
             let routes = routes.clone();
             // Counted from accept, so a forward stopped meanwhile waits for it to drain.
-            self.stats.total.fetch_add(1, Ordering::Relaxed);
-            self.stats.active.fetch_add(1, Ordering::Relaxed);
+            let active = self.stats.open();
             let span = debug_span!("conn", %peer);
             let this = self.clone();
-            self.hub
-                .connections
-                .spawn(async move { this.serve(client, routes).await }.instrument(span));
+            self.hub.connections.spawn(
+                async move {
+                    this.serve(client, routes).await;
+                    drop(active);
+                }
+                .instrument(span),
+            );
         }
     }
 
@@ -154,9 +157,8 @@ impl Forward {
         // a node that swallows SYNs would otherwise hold Quit for connect_timeout per node.
         tokio::select! {
             _ = self.relay(client, route) => {}
-            _ = self.connections.cancelled() => debug!("closed by shutdown"),
+            _ = self.cut.cancelled() => debug!("closed by shutdown"),
         }
-        self.stats.active.fetch_sub(1, Ordering::Relaxed);
     }
 
     async fn relay(&self, client: TcpStream, route: Option<Arc<Route>>) {

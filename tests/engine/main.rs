@@ -1,9 +1,6 @@
 //! The engine end to end: real sockets through a fake kind cluster's simulated kube-proxy.
 //! One test binary; the tests are grouped by what they are about.
 
-#[path = "../support/mod.rs"]
-mod support;
-
 mod api_and_kubeconfig;
 mod causes;
 mod cluster_changes;

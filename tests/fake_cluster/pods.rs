@@ -12,8 +12,8 @@ use kube::api::{ListParams, WatchEvent, WatchParams};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::time::timeout;
 
-use super::support::{Backend, FakeCluster};
 use super::{WAIT, api_code, client, echo_cluster, next_change};
+use support::{Backend, FakeCluster};
 
 /// How long a stalled stream is watched for bytes that must not come: only a bound on a
 /// negative check, never a synchronisation.

@@ -129,7 +129,7 @@ impl FakeCluster {
         let random = store::random_u64().to_le_bytes();
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                store: Store::new(),
+                store: Store::default(),
                 pods: BTreeMap::new(),
                 node_ports: BTreeSet::new(),
                 proxy: Proxy::default(),
@@ -276,12 +276,11 @@ impl FakeCluster {
     /// server (https://127.0.0.1:1), as when kubectl points at another cluster.
     pub fn set_current_context(&self, context: &str) {
         let text = std::fs::read_to_string(&self.inner.kubeconfig).expect("read kubeconfig");
-        let doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("parse kubeconfig");
-        let mut others: Vec<String> = doc["contexts"]
-            .as_sequence()
+        let doc = kube::config::Kubeconfig::from_yaml(&text).expect("parse kubeconfig");
+        let mut others: Vec<String> = doc
+            .contexts
             .into_iter()
-            .flatten()
-            .filter_map(|c| c["name"].as_str().map(str::to_string))
+            .map(|c| c.name)
             .filter(|n| *n != self.context())
             .collect();
         if context != self.context() && !others.iter().any(|n| n == context) {

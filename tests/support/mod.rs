@@ -6,7 +6,6 @@
 //! portforward subresource and its faults), `proxy` (kube-proxy), `api` and `watch` (the HTTP
 //! API), `store` (objects, resourceVersions, history), `selector`, `pki`, `kubeconfig`,
 //! `backend`, `openchoreo` (the quick-start cluster).
-#![allow(dead_code)]
 
 pub mod api;
 pub mod backend;
@@ -23,12 +22,7 @@ pub mod services;
 pub mod store;
 pub mod watch;
 
-// Each test binary uses a subset of these shortcuts.
-#[allow(unused_imports)]
 pub use backend::Backend;
-#[allow(unused_imports)]
 pub use cluster::FakeCluster;
-#[allow(unused_imports)]
 pub use openchoreo::OpenChoreo;
-#[allow(unused_imports)]
 pub use services::{port, service};

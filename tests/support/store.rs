@@ -108,8 +108,8 @@ pub struct Store {
     feed: broadcast::Sender<Feed>,
 }
 
-impl Store {
-    pub fn new() -> Store {
+impl Default for Store {
+    fn default() -> Store {
         Store {
             // A fresh etcd is never at revision 0 once the API server has bootstrapped.
             rv: 100,
@@ -119,7 +119,9 @@ impl Store {
             feed: broadcast::channel(4096).0,
         }
     }
+}
 
+impl Store {
     pub fn rv(&self) -> u64 {
         self.rv
     }

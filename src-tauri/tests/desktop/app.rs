@@ -11,7 +11,7 @@ use tokio::process::{Child, Command};
 
 use super::bus::Bus;
 use super::sni::TrayItem;
-use crate::support::FakeCluster;
+use support::FakeCluster;
 
 pub const APP: &str = env!("CARGO_BIN_EXE_porthole-app");
 /// Generous bound for every wait: a failing test fails, it never hangs.

@@ -4,9 +4,6 @@
 //! through WebDriver (`tauri-driver` + `WebKitWebDriver`). Each test has its own Xvfb display
 //! and bus, so tests run in parallel without seeing each other's windows or tray items.
 
-#[path = "../../../tests/support/mod.rs"]
-mod support;
-
 mod app;
 mod bus;
 mod sni;

@@ -179,11 +179,15 @@ impl Engine {
     /// backup; the snapshot's kubeconfig state follows at once. `Ok(None)`: nothing to fix.
     pub async fn fix_kubeconfig(&self) -> Result<Option<Fixed>, FixError> {
         let cluster = self.core.cluster().await.ok_or(FixError::NoContext)?;
+        let inspecting = self.core.kubeconfig.lock().await;
         let fixed = match crate::write::Backups::private() {
             Ok(backups) => kubeconfig::state::fix(&cluster, &Tools::from_env(), &backups).await,
             Err(e) => Err(e.into()),
         };
-        self.core.refresh_kubeconfig_state(&cluster).await;
+        self.core
+            .inspect_kubeconfig(&cluster, matches!(fixed, Ok(Some(_))))
+            .await;
+        drop(inspecting);
         if let Some(running) = self.core.running.lock().await.as_ref() {
             self.core.refresh_kubectl_context(&running.config.cluster);
         }
@@ -198,6 +202,8 @@ struct Core {
     hub: Arc<Hub>,
     view: watch::Sender<ClusterView>,
     running: Arc<Mutex<Option<Running>>>,
+    /// Held while the kubeconfig is inspected (and across a fix and its inspection).
+    kubeconfig: Arc<Mutex<()>>,
     cancel: CancellationToken,
     /// Cuts every open connection (after the drain, or when the last handle goes).
     cut: CancellationToken,
@@ -226,6 +232,7 @@ impl Core {
             hub,
             view,
             running: Arc::new(Mutex::new(None)),
+            kubeconfig: Arc::new(Mutex::new(())),
             cancel: CancellationToken::new(),
             cut: CancellationToken::new(),
         };

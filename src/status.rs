@@ -11,6 +11,10 @@ use crate::discovery::ClusterStatus;
 use crate::kubeconfig::state::KubeconfigState;
 use crate::route::Route;
 
+mod text;
+
+pub use text::table;
+
 /// Everything about one forward at one moment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ForwardStatus {
@@ -124,7 +128,7 @@ pub struct Snapshot {
     pub kubectl_context: Option<String>,
     /// The kubeconfig as seen from Porthole's context (when the config names one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kubeconfig: Option<KubeconfigState>,
+    pub kubeconfig: Option<KubeconfigReport>,
     pub cluster: ClusterStatusView,
     pub forwards: Vec<ForwardStatus>,
 }
@@ -136,6 +140,28 @@ impl Snapshot {
 
     pub fn forward(&self, name: &str) -> Option<&ForwardStatus> {
         self.forwards.iter().find(|f| f.name == name)
+    }
+}
+
+/// The kubeconfig's state and the sentence every front end shows for it (the CLI, the tray,
+/// notifications and the settings page say the same words).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubeconfigReport {
+    #[serde(flatten)]
+    pub state: KubeconfigState,
+    pub sentence: String,
+    /// The command that fixes it, when one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+impl From<KubeconfigState> for KubeconfigReport {
+    fn from(state: KubeconfigState) -> KubeconfigReport {
+        KubeconfigReport {
+            sentence: state.sentence(),
+            fix: state.fix(),
+            state,
+        }
     }
 }
 
@@ -183,10 +209,13 @@ pub enum Event {
     /// A forward was taken out of the config.
     Removed { name: String },
     /// The kubeconfig's state changed, in either direction (a context switched elsewhere, and
-    /// back; a context gone stale, and fixed).
+    /// back; a context gone stale, and fixed). `fixed`: Porthole's own fix changed it
+    /// ([`crate::Engine::fix_kubeconfig`]), which reports itself.
     Kubeconfig {
         from: Option<KubeconfigState>,
         to: KubeconfigState,
+        #[serde(default)]
+        fixed: bool,
     },
 }
 

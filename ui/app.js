@@ -46,7 +46,8 @@ function renderSnapshot(snapshot) {
   const kube = snapshot.kubeconfig;
   const wrong = kube && kube.state !== "ok";
   $("banner").hidden = !wrong;
-  if (wrong) $("banner-text").textContent = bannerText(kube, snapshot);
+  // The sentence comes with the state: the tray, the CLI and notifications say the same.
+  if (wrong) $("banner-text").textContent = kube.fix ? `${kube.sentence}. Fix: ${kube.fix}.` : `${kube.sentence}.`;
 
   const body = $("forwards").tBodies[0];
   body.replaceChildren();
@@ -80,21 +81,6 @@ function renderSnapshot(snapshot) {
     actions.append(edit, " ", remove);
     row.append(actions);
     body.append(row);
-  }
-}
-
-function bannerText(kube, snapshot) {
-  switch (kube.state) {
-    case "context-mismatch":
-      return `kubectl's current-context is ${kube.current}, not ${kube.expected}: kubectl and the quick-start scripts talk to another cluster.`;
-    case "context-unset":
-      return `kubectl has no current-context; Porthole uses ${kube.expected}.`;
-    case "context-missing":
-      return `The context ${kube.expected} is in no kubeconfig file.`;
-    case "context-stale":
-      return `The context ${kube.expected} points at ${kube.server}, which does not answer; the cluster now listens at ${kube.fresh_server}.`;
-    default:
-      return `kubectl uses ${snapshot.kubectl_context}`;
   }
 }
 

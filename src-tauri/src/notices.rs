@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use porthole::cause::{Cause, Health, State};
-use porthole::kubeconfig::state::{Fixed, KubeconfigState};
+use porthole::kubeconfig::state::{FixError, Fixed, KubeconfigState};
 use porthole::{Event, Snapshot};
 use serde::{Deserialize, Serialize};
 
@@ -20,8 +20,6 @@ use serde::{Deserialize, Serialize};
 pub const BATCH: Duration = Duration::from_millis(400);
 /// From this many forwards at once, one summary instead of one notification each.
 const SUMMARY_FROM: usize = 3;
-/// After a successful fix, "the context is right again" would say the same thing twice.
-const FIX_ECHO: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -111,7 +109,6 @@ pub struct Notices {
     /// By forward name.
     forwards: BTreeMap<String, Track>,
     batch_since: Option<Instant>,
-    fixed_at: Option<Instant>,
 }
 
 fn port_of(snapshot: &Snapshot, name: &str) -> String {
@@ -149,7 +146,7 @@ impl Notices {
                 self.forwards.remove(name);
                 Vec::new()
             }
-            Event::Kubeconfig { from, to } => self.kubeconfig(from.as_ref(), to, now),
+            Event::Kubeconfig { from, to, fixed } => self.kubeconfig(from.as_ref(), to, *fixed),
             Event::Route { .. } | Event::Cluster { .. } => Vec::new(),
         }
     }
@@ -182,7 +179,9 @@ impl Notices {
         }
     }
 
-    fn kubeconfig(&mut self, from: Option<&KubeconfigState>, to: &KubeconfigState, now: Instant) -> Vec<Notice> {
+    /// A change of the kubeconfig's state; one Porthole's own fix made is told by the fix's
+    /// notice ([`Notices::fixed`]), not again here.
+    fn kubeconfig(&mut self, from: Option<&KubeconfigState>, to: &KubeconfigState, fixed: bool) -> Vec<Notice> {
         let was_ok = from.is_none_or(|s| s.is_ok());
         if !to.is_ok() && (was_ok || from.map(|s| s.id()) != Some(to.id())) {
             let mut body = to.sentence();
@@ -195,8 +194,7 @@ impl Notices {
                 body,
             )];
         }
-        let echo = self.fixed_at.is_some_and(|t| now.duration_since(t) < FIX_ECHO);
-        if to.is_ok() && from.is_some_and(|s| !s.is_ok()) && !echo {
+        if to.is_ok() && from.is_some_and(|s| !s.is_ok()) && !fixed {
             return vec![Notice::new(
                 Kind::Context,
                 "kubectl's context is right again",
@@ -207,10 +205,9 @@ impl Notices {
     }
 
     /// What a click on "Fix kubeconfig" came to.
-    pub fn fixed(&mut self, outcome: &Result<Option<Fixed>, String>, now: Instant) -> Notice {
+    pub fn fixed(&self, outcome: &Result<Option<Fixed>, FixError>) -> Notice {
         match outcome {
             Ok(Some(fixed)) => {
-                self.fixed_at = Some(now);
                 let mut body = format!("{} in {}", fixed.summary, fixed.file.display());
                 if let Some(backup) = &fixed.backup {
                     body += &format!(" (backup: {})", backup.display());
@@ -218,7 +215,7 @@ impl Notices {
                 Notice::new(Kind::Fix, "kubeconfig fixed", body)
             }
             Ok(None) => Notice::new(Kind::Fix, "kubeconfig already right", "nothing was changed"),
-            Err(error) => Notice::new(Kind::Fix, "could not fix the kubeconfig", error.clone()),
+            Err(error) => Notice::new(Kind::Fix, "could not fix the kubeconfig", error.to_string()),
         }
     }
 
@@ -477,10 +474,12 @@ mod tests {
         let ev = |from: &KubeconfigState, to: &KubeconfigState| Event::Kubeconfig {
             from: Some(from.clone()),
             to: to.clone(),
+            fixed: false,
         };
         let first = Event::Kubeconfig {
             from: None,
             to: ok.clone(),
+            fixed: false,
         };
         assert!(n.observe(&first, &snap, t).is_empty());
         let went = n.observe(&ev(&ok, &wrong), &snap, t);
@@ -500,10 +499,15 @@ mod tests {
             file: "/home/u/.kube/config".into(),
             backup: Some("/home/u/.kube/config.porthole-backup.1".into()),
         };
-        assert_eq!(n.fixed(&Ok(Some(fixed)), t).summary, "kubeconfig fixed");
+        assert_eq!(n.fixed(&Ok(Some(fixed))).summary, "kubeconfig fixed");
+        let by_the_fix = Event::Kubeconfig {
+            from: Some(wrong.clone()),
+            to: ok.clone(),
+            fixed: true,
+        };
         assert!(
-            n.observe(&ev(&wrong, &ok), &snap, t + Duration::from_secs(1))
-                .is_empty()
+            n.observe(&by_the_fix, &snap, t + Duration::from_secs(60)).is_empty(),
+            "the fix's own notice told it, however late its event"
         );
     }
 

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use porthole::config::{ConfigFile, Reload};
+use porthole::kubeconfig::state::FixError;
 use porthole::{Engine, Snapshot, Tuning};
 use tauri::{AppHandle, Manager};
 use tauri_plugin_clipboard_manager::ClipboardExt;
@@ -17,7 +18,7 @@ use tracing::{error, info, warn};
 
 use crate::notices::{Kind, Notice, Notices};
 use crate::prefs::Prefs;
-use crate::tray::{self, Tray, TrayView, ids};
+use crate::tray::{Tray, TrayView, ids};
 use crate::window;
 
 /// Everything the app shares between the tray, the commands and the event loop.
@@ -267,7 +268,7 @@ pub fn on_menu(app: &AppHandle, id: &str) {
             }
             ids::SETTINGS => window::open(&app),
             ids::COPY_STATUS => {
-                if let Err(e) = app.clipboard().write_text(tray::status_text(&snapshot)) {
+                if let Err(e) = app.clipboard().write_text(snapshot.to_string()) {
                     warn!(error = %e, "cannot copy the status");
                 }
             }
@@ -279,14 +280,14 @@ pub fn on_menu(app: &AppHandle, id: &str) {
 }
 
 /// Runs the engine's kubeconfig fix and tells the user how it went.
-pub async fn fix_kubeconfig(app: &AppHandle) -> Result<(), String> {
+pub async fn fix_kubeconfig(app: &AppHandle) -> Result<(), FixError> {
     let shell = app.state::<Shell>();
-    let outcome = shell.engine.fix_kubeconfig().await.map_err(|e| e.to_string());
+    let outcome = shell.engine.fix_kubeconfig().await;
     match &outcome {
         Ok(fixed) => info!(?fixed, "kubeconfig fix"),
         Err(e) => error!(error = %e, "kubeconfig fix failed"),
     }
-    let notice = lock(&shell.notices).fixed(&outcome, Instant::now());
+    let notice = lock(&shell.notices).fixed(&outcome);
     notify(app, vec![notice]);
     outcome.map(|_| ())
 }

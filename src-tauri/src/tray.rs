@@ -93,7 +93,7 @@ fn cause_words(forward: &ForwardStatus) -> Option<String> {
 /// The worst state decides; a wrong kubectl context shows unless a forward is down.
 pub fn aggregate(snapshot: &Snapshot) -> Aggregate {
     let states: Vec<State> = snapshot.forwards.iter().map(|f| f.health.state).collect();
-    let context_wrong = snapshot.kubeconfig.as_ref().is_some_and(|k| !k.is_ok());
+    let context_wrong = snapshot.kubeconfig.as_ref().is_some_and(|k| !k.state.is_ok());
     if states.contains(&State::Down) {
         Aggregate::Down
     } else if context_wrong {
@@ -132,16 +132,16 @@ impl TrayView {
             id: ids::STOP_ALL,
             label: "Stop all".into(),
         });
-        if let Some(state) = snapshot.kubeconfig.as_ref().filter(|k| !k.is_ok()) {
+        if let Some(report) = snapshot.kubeconfig.as_ref().filter(|k| !k.state.is_ok()) {
             lines.push(Line::Separator);
-            lines.push(Line::Note(state.sentence()));
+            lines.push(Line::Note(report.sentence.clone()));
             let current = snapshot.kubectl_context.as_deref().unwrap_or("none");
             let expected = snapshot.context.as_deref().unwrap_or("?");
             lines.push(Line::Action {
                 id: ids::FIX_KUBECONFIG,
                 label: format!("Fix kubeconfig (current: {current} → {expected})"),
             });
-            tooltip.push(state.sentence());
+            tooltip.push(report.sentence.clone());
         }
         lines.push(Line::Separator);
         for (id, label) in [
@@ -198,24 +198,6 @@ fn one_line(error: &str) -> String {
         Some((cut, _)) => format!("{}…", &line[..cut]),
         None => line,
     }
-}
-
-/// Status as text, for "Copy status": one line per forward with its route or cause.
-pub fn status_text(snapshot: &Snapshot) -> String {
-    let mut out = String::new();
-    for f in &snapshot.forwards {
-        out += &format!("{:<20} {:>6}  {:<9}", f.name, port(f), f.health.state.to_string());
-        match (&f.health.cause, &f.route) {
-            (Some(cause), _) => out += &format!(" {}: {}", cause.id.as_str(), cause.message),
-            (None, Some(route)) => out += &format!(" → {}", route.describe()),
-            (None, None) => {}
-        }
-        out.push('\n');
-    }
-    if let Some(state) = &snapshot.kubeconfig {
-        out += &format!("kubeconfig: {}\n", state.sentence());
-    }
-    out
 }
 
 /// The tray icon on screen and the view it shows.
@@ -302,7 +284,7 @@ mod tests {
         Snapshot {
             context: Some("kind-openchoreo-local".into()),
             kubectl_context: Some("rancher-desktop".into()),
-            kubeconfig,
+            kubeconfig: kubeconfig.map(Into::into),
             cluster: ClusterStatusView {
                 state: "connected".into(),
                 detail: None,

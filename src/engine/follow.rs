@@ -144,6 +144,13 @@ impl Core {
 
     /// Inspects the kubeconfig from Porthole's context and reports a change of state.
     pub(super) async fn refresh_kubeconfig_state(&self, cluster: &ClusterSpec) {
+        let _one_at_a_time = self.kubeconfig.lock().await;
+        self.inspect_kubeconfig(cluster, false).await;
+    }
+
+    /// The inspection itself; the caller holds `kubeconfig` (a fix holds it across its write and
+    /// this, so the watcher cannot report the fix's change as news of its own).
+    pub(super) async fn inspect_kubeconfig(&self, cluster: &ClusterSpec, fixed: bool) {
         let Some(expected) = cluster.context.clone() else {
             return;
         };
@@ -154,10 +161,10 @@ impl Core {
         };
         let mut previous = None;
         let changed = self.hub.snapshot.send_if_modified(|s| {
-            if s.kubeconfig.as_ref() == Some(&state) {
+            if s.kubeconfig.as_ref().is_some_and(|k| k.state == state) {
                 return false;
             }
-            previous = s.kubeconfig.replace(state.clone());
+            previous = s.kubeconfig.replace(state.clone().into()).map(|k| k.state);
             true
         });
         if !changed {
@@ -170,6 +177,7 @@ impl Core {
         let _ = self.hub.events.send(Event::Kubeconfig {
             from: previous,
             to: state,
+            fixed,
         });
     }
 }

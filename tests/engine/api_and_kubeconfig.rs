@@ -107,16 +107,17 @@ async fn kubeconfig_drift_is_pushed_as_events_in_both_directions() {
     let engine = start(&cluster, &forward("echo", NS, "echo")).await;
     wait_healthy(&engine, "echo").await;
     wait_snapshot(&engine, "kubeconfig inspected", |s| {
-        s.kubeconfig.as_ref().is_some_and(|k| k.is_ok())
+        s.kubeconfig.as_ref().is_some_and(|k| k.state.is_ok())
     })
     .await;
     let mut events = engine.events();
     // Like `kubectl config use-context rancher-desktop`: the file is replaced by rename.
     cluster.set_current_context("rancher-desktop");
     let event = wait_event(&mut events, |e| matches!(e, Event::Kubeconfig { .. })).await;
-    let Event::Kubeconfig { from, to } = event else {
+    let Event::Kubeconfig { from, to, fixed } = event else {
         unreachable!()
     };
+    assert!(!fixed, "kubectl changed it, not Porthole");
     assert_eq!(from.map(|f| f.id()), Some("ok"));
     assert_eq!(
         to,
@@ -125,10 +126,15 @@ async fn kubeconfig_drift_is_pushed_as_events_in_both_directions() {
             current: "rancher-desktop".into()
         }
     );
+    let snapshot = engine.snapshot().borrow().clone();
+    assert_eq!(snapshot.kubectl_context.as_deref(), Some("rancher-desktop"));
+    // The sentence every front end shows travels with the state.
+    let report = snapshot.kubeconfig.unwrap();
     assert_eq!(
-        engine.snapshot().borrow().kubectl_context.as_deref(),
-        Some("rancher-desktop")
+        report.sentence,
+        "kubectl's current-context is rancher-desktop, not kind-ctxevent"
     );
+    assert_eq!(report.fix.as_deref(), Some("set current-context to kind-ctxevent"));
     // Fixed with the same function the CLI and the tray use, and the recovery is an event too.
     let inspection = state::inspect(vec![cluster.kubeconfig()], "kind-ctxevent", &Tools::from_env())
         .await

@@ -1,0 +1,251 @@
+//! The status in words: one text for `porthole status`, `porthole wait`'s report and the tray's
+//! "Copy status", so they never differ.
+
+use std::fmt;
+
+use super::{ForwardStatus, Snapshot, printable};
+
+/// The status as `porthole status` prints it and the tray's "Copy status" copies it: a line
+/// about the cluster (and one about the kubeconfig when it is wrong), then the forwards' table.
+impl fmt::Display for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&text(self))
+    }
+}
+
+fn text(snapshot: &Snapshot) -> String {
+    let mut out = String::new();
+    let context = snapshot.context.as_deref().unwrap_or("(kubectl's current)");
+    let kubectl = snapshot.kubectl_context.as_deref().unwrap_or("(none)");
+    let cluster = match &snapshot.cluster.detail {
+        Some(detail) => format!("{} ({detail})", snapshot.cluster.state),
+        None => snapshot.cluster.state.clone(),
+    };
+    out += &printable(&format!("context {context}: {cluster} (kubectl: {kubectl})"));
+    out.push('\n');
+    match &snapshot.kubeconfig {
+        Some(report) if !report.state.is_ok() => {
+            out += &format!(
+                "warning: {}: {} (fix: `porthole fix-kubeconfig`, or Fix kubeconfig in the app's menu)\n",
+                report.state.id(),
+                printable(&report.sentence)
+            );
+        }
+        Some(_) => {}
+        None if snapshot.context_mismatch() => {
+            out += &printable(&format!(
+                "warning: kubectl's current-context is {kubectl}, not {context}"
+            ));
+            out.push('\n');
+        }
+        None => {}
+    }
+    out + &table(&snapshot.forwards.iter().collect::<Vec<_>>())
+}
+
+/// The forwards' table: a header, a line each with columns sized to their contents, and the
+/// cause and fix under a broken one.
+pub fn table(forwards: &[&ForwardStatus]) -> String {
+    let rows: Vec<[String; 6]> = forwards.iter().map(|f| row(f)).collect();
+    let header = ["NAME", "LOCAL", "STATE", "ROUTE", "CONN", "BYTES"].map(String::from);
+    let mut widths = [0usize; 6];
+    for cells in std::iter::once(&header).chain(&rows) {
+        for (width, cell) in widths.iter_mut().zip(cells) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = line(&header, &widths);
+    for (f, cells) in forwards.iter().zip(&rows) {
+        out += &line(cells, &widths);
+        out += &cause_lines(f);
+    }
+    out
+}
+
+/// One forward's cells: name, local address, state, route, connections (open/total), bytes.
+fn row(f: &ForwardStatus) -> [String; 6] {
+    [
+        printable(&f.name).into_owned(),
+        f.local.map_or("-".into(), |a| a.to_string()),
+        f.health.state.to_string(),
+        f.route
+            .as_ref()
+            .map_or("-".into(), |r| printable(&r.describe()).into_owned()),
+        format!("{}/{}", f.stats.active, f.stats.total),
+        human_bytes(f.stats.bytes_up + f.stats.bytes_down),
+    ]
+}
+
+/// Cells padded to the column widths: text left-aligned, the two counters right-aligned.
+fn line(cells: &[String; 6], widths: &[usize; 6]) -> String {
+    let mut out = String::new();
+    for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
+        let pad = " ".repeat(width - cell.chars().count());
+        let last = i == cells.len() - 1;
+        match i {
+            4 | 5 => out += &format!("{pad}{cell}"),
+            _ => out += &format!("{cell}{pad}"),
+        }
+        out += if last { "\n" } else { "  " };
+    }
+    out
+}
+
+fn cause_lines(f: &ForwardStatus) -> String {
+    let mut lines = String::new();
+    if let Some(local) = f.local.filter(|a| !a.ip().is_loopback()) {
+        lines += &format!("    listening on {local}: other machines can reach this forward\n");
+    }
+    if let Some(cause) = &f.health.cause {
+        lines += &format!("    {}: {}\n", cause.id, printable(&cause.message));
+        if let Some(fix) = &cause.fix {
+            lines += &format!("    fix: {}\n", printable(fix));
+        }
+    }
+    if f.stats.refused > 0 {
+        lines += &format!("    refused {} connections while at max_connections\n", f.stats.refused);
+    }
+    lines
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cause::{Cause, CauseId, Health, State};
+    use crate::status::{ClusterStatusView, Path, RouteView};
+
+    fn forward(name: &str, port: u16, route: Option<RouteView>, health: Health) -> ForwardStatus {
+        ForwardStatus {
+            name: name.into(),
+            namespace: "ns".into(),
+            service: name.into(),
+            local: Some(([127, 0, 0, 1], port).into()),
+            enabled: true,
+            health,
+            path: route.as_ref().map(|r| r.path),
+            route,
+            stats: Default::default(),
+        }
+    }
+
+    fn route(path: Path, target: &str, pod: Option<&str>) -> RouteView {
+        RouteView {
+            path,
+            target: target.into(),
+            pod: pod.map(str::to_string),
+            node: "worker".into(),
+            service_type: "NodePort".into(),
+            port: "http 80/TCP".into(),
+            node_port: 30080,
+            ready_nodes: 1,
+            ready_endpoints: 1,
+        }
+    }
+
+    #[test]
+    fn the_table_names_the_path_and_keeps_its_columns_aligned() {
+        let healthy = Health::new(State::Healthy, None);
+        let snapshot = Snapshot {
+            context: Some("kind-a".into()),
+            kubectl_context: Some("kind-a".into()),
+            kubeconfig: None,
+            cluster: ClusterStatusView {
+                state: "connected".into(),
+                detail: None,
+            },
+            forwards: vec![
+                forward(
+                    "a-rather-long-forward-name",
+                    3000,
+                    Some(route(Path::Nodeport, "172.18.0.3:30080", None)),
+                    healthy.clone(),
+                ),
+                forward(
+                    "api",
+                    8080,
+                    Some(route(
+                        Path::Tunnel,
+                        "wso2-amp/amp-api-7d9f8b6c4d-x2x9q:8080",
+                        Some("wso2-amp/amp-api-7d9f8b6c4d-x2x9q:8080"),
+                    )),
+                    healthy,
+                ),
+                forward(
+                    "otel",
+                    21893,
+                    Some(route(Path::Tunnel, "-", None)),
+                    Health::new(
+                        State::Down,
+                        Some(Cause::new(CauseId::NoReadyEndpoints, "no ready endpoints")),
+                    ),
+                ),
+            ],
+        };
+        let table = snapshot.to_string();
+        let lines: Vec<&str> = table.lines().skip(1).filter(|l| !l.starts_with("    ")).collect();
+        assert_eq!(lines.len(), 4, "{table}");
+        assert!(
+            lines[2].contains("tunnel → wso2-amp/amp-api-7d9f8b6c4d-x2x9q:8080"),
+            "{table}"
+        );
+        assert!(lines[3].contains("tunnel (no ready pod)"), "{table}");
+        // Every column starts where its header does, whatever the lengths before it.
+        for header in ["LOCAL", "STATE", "ROUTE"] {
+            let at = lines[0].find(header).unwrap();
+            for line in &lines[1..] {
+                let cell = &line.chars().skip(at).collect::<String>();
+                assert!(
+                    line.chars().nth(at - 1) == Some(' ') && !cell.starts_with(' '),
+                    "{header} misaligned:\n{table}"
+                );
+            }
+        }
+        // The counters end where their headers end.
+        let end = lines[0].chars().count();
+        assert!(lines[1..].iter().all(|l| l.chars().count() == end), "{table}");
+    }
+
+    #[test]
+    fn the_table_says_when_a_forward_is_open_to_the_network_or_refused_connections() {
+        let mut open = forward("console", 3000, None, Health::new(State::Healthy, None));
+        open.local = Some("0.0.0.0:3000".parse().unwrap());
+        open.stats.refused = 7;
+        let lines = cause_lines(&open);
+        assert!(
+            lines.contains("listening on 0.0.0.0:3000: other machines can reach this forward"),
+            "{lines}"
+        );
+        assert!(
+            lines.contains("refused 7 connections while at max_connections"),
+            "{lines}"
+        );
+        let local = forward("api", 8080, None, Health::new(State::Healthy, None));
+        assert_eq!(cause_lines(&local), "");
+    }
+
+    #[test]
+    fn strings_from_the_cluster_cannot_drive_the_terminal() {
+        let cause = Cause::new(CauseId::TunnelFailed, "pod \u{1b}[2J\u{1b}]0;owned\u{7}gone\nfake line")
+            .with_fix("run \u{1b}[31mthis");
+        let f = forward("api", 8080, None, Health::new(State::Down, Some(cause)));
+        let out = cause_lines(&f);
+        assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{out:?}");
+        assert_eq!(out.lines().count(), 2, "no line of the cluster's making: {out:?}");
+        assert!(out.contains("pod ?[2J?]0;owned?gone?fake line"), "{out:?}");
+    }
+}

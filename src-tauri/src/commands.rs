@@ -4,7 +4,6 @@
 use porthole::Snapshot;
 use porthole::config::edit::{Edit, EditError, ForwardDraft};
 use porthole::config::{Mode, Probe, ServiceTarget};
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tauri::{AppHandle, Manager};
@@ -89,74 +88,73 @@ fn draft(spec: &porthole::config::ForwardSpec, default_mode: Mode) -> ForwardDra
     }
 }
 
-/// Runs one of the page's commands; `args` are the page's arguments, by name.
-pub async fn call(app: &AppHandle, command: &str, args: Value) -> Result<Value, CommandError> {
-    let shell = app.state::<Shell>();
-    let shell = shell.inner();
-    match command {
-        "page_state" => reply(page_state(app, shell).await?),
-        // Namespaces, services and ports for the picker; an error means "let the user type".
-        "catalog" => reply(shell.engine.catalog().map_err(CommandError::failed)?),
-        "save_forward" => {
-            #[derive(Deserialize)]
-            struct Args {
-                replaces: Option<String>,
-                draft: ForwardDraft,
-            }
-            let Args { replaces, draft } = parse(args)?;
-            reply(save(shell, Edit::Forward { replaces, draft }).await?)
-        }
-        "remove_forward" => {
-            let Name { name } = parse(args)?;
-            reply(save(shell, Edit::RemoveForward(name)).await?)
-        }
-        // The context Porthole uses (none: follow kubectl's).
-        "set_context" => {
-            #[derive(Deserialize)]
-            struct Args {
-                context: Option<String>,
-            }
-            let Args { context } = parse(args)?;
-            reply(save(shell, Edit::Context(context.filter(|c| !c.is_empty()))).await?)
-        }
-        "set_enabled" => {
-            #[derive(Deserialize)]
-            struct Args {
-                name: String,
-                enabled: bool,
-            }
-            let Args { name, enabled } = parse(args)?;
-            let done = shell.engine.set_enabled(&name, enabled).await;
-            reply(done.map_err(CommandError::failed)?)
-        }
-        "fix_kubeconfig" => reply(shell::fix_kubeconfig(app).await.map_err(CommandError::failed)?),
-        "set_prefs" => {
-            #[derive(Deserialize)]
-            struct Args {
-                prefs: Prefs,
-            }
-            let Args { prefs } = parse(args)?;
-            reply(set_prefs(shell, prefs)?)
-        }
-        "set_autostart" => {
-            #[derive(Deserialize)]
-            struct Args {
-                enabled: bool,
-            }
-            let Args { enabled } = parse(args)?;
-            reply(set_autostart(app, enabled)?)
-        }
-        other => Err(CommandError::failed(format!("unknown command `{other}`"))),
+/// One of the page's commands (the names of `commands.list`) with its arguments, as the
+/// window's process passes them: `{"command": "set_enabled", "args": {"name": …, "enabled": …}}`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "command", content = "args", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Command {
+    /// Everything the page shows at open.
+    PageState {},
+    /// Namespaces, services and ports for the picker; an error means "let the user type".
+    Catalog {},
+    SaveForward {
+        replaces: Option<String>,
+        draft: ForwardDraft,
+    },
+    RemoveForward {
+        name: String,
+    },
+    /// The context Porthole uses (none or empty: follow kubectl's).
+    SetContext {
+        context: Option<String>,
+    },
+    SetEnabled {
+        name: String,
+        enabled: bool,
+    },
+    FixKubeconfig {},
+    SetPrefs {
+        prefs: Prefs,
+    },
+    SetAutostart {
+        enabled: bool,
+    },
+}
+
+impl Command {
+    /// Decodes the page's call of `name` with `args` (an object by argument name).
+    pub fn decode(name: &str, args: Value) -> Result<Command, CommandError> {
+        let args = if args.is_null() {
+            Value::Object(Default::default())
+        } else {
+            args
+        };
+        serde_json::from_value(serde_json::json!({ "command": name, "args": args }))
+            .map_err(|e| CommandError::failed(format!("`{name}`: {e}")))
     }
 }
 
-#[derive(Deserialize)]
-struct Name {
-    name: String,
-}
-
-fn parse<T: DeserializeOwned>(args: Value) -> Result<T, CommandError> {
-    serde_json::from_value(args).map_err(|e| CommandError::failed(format!("bad arguments: {e}")))
+/// Runs one of the page's commands.
+pub async fn call(app: &AppHandle, command: Command) -> Result<Value, CommandError> {
+    let shell = app.state::<Shell>();
+    let shell = shell.inner();
+    match command {
+        Command::PageState {} => reply(page_state(app, shell).await?),
+        Command::Catalog {} => reply(shell.engine.catalog().map_err(CommandError::failed)?),
+        Command::SaveForward { replaces, draft } => reply(save(shell, Edit::Forward { replaces, draft }).await?),
+        Command::RemoveForward { name } => reply(save(shell, Edit::RemoveForward(name)).await?),
+        Command::SetContext { context } => reply(save(shell, Edit::Context(context.filter(|c| !c.is_empty()))).await?),
+        Command::SetEnabled { name, enabled } => reply(
+            shell
+                .engine
+                .set_enabled(&name, enabled)
+                .await
+                .map_err(CommandError::failed)?,
+        ),
+        Command::FixKubeconfig {} => reply(shell::fix_kubeconfig(app).await.map_err(CommandError::failed)?),
+        Command::SetPrefs { prefs } => reply(set_prefs(shell, prefs)?),
+        Command::SetAutostart { enabled } => reply(set_autostart(app, enabled)?),
+    }
 }
 
 fn reply(value: impl Serialize) -> Result<Value, CommandError> {
@@ -229,4 +227,84 @@ fn set_autostart(app: &AppHandle, enabled: bool) -> Result<bool, CommandError> {
     let done = if enabled { launcher.enable() } else { launcher.disable() };
     done.map_err(CommandError::failed)?;
     launcher.is_enabled().map_err(CommandError::failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names of `commands.list`.
+    fn listed() -> Vec<String> {
+        include_str!("../commands.list")
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn every_listed_name_is_a_command_and_nothing_else_is() {
+        let samples = [
+            ("page_state", serde_json::json!({})),
+            ("catalog", Value::Null),
+            (
+                "save_forward",
+                serde_json::json!({ "replaces": null, "draft": { "name": "a", "enabled": true } }),
+            ),
+            ("remove_forward", serde_json::json!({ "name": "a" })),
+            ("set_context", serde_json::json!({ "context": "kind-a" })),
+            ("set_enabled", serde_json::json!({ "name": "a", "enabled": false })),
+            ("fix_kubeconfig", serde_json::json!({})),
+            ("set_prefs", serde_json::json!({ "prefs": {} })),
+            ("set_autostart", serde_json::json!({ "enabled": true })),
+        ];
+        let names: Vec<String> = samples.iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(names, listed(), "one sample per listed command, in the list's order");
+        for (name, args) in samples {
+            Command::decode(name, args).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        let unknown = Command::decode("delete_everything", Value::Null).unwrap_err();
+        assert!(unknown.to_string().contains("delete_everything"), "{unknown}");
+        assert_eq!(
+            Command::decode("set_enabled", serde_json::json!({ "name": "a", "enabled": "yes" }))
+                .unwrap_err()
+                .to_string()
+                .split(':')
+                .next(),
+            Some("`set_enabled`"),
+            "a bad argument names its command"
+        );
+        assert!(
+            Command::decode(
+                "set_enabled",
+                serde_json::json!({ "name": "a", "enabled": true, "more": 1 })
+            )
+            .is_err(),
+            "an unexpected argument is refused, not ignored"
+        );
+    }
+
+    #[test]
+    fn the_page_invokes_only_listed_commands() {
+        let page = include_str!("../../ui/app.js");
+        let listed = listed();
+        let mut invoked = Vec::new();
+        for call in page.split("invoke(").skip(1) {
+            if let Some(name) = call.strip_prefix('"').and_then(|rest| rest.split('"').next()) {
+                invoked.push(name.to_string());
+            }
+        }
+        // The page's `call(name, …)` helper invokes its first argument.
+        for call in page.split("call(\"").skip(1) {
+            invoked.extend(call.split('"').next().map(str::to_string));
+        }
+        assert!(invoked.len() >= 8, "the page's calls were found: {invoked:?}");
+        for name in &invoked {
+            assert!(
+                listed.contains(name),
+                "ui/app.js invokes `{name}`, which commands.list lacks"
+            );
+        }
+    }
 }

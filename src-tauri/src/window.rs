@@ -227,7 +227,10 @@ async fn serve(app: &AppHandle, read: OwnedReadHalf, down: &mpsc::Sender<Down>) 
             Ok(None) => return,
             Err(e) => return debug!(error = %e, "settings window link closed"),
         };
-        let result = commands::call(app, &call.command, call.args).await;
+        let result = match commands::Command::decode(&call.command, call.args) {
+            Ok(command) => commands::call(app, command).await,
+            Err(e) => Err(e),
+        };
         // Waits while the window is not reading: that holds back its own next calls only.
         if down.send(Down::Reply { id: call.id, result }).await.is_err() {
             return;
@@ -385,9 +388,8 @@ async fn follow(app: AppHandle, read: OwnedReadHalf) {
     }
 }
 
-// The page's commands, each passed to the app as it is (`commands::call` runs them there), and
-// the handler of them all. `build.rs` lists the same names: each is a permission of the window's
-// capability.
+// The page's commands (`commands.list`), each passed to the app as it is (`commands::call`
+// decodes and runs it there), and the handler of them all: `build.rs` generates the list below.
 macro_rules! proxies {
     ($($name:ident),* $(,)?) => {
         $(
@@ -403,14 +405,4 @@ macro_rules! proxies {
     };
 }
 
-proxies![
-    page_state,
-    catalog,
-    save_forward,
-    remove_forward,
-    set_context,
-    set_enabled,
-    fix_kubeconfig,
-    set_prefs,
-    set_autostart,
-];
+include!(concat!(env!("OUT_DIR"), "/proxies.rs"));

@@ -9,8 +9,9 @@ use serde_json::Value;
 use tauri::{AppHandle, Manager};
 use tauri_plugin_autostart::ManagerExt;
 
-use crate::prefs::{self, Prefs};
-use crate::shell::{self, Shell, lock};
+use crate::notifier::Notifier;
+use crate::prefs::Prefs;
+use crate::shell::{self, Shell};
 
 /// A command's failure, as the page shows it: `field` puts the message next to that input.
 #[derive(Debug, thiserror::Error, Serialize, Deserialize)]
@@ -152,7 +153,7 @@ pub async fn call(app: &AppHandle, command: Command) -> Result<Value, CommandErr
                 .map_err(CommandError::failed)?,
         ),
         Command::FixKubeconfig {} => reply(shell::fix_kubeconfig(app).await.map_err(CommandError::failed)?),
-        Command::SetPrefs { prefs } => reply(set_prefs(shell, prefs)?),
+        Command::SetPrefs { prefs } => reply(app.state::<Notifier>().set_prefs(prefs).map_err(CommandError::failed)?),
         Command::SetAutostart { enabled } => reply(set_autostart(app, enabled)?),
     }
 }
@@ -179,7 +180,7 @@ async fn page_state(app: &AppHandle, shell: &Shell) -> Result<PageState, Command
         contexts,
         kubectl_context,
         contexts_error,
-        prefs: *lock(&shell.prefs),
+        prefs: app.state::<Notifier>().prefs(),
         autostart: app.autolaunch().is_enabled().unwrap_or(false),
     })
 }
@@ -205,14 +206,6 @@ async fn save(shell: &Shell, edit: Edit) -> Result<(), CommandError> {
             .await
             .map_err(CommandError::failed)?;
     }
-    Ok(())
-}
-
-fn set_prefs(shell: &Shell, prefs: Prefs) -> Result<(), CommandError> {
-    if let Some(path) = &shell.prefs_path {
-        prefs::save(path, &prefs).map_err(CommandError::failed)?;
-    }
-    *lock(&shell.prefs) = prefs;
     Ok(())
 }
 

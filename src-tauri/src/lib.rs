@@ -3,7 +3,8 @@
 //! - [`shell`]: engine snapshots and events to the tray, notifications and the settings page;
 //!   menu clicks to engine calls.
 //! - [`tray`]: what the tray icon and menu show, drawn from a snapshot.
-//! - [`notices`]: which notifications to show (debounced, summarised, mutable).
+//! - [`notices`]: which notifications to show (debounced, summarised, mutable);
+//!   [`notifier`]: shows them, as the user's preferences allow.
 //! - [`window`]: the settings window, in a process of its own so that closing it returns its
 //!   memory; [`commands`]: the page's commands, which it hands to the app.
 //! - [`icons`], [`prefs`], [`logs`].
@@ -12,6 +13,7 @@ pub mod commands;
 pub mod icons;
 pub mod logs;
 pub mod notices;
+pub mod notifier;
 pub mod prefs;
 pub mod shell;
 pub mod tray;
@@ -29,9 +31,16 @@ use tauri::{Manager, RunEvent};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::notices::{Kind, Notice, Notices};
+use crate::notices::{Kind, Notice};
+use crate::notifier::Notifier;
 use crate::shell::Shell;
 use crate::tray::Tray;
+use crate::window::Windows;
+
+/// A poisoned lock only means another thread panicked mid-update of plain data: keep going.
+pub fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// Porthole's menu-bar app: the forwards of the config, their health in the tray.
 #[derive(Debug, Parser)]
@@ -86,8 +95,7 @@ pub fn run() -> anyhow::Result<()> {
     let file = Arc::new(file);
     let control_path = control::socket_path(args.control.as_deref());
     info!(config = %file.source(), forwards = config.forwards.len(), control = %control_path.display(), "starting");
-    let prefs_path = prefs::path(file.path());
-    let prefs = prefs::load(prefs_path.as_deref());
+    let notifier = Notifier::new(prefs::path(file.path()));
     let open_settings = args.settings;
 
     let app = tauri::Builder::default()
@@ -106,16 +114,13 @@ pub fn run() -> anyhow::Result<()> {
             let (engine, signals) = tauri::async_runtime::block_on(async {
                 (Engine::start(config, Tuning::default()), shell::Signals::install())
             });
+            app.manage(notifier);
+            app.manage(Windows::new(log_dir.join("porthole.log")));
             app.manage(Shell {
                 engine: engine.clone(),
                 config: file.clone(),
-                prefs: Mutex::new(prefs),
-                prefs_path,
                 log_dir,
-                notices: Mutex::new(Notices::default()),
-                tray: Mutex::new(None),
                 cancel: cancel.clone(),
-                window: Mutex::new(None),
                 control: Mutex::new(None),
                 quitting: AtomicBool::new(false),
             });
@@ -124,9 +129,9 @@ pub fn run() -> anyhow::Result<()> {
                 Ok(signals) => drop(tauri::async_runtime::spawn(signals.follow(handle.clone()))),
                 Err(e) => error!(error = %e, "no signal handlers: SIGTERM will not drain"),
             }
-            *shell::lock(&app.state::<Shell>().tray) = Some(Tray::create(&handle)?);
+            app.manage(Mutex::new(Tray::create(&handle, shell::on_menu)?));
             let control = serve_control(&handle, engine, control_path, cancel);
-            *shell::lock(&app.state::<Shell>().control) = Some(control);
+            *lock(&app.state::<Shell>().control) = Some(control);
             tauri::async_runtime::spawn(shell::follow(handle.clone()));
             // So that a config saved later (from the preset) is watched too.
             if let Some(dir) = file.path().and_then(std::path::Path::parent) {
@@ -134,10 +139,8 @@ pub fn run() -> anyhow::Result<()> {
             }
             tauri::async_runtime::spawn(shell::follow_config(handle.clone()));
             if let Some(error) = config_error {
-                shell::notify(
-                    &handle,
-                    vec![Notice::new(Kind::Config, "config file not applied", error)],
-                );
+                app.state::<Notifier>()
+                    .show(vec![Notice::new(Kind::Config, "config file not applied", error)]);
             }
             if open_settings {
                 window::open(&handle);
@@ -169,14 +172,11 @@ fn serve_control(
             Ok(listener) => control::serve(engine, listener, path, cancel).await,
             Err(e) => {
                 error!(error = %e, "no control socket: `porthole status` cannot reach this app");
-                shell::notify(
-                    &app,
-                    vec![Notice::new(
-                        Kind::App,
-                        "Porthole's control socket is taken",
-                        format!("{e}. Is `porthole up` running too?"),
-                    )],
-                );
+                app.state::<Notifier>().show(vec![Notice::new(
+                    Kind::App,
+                    "Porthole's control socket is taken",
+                    format!("{e}. Is `porthole up` running too?"),
+                )]);
             }
         }
     })

@@ -16,25 +16,23 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::notices::{Kind, Notice, Notices};
-use crate::prefs::Prefs;
+use crate::lock;
+use crate::notices::{Kind, Notice};
+use crate::notifier::Notifier;
 use crate::tray::{Tray, TrayView, ids};
 use crate::window;
 
-/// Everything the app shares between the tray, the commands and the event loop.
+/// The app's link to the engine: the engine, the config file it runs, and quitting. The other
+/// concerns are managed apart: notifications ([`Notifier`]), the tray ([`Tray`]), the settings
+/// window ([`window::Windows`]).
 pub struct Shell {
     pub engine: Engine,
     /// The config file: where settings are saved, its changes, and whether it is broken.
     pub config: Arc<ConfigFile>,
-    pub prefs: Mutex<Prefs>,
-    pub prefs_path: Option<PathBuf>,
+    /// The log directory, for "Open logs".
     pub log_dir: PathBuf,
-    pub notices: Mutex<Notices>,
-    pub tray: Mutex<Option<Tray>>,
     /// Cancelled on quit: stops the event loop and the control socket.
     pub cancel: CancellationToken,
-    /// The settings window's process, while it runs.
-    pub window: Mutex<Option<window::Link>>,
     /// The control socket's server; it removes the socket when it ends.
     pub control: Mutex<Option<tauri::async_runtime::JoinHandle<()>>>,
     /// Set by the first Quit (menu or signal); later ones do nothing.
@@ -79,10 +77,11 @@ async fn apply_reload(app: &AppHandle, reload: Reload) {
         }
         Reload::Invalid(e) => {
             error!(error = %e, "config file changed but is invalid: keeping the running config");
-            notify(
-                app,
-                vec![Notice::new(Kind::Config, "config file not applied", e.to_string())],
-            );
+            app.state::<Notifier>().show(vec![Notice::new(
+                Kind::Config,
+                "config file not applied",
+                e.to_string(),
+            )]);
         }
     }
     // The error line atop the menu comes or goes.
@@ -142,13 +141,14 @@ impl Signals {
 /// before snapshots, so the last state seen of a forward is never older than one already seen.
 pub async fn follow(app: AppHandle) {
     let shell = app.state::<Shell>();
+    let notifier = app.state::<Notifier>();
     let mut snapshots = shell.engine.snapshot();
     let mut events = shell.engine.events();
     let first = snapshots.borrow_and_update().clone();
-    lock(&shell.notices).observe_snapshot(&first, Instant::now());
+    notifier.notices().observe_snapshot(&first, Instant::now());
     render(&app, &first);
     loop {
-        let deadline = lock(&shell.notices).deadline();
+        let deadline = notifier.notices().deadline();
         let flush = async {
             match deadline {
                 Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -161,8 +161,8 @@ pub async fn follow(app: AppHandle) {
             event = events.recv() => match event {
                 Ok(event) => {
                     let snapshot = snapshots.borrow().clone();
-                    let out = lock(&shell.notices).observe(&event, &snapshot, Instant::now());
-                    notify(&app, out);
+                    let out = notifier.notices().observe(&event, &snapshot, Instant::now());
+                    notifier.show(out);
                     window::emit(&app, "engine-event", &event);
                 }
                 // The next snapshot carries every forward's state: nothing is lost for notices.
@@ -174,73 +174,26 @@ pub async fn follow(app: AppHandle) {
                     return;
                 }
                 let snapshot = snapshots.borrow_and_update().clone();
-                lock(&shell.notices).observe_snapshot(&snapshot, Instant::now());
+                notifier.notices().observe_snapshot(&snapshot, Instant::now());
                 render(&app, &snapshot);
             }
             _ = flush => {
-                let out = lock(&shell.notices).flush();
-                notify(&app, out);
+                let out = notifier.notices().flush();
+                notifier.show(out);
             }
         }
     }
-}
-
-/// A poisoned lock only means another thread panicked mid-update of plain data: keep going.
-pub fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn render(app: &AppHandle, snapshot: &Snapshot) {
     let shell = app.state::<Shell>();
     let view = TrayView::of(snapshot).with_config_error(shell.config.invalid().as_deref());
-    if let Some(tray) = lock(&shell.tray).as_mut()
-        && let Err(e) = tray.show(app, view)
+    if let Some(tray) = app.try_state::<Mutex<Tray>>()
+        && let Err(e) = lock(&tray).show(app, view)
     {
         error!(error = %e, "cannot update the tray");
     }
     window::emit(app, "snapshot", snapshot);
-}
-
-/// Shows each notice the preferences do not mute.
-pub fn notify(app: &AppHandle, notices: Vec<Notice>) {
-    let mutes = lock(&app.state::<Shell>().prefs).mutes;
-    for notice in notices {
-        if mutes.mutes(notice.kind) {
-            info!(summary = %notice.summary, "notification muted");
-            continue;
-        }
-        info!(summary = %notice.summary, body = %notice.body, "notification");
-        tauri::async_runtime::spawn(send(notice));
-    }
-}
-
-#[cfg(not(target_os = "macos"))]
-async fn send(notice: Notice) {
-    let shown = notify_rust::Notification::new()
-        .appname("Porthole")
-        .summary(&porthole::status::printable(&notice.summary))
-        .body(&crate::notices::markup_escaped(&notice.body))
-        .icon("network-wired")
-        .show_async()
-        .await;
-    if let Err(e) = shown {
-        warn!(error = %e, "no notification server answered");
-    }
-}
-
-#[cfg(target_os = "macos")]
-async fn send(notice: Notice) {
-    // The macOS notification call blocks until the Notification Center takes it.
-    let shown = tokio::task::spawn_blocking(move || {
-        notify_rust::Notification::new()
-            .summary(&notice.summary)
-            .body(&notice.body)
-            .show()
-    })
-    .await;
-    if let Ok(Err(e)) = shown {
-        warn!(error = %e, "notification not shown");
-    }
 }
 
 /// A tray menu click.
@@ -287,8 +240,9 @@ pub async fn fix_kubeconfig(app: &AppHandle) -> Result<(), FixError> {
         Ok(fixed) => info!(?fixed, "kubeconfig fix"),
         Err(e) => error!(error = %e, "kubeconfig fix failed"),
     }
-    let notice = lock(&shell.notices).fixed(&outcome);
-    notify(app, vec![notice]);
+    let notifier = app.state::<Notifier>();
+    let notice = notifier.notices().fixed(&outcome);
+    notifier.show(vec![notice]);
     outcome.map(|_| ())
 }
 

@@ -207,12 +207,13 @@ pub struct Tray {
 }
 
 impl Tray {
-    pub fn create(app: &AppHandle) -> tauri::Result<Tray> {
+    /// The tray icon; a menu click calls `on_menu` with the item's id ([`ids`]).
+    pub fn create(app: &AppHandle, on_menu: fn(&AppHandle, &str)) -> tauri::Result<Tray> {
         let icon = TrayIconBuilder::with_id("porthole")
             .icon(image(Aggregate::Degraded)?)
             .icon_as_template(cfg!(target_os = "macos"))
             .show_menu_on_left_click(true)
-            .on_menu_event(|app, event| crate::shell::on_menu(app, event.id().as_ref()))
+            .on_menu_event(move |app, event| on_menu(app, event.id().as_ref()))
             .build(app)?;
         Ok(Tray { icon, shown: None })
     }

@@ -31,8 +31,9 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
 use crate::commands::{self, CommandError};
+use crate::lock;
 use crate::notices::{Kind, Notice};
-use crate::shell::{self, Shell, lock};
+use crate::notifier::Notifier;
 
 /// The hidden flag that makes the executable the settings window's process.
 pub const WINDOW_FLAG: &str = "--settings-window";
@@ -86,14 +87,30 @@ pub struct Link {
     down: mpsc::Sender<Down>,
 }
 
+/// The settings window as the app manages it: the link to its process while it runs.
+pub struct Windows {
+    link: Mutex<Option<Link>>,
+    /// The log file a window that ended abnormally points to.
+    log: std::path::PathBuf,
+}
+
+impl Windows {
+    pub fn new(log: std::path::PathBuf) -> Windows {
+        Windows {
+            link: Mutex::new(None),
+            log,
+        }
+    }
+}
+
 /// Opens the settings window, or brings it to the front if it is open.
 pub fn open(app: &AppHandle) {
     let app = app.clone();
     // On the runtime: the child's reaper and its socket need it, and callers may be on the
     // main thread (the single-instance hand-over, the app's setup).
     tauri::async_runtime::spawn(async move {
-        let shell = app.state::<Shell>();
-        let mut link = lock(&shell.window);
+        let windows = app.state::<Windows>();
+        let mut link = lock(&windows.link);
         // A window that is closing has shut its end: the link is gone by then.
         if let Some(open) = link.as_ref() {
             match open.down.try_send(Down::Focus) {
@@ -106,7 +123,8 @@ pub fn open(app: &AppHandle) {
             Ok(started) => *link = Some(started),
             Err(e) => {
                 error!(error = %e, "cannot open the settings window");
-                shell::notify(&app, vec![failure("cannot open the settings window", e.to_string())]);
+                app.state::<Notifier>()
+                    .show(vec![failure("cannot open the settings window", e.to_string())]);
             }
         }
     });
@@ -114,8 +132,10 @@ pub fn open(app: &AppHandle) {
 
 /// Sends an event to the page, if the window is open (nothing is serialised otherwise).
 pub fn emit(app: &AppHandle, event: &str, payload: &impl Serialize) {
-    let shell = app.state::<Shell>();
-    let link = lock(&shell.window);
+    let Some(windows) = app.try_state::<Windows>() else {
+        return;
+    };
+    let link = lock(&windows.link);
     let Some(open) = link.as_ref() else { return };
     match serde_json::to_value(payload) {
         Ok(payload) => {
@@ -166,8 +186,8 @@ fn start(app: &AppHandle) -> io::Result<Link> {
         serve(&app, read, &ours).await;
         // The window shut its end as it closed (or its process ended): forget it at once, so
         // that "Settings…" starts a new one instead of focusing one that is going away.
-        let shell = app.state::<Shell>();
-        let mut link = lock(&shell.window);
+        let windows = app.state::<Windows>();
+        let mut link = lock(&windows.link);
         if link.as_ref().is_some_and(|open| open.down.same_channel(&ours)) {
             *link = None;
         }
@@ -180,9 +200,9 @@ fn start(app: &AppHandle) -> io::Result<Link> {
             // seem to do nothing.
             Ok(status) => {
                 error!(%status, "settings window ended abnormally");
-                let log = app.state::<Shell>().log_dir.join("porthole.log");
-                let body = format!("{status}; details in {}", log.display());
-                shell::notify(&app, vec![failure("the settings window closed unexpectedly", body)]);
+                let body = format!("{status}; details in {}", app.state::<Windows>().log.display());
+                app.state::<Notifier>()
+                    .show(vec![failure("the settings window closed unexpectedly", body)]);
             }
             Err(e) => warn!(error = %e, "cannot wait for the settings window"),
         }

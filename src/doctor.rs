@@ -7,13 +7,13 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::cause::{Cause, CauseId};
-use crate::config::{ClusterSpec, Config, ForwardSpec, Mode};
+use crate::config::{ClusterSpec, Config, ForwardSpec};
 use crate::discovery::{ClusterStatus, list_world, status_of};
 use crate::holder;
 use crate::kubeconfig::state::{self, KubeconfigState};
 use crate::kubeconfig::tools::Tools;
 use crate::kubeconfig::{Loaded, kind_cluster_name};
-use crate::route::{World, resolve};
+use crate::route::{RoutePath, World, resolve};
 
 /// One check and its outcome.
 #[derive(Debug, Clone, Serialize)]
@@ -150,18 +150,18 @@ async fn forward_checks(
         }
     };
     // `auto`: the path the engine would take now.
-    let route = if route.mode == Mode::Auto {
-        let answers = route.node_port != 0 && route.connect(timeout).await.is_ok();
+    let route = if matches!(route.path, RoutePath::Auto { .. }) {
+        let answers = route.nodes().is_some() && route.connect(timeout).await.is_ok();
         route.choose(Some(answers))
     } else {
         route
     };
-    let service = match route.mode {
-        Mode::Nodeport => format!(
+    let service = match route.nodes() {
+        Some(nodes) if !route.is_tunnel() => format!(
             "{} is {}, port {} → nodePort {}",
-            route.service, route.service_type, route.port, route.node_port
+            route.service, route.service_type, route.port, nodes.node_port
         ),
-        Mode::Tunnel | Mode::Auto => format!(
+        _ => format!(
             "{} is {}, port {} → tunnel through the API server",
             route.service, route.service_type, route.port
         ),
@@ -181,14 +181,15 @@ async fn forward_checks(
         format!("{name}: endpoints"),
         format!("{} ready", route.ready_endpoints),
     ));
-    if route.mode == Mode::Tunnel {
+    if route.is_tunnel() {
         // Tunnels are opened per connection by the engine; the pods being ready is what can be checked.
         return checks.push(local);
     }
     checks.push(match route.connect_from(0, timeout).await {
         Ok((_, i)) => {
-            let target = &route.targets[i];
-            let detail = format!("{} ({}:{}) answers", target.node, target.host, route.node_port);
+            let nodes = route.nodes().expect("connected through a node");
+            let target = &nodes.targets[i];
+            let detail = format!("{} ({}:{}) answers", target.node, target.host, nodes.node_port);
             Check::pass(format!("{name}: node"), detail)
         }
         Err(cause) => Check::fail(format!("{name}: node"), cause),

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::cause::{Cause, CauseId, Health, State};
+use crate::cause::{Cause, Health, State};
 use crate::config::{ForwardSpec, Mode};
 use crate::discovery::ClusterView;
 use crate::health::{Inputs, Listener, ProbeRecord, RouteChange};
@@ -87,14 +87,19 @@ impl Stats {
 
 /// Why `auto` takes the path it takes, from the route with both candidates.
 fn path_reason(both: &Route, nodes_answer: Option<bool>) -> String {
-    let port = both.node_port;
+    let Some(nodes) = both.nodes() else {
+        return if both.service_type == "ClusterIP" {
+            "the tunnel: a ClusterIP service has no nodePort".into()
+        } else {
+            format!(
+                "the tunnel: service port {} has no nodePort ({})",
+                both.port, both.service_type
+            )
+        };
+    };
+    let port = nodes.node_port;
     match nodes_answer {
-        _ if both.service_type == "ClusterIP" => "the tunnel: a ClusterIP service has no nodePort".into(),
-        _ if port == 0 => format!(
-            "the tunnel: service port {} has no nodePort ({})",
-            both.port, both.service_type
-        ),
-        _ if both.targets.is_empty() => format!("the tunnel: no node address to try nodePort {port} on"),
+        _ if nodes.targets.is_empty() => format!("the tunnel: no node address to try nodePort {port} on"),
         Some(true) => format!("the nodePort: a node answers on {}", both.primary()),
         Some(false) => format!(
             "the tunnel: no node answers on nodePort {port} from this host (node addresses are not \
@@ -235,10 +240,10 @@ impl Forward {
                 async move {
                     let first = forward.preferred.load(Ordering::Relaxed);
                     let outcome = probe::check(&probe, &route, client.as_ref(), bounds, first).await;
-                    if outcome.is_err() && route.mode == Mode::Tunnel {
+                    if outcome.is_err() && route.is_tunnel() {
                         // A pod that failed late (its stream opened): the next one, for the
                         // next probe and the next connections alike.
-                        forward.pass_over(first, route.pods.len());
+                        forward.pass_over(first, route.pods().len());
                     }
                     outcome
                 }
@@ -254,12 +259,7 @@ impl Forward {
         let (reach_tx, mut reach_rx) = mpsc::channel(4);
         if this.spec.enabled && this.spec.mode == Mode::Auto {
             let timeout = this.hub.tuning.probe_timeout;
-            let check = move |route: Arc<Route>| async move {
-                if route.node_port == 0 {
-                    return Err(Cause::new(CauseId::NodeUnreachable, "no nodePort"));
-                }
-                route.connect(timeout).await.map(drop)
-            };
+            let check = move |route: Arc<Route>| async move { route.connect(timeout).await.map(drop) };
             let (tuning, cancel, wakes) = (this.hub.tuning.clone(), this.cancel.clone(), this.hub.wakes.subscribe());
             helpers.spawn(
                 async move { probe::schedule(&tuning, candidate_rx, wakes, &cancel, check, reach_tx).await }
@@ -267,7 +267,7 @@ impl Forward {
             );
         }
         let mut nodes_answer: Option<bool> = None;
-        let mut decision: Option<(Mode, String)> = None;
+        let mut decision: Option<(bool, String)> = None;
         helpers.close();
         let mut last = previous;
         let mut local = None;
@@ -290,9 +290,9 @@ impl Forward {
                         changed
                     });
                     *candidates = candidates.choose(nodes_answer);
-                    let now = (candidates.mode, path_reason(&raw, nodes_answer));
+                    let now = (candidates.is_tunnel(), path_reason(&raw, nodes_answer));
                     if decision.as_ref() != Some(&now) {
-                        info!(path = ?now.0, "{}", now.1);
+                        info!(path = if now.0 { "tunnel" } else { "nodeport" }, "{}", now.1);
                         decision = Some(now);
                     }
                 }

@@ -2,9 +2,8 @@
 //! those inputs: the cluster's state, the route, the listener and the probes' record.
 
 use crate::cause::{Cause, CauseId, Health, State};
-use crate::config::Mode;
 use crate::discovery::ClusterStatus;
-use crate::route::Route;
+use crate::route::{Route, RoutePath};
 
 /// How a route changed, for the probe record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,16 +22,9 @@ impl RouteChange {
         match (old, new) {
             // The same path: the same nodePort on the same nodes, or a tunnel to the same pod
             // first (the one probes and connections try first).
-            (Some(o), Some(n))
-                if o.mode == n.mode
-                    && o.node_port == n.node_port
-                    && o.targets == n.targets
-                    && o.pods.first() == n.pods.first() =>
-            {
-                RouteChange::Endpoints {
-                    was_zero: o.ready_endpoints == 0,
-                }
-            }
+            (Some(o), Some(n)) if o.same_path(n) => RouteChange::Endpoints {
+                was_zero: o.ready_endpoints == 0,
+            },
             _ => RouteChange::Path,
         }
     }
@@ -135,7 +127,7 @@ impl Inputs {
             // NodePorts need no API on the data path: keep serving on the last known route.
             return Health::new(State::Degraded, Some(cause));
         }
-        if route.mode == Mode::Nodeport && route.ready_nodes == 0 {
+        if matches!(&route.path, RoutePath::Nodeport(nodes) if nodes.ready == 0) {
             let cause = Cause::new(CauseId::NodeUnreachable, "no node is Ready; trying the others")
                 .with_fix("a cluster waking from sleep is NotReady for a while; else check `kubectl get nodes`");
             return Health::new(State::Degraded, Some(cause));
@@ -224,7 +216,7 @@ mod tests {
     fn only_not_ready_nodes_degrade_while_traffic_still_flows() {
         let mut inputs = healthy_inputs();
         if let Some(Ok(route)) = &mut inputs.target {
-            route.ready_nodes = 0;
+            route.nodes_mut().ready = 0;
         }
         let health = inputs.health();
         assert_eq!(health.state, State::Degraded);

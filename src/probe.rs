@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::cause::{Cause, CauseId};
-use crate::config::{Mode, Probe};
+use crate::config::Probe;
 use crate::route::{Protocol, Route};
 
 /// One probe's outcome, with the route it was run on: a route published since (another path,
@@ -183,7 +183,7 @@ pub async fn check(
 ) -> Result<(), Cause> {
     let Bounds { timeout, settle } = bounds;
     let conversation = Conversation::of(probe, route);
-    if route.mode == Mode::Tunnel {
+    if route.is_tunnel() {
         let client =
             client.ok_or_else(|| Cause::new(CauseId::ClusterUnreachable, "no connection to the API server yet"))?;
         let (tunnel, _) = crate::tunnel::open(client, route, first, timeout).await?;
@@ -191,9 +191,9 @@ pub async fn check(
     }
     let (stream, index) = route.connect_from(first, timeout).await?;
     let via = route
-        .targets
-        .get(index)
-        .map_or_else(|| route.primary(), |t| format!("{}:{}", t.host, route.node_port));
+        .nodes()
+        .and_then(|n| n.targets.get(index).map(|t| format!("{}:{}", t.host, n.node_port)))
+        .unwrap_or_else(|| route.primary());
     match tokio::time::timeout(timeout, conversation.run(stream)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(what)) => Err(serving_failure(route, &via, &what)),
@@ -568,15 +568,15 @@ mod tests {
         let dead = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
         let live = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut route = route_to(&[dead]);
-        route.node_port = live.local_addr().unwrap().port();
-        route.targets.push(NodeTarget {
+        route.nodes_mut().node_port = live.local_addr().unwrap().port();
+        route.nodes_mut().targets.push(NodeTarget {
             node: "b".into(),
             host: Host::Ip(live.local_addr().unwrap().ip()),
         });
         // Both targets share the nodePort; the first is a different loopback address with nothing on it.
-        route.targets[0].host = Host::Ip("127.0.0.254".parse().unwrap());
+        route.nodes_mut().targets[0].host = Host::Ip("127.0.0.254".parse().unwrap());
         assert!(route.connect(Duration::from_secs(5)).await.is_ok());
-        route.targets.truncate(1);
+        route.nodes_mut().targets.truncate(1);
         let cause = route.connect(Duration::from_secs(5)).await.unwrap_err();
         assert_eq!(cause.id, CauseId::NodeUnreachable);
         assert!(cause.message.contains("127.0.0.254"), "{}", cause.message);
@@ -661,7 +661,11 @@ mod schedule_tests {
         tokio::time::sleep(Duration::from_secs(1)).await;
         routes.send_replace(route(30081, 1));
         let probed = results.recv().await.unwrap();
-        assert_eq!(probed.route.node_port, 30081, "the old route's probe said nothing");
+        assert_eq!(
+            probed.route.nodes().unwrap().node_port,
+            30081,
+            "the old route's probe said nothing"
+        );
         assert!(probed.is_for(routes.borrow().as_ref()));
         assert_eq!(t0.elapsed(), Duration::from_secs(4), "the new route probed at once");
         // A route published again (the same content, a new probe config) is not proven by it.

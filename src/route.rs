@@ -108,7 +108,7 @@ impl Protocol {
     }
 }
 
-/// Where new connections of a forward go: the nodePort on each usable node, in order.
+/// Where new connections of a forward go: a service port, and the path to it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct Route {
     pub namespace: String,
@@ -119,53 +119,99 @@ pub struct Route {
     pub port: String,
     /// What the service port says it speaks.
     pub protocol: Protocol,
-    pub mode: Mode,
-    /// The nodePort (0 for a tunnel).
+    /// The service port's ready endpoints.
+    pub ready_endpoints: usize,
+    /// The way new connections go, with what that way needs.
+    pub path: RoutePath,
+}
+
+/// The way a route goes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoutePath {
+    /// To the service's nodePort on a node.
+    Nodeport(Nodes),
+    /// Through the API server's port-forward to one of these ready pods.
+    Tunnel(Vec<PodTarget>),
+    /// `auto` before a node has answered from this host: the nodePort (when the service port
+    /// has one) and the pods; [`Route::choose`] takes one.
+    Auto { nodes: Option<Nodes>, pods: Vec<PodTarget> },
+}
+
+/// A service's nodePort and the nodes to reach it on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct Nodes {
     pub node_port: u16,
-    /// Ready nodes first, then the others as a fallback (none for a tunnel).
+    /// Ready nodes first, then the others as a fallback.
     pub targets: Vec<NodeTarget>,
     /// How many of `targets` (the first ones) are Ready.
-    pub ready_nodes: usize,
-    /// For a tunnel: the ready pods, each with its port for the service port.
-    pub pods: Vec<PodTarget>,
-    pub ready_endpoints: usize,
+    pub ready: usize,
 }
 
 impl Route {
     /// For `auto`: the path to use, given whether a node answered on the nodePort lately
     /// (`None`: not known yet, so the tunnel, which needs no node).
     pub fn choose(&self, nodes_answer: Option<bool>) -> Route {
-        if self.mode != Mode::Auto {
+        let RoutePath::Auto { nodes, pods } = &self.path else {
             return self.clone();
+        };
+        let path = match nodes {
+            Some(nodes) if nodes_answer == Some(true) => RoutePath::Nodeport(nodes.clone()),
+            _ => RoutePath::Tunnel(pods.clone()),
+        };
+        Route { path, ..self.clone() }
+    }
+
+    /// The nodePort and its nodes, on a nodePort path (or an `auto` one not chosen yet).
+    pub fn nodes(&self) -> Option<&Nodes> {
+        match &self.path {
+            RoutePath::Nodeport(nodes) => Some(nodes),
+            RoutePath::Auto { nodes, .. } => nodes.as_ref(),
+            RoutePath::Tunnel(_) => None,
         }
-        if self.node_port != 0 && nodes_answer == Some(true) {
-            return Route {
-                mode: Mode::Nodeport,
-                pods: Vec::new(),
-                ..self.clone()
-            };
+    }
+
+    /// The ready pods a tunnel may go to (none on a nodePort path).
+    pub fn pods(&self) -> &[PodTarget] {
+        match &self.path {
+            RoutePath::Tunnel(pods) | RoutePath::Auto { pods, .. } => pods,
+            RoutePath::Nodeport(_) => &[],
         }
-        Route {
-            mode: Mode::Tunnel,
-            node_port: 0,
-            targets: Vec::new(),
-            ready_nodes: 0,
-            ..self.clone()
+    }
+
+    pub fn is_tunnel(&self) -> bool {
+        matches!(self.path, RoutePath::Tunnel(_))
+    }
+
+    /// Whether `other` goes the same way: the same nodePort on the same nodes, or a tunnel to
+    /// the same pod first (the one probes and connections try first).
+    pub fn same_path(&self, other: &Route) -> bool {
+        match (&self.path, &other.path) {
+            (RoutePath::Nodeport(a), RoutePath::Nodeport(b)) => a.node_port == b.node_port && a.targets == b.targets,
+            (RoutePath::Tunnel(a), RoutePath::Tunnel(b)) => a.first() == b.first(),
+            (RoutePath::Auto { nodes: a, pods: p }, RoutePath::Auto { nodes: b, pods: q }) => {
+                a.as_ref().map(|n| (n.node_port, &n.targets)) == b.as_ref().map(|n| (n.node_port, &n.targets))
+                    && p.first() == q.first()
+            }
+            _ => false,
         }
     }
 
     /// `host:nodePort` of the first node; for a tunnel, `tunnel → namespace/pod:port` of the
     /// first pod (as logs and route events say it).
     pub fn primary(&self) -> String {
-        if self.mode == Mode::Tunnel {
-            return match self.pods.first() {
+        if self.is_tunnel() {
+            return match self.pods().first() {
                 Some(pod) => format!("tunnel → {}/{}:{}", self.namespace, pod.name, pod.port),
                 None => "tunnel (no ready pod)".into(),
             };
         }
-        match self.targets.first() {
-            Some(t) => format!("{}:{}", t.host, self.node_port),
-            None => format!("-:{}", self.node_port),
+        match self.nodes() {
+            Some(Nodes { node_port, targets, .. }) => match targets.first() {
+                Some(t) => format!("{}:{node_port}", t.host),
+                None => format!("-:{node_port}"),
+            },
+            None => "-".into(),
         }
     }
 
@@ -179,39 +225,44 @@ impl Route {
     /// Like [`Route::connect`], starting with target `first` (the one that answered last, so a
     /// dead first node costs one timeout, not one per connection); returns the index that answered.
     pub async fn connect_from(&self, first: usize, timeout: Duration) -> Result<(TcpStream, usize), Cause> {
+        let Some(Nodes { node_port, targets, .. }) = self.nodes() else {
+            return Err(Cause::new(
+                CauseId::NodeUnreachable,
+                format!("{} has no nodePort to connect to", self.service),
+            ));
+        };
+        let node_port = *node_port;
         let mut failures = Vec::new();
         let mut all_refused = true;
-        let count = self.targets.len();
+        let count = targets.len();
         for index in (0..count).map(|i| (first + i) % count) {
-            let target = &self.targets[index];
+            let target = &targets[index];
             let attempt = match &target.host {
                 Host::Ip(ip) => {
-                    tokio::time::timeout(timeout, TcpStream::connect(SocketAddr::new(*ip, self.node_port))).await
+                    tokio::time::timeout(timeout, TcpStream::connect(SocketAddr::new(*ip, node_port))).await
                 }
-                Host::Name(name) => {
-                    tokio::time::timeout(timeout, TcpStream::connect((name.as_str(), self.node_port))).await
-                }
+                Host::Name(name) => tokio::time::timeout(timeout, TcpStream::connect((name.as_str(), node_port))).await,
             };
             match attempt {
                 Ok(Ok(stream)) => return Ok((stream, index)),
                 Ok(Err(e)) if crate::descriptors::exhausted(&e) => {
                     // Not the node's fault, and the next node would fail the same way.
-                    let what = format!("connecting to {}:{}", target.host, self.node_port);
+                    let what = format!("connecting to {}:{}", target.host, node_port);
                     return Err(crate::descriptors::cause(&what));
                 }
                 Ok(Err(e)) => {
                     all_refused &= e.kind() == std::io::ErrorKind::ConnectionRefused;
-                    failures.push(format!("{}:{} ({e})", target.host, self.node_port));
+                    failures.push(format!("{}:{} ({e})", target.host, node_port));
                 }
                 Err(_) => {
                     all_refused = false;
-                    failures.push(format!("{}:{} (no answer in {timeout:?})", target.host, self.node_port));
+                    failures.push(format!("{}:{} (no answer in {timeout:?})", target.host, node_port));
                 }
             }
         }
         let message = format!(
             "cannot connect to nodePort {} of {}: {}",
-            self.node_port,
+            node_port,
             self.service,
             failures.join(", ")
         );
@@ -241,6 +292,14 @@ fn node_unreachable_fix() -> &'static str {
 
 #[cfg(test)]
 impl Route {
+    /// The nodes of a nodePort route, to change in a test.
+    pub(crate) fn nodes_mut(&mut self) -> &mut Nodes {
+        match &mut self.path {
+            RoutePath::Nodeport(nodes) => nodes,
+            other => panic!("not a nodePort route: {other:?}"),
+        }
+    }
+
     /// A nodePort route to one node address per `ip`, for unit tests.
     pub(crate) fn for_tests(ips: &[IpAddr], node_port: u16, ready_endpoints: usize) -> Route {
         let targets: Vec<NodeTarget> = ips
@@ -256,12 +315,12 @@ impl Route {
             service_type: "NodePort".into(),
             port: "http 80/TCP".into(),
             protocol: Protocol::Tcp,
-            mode: Mode::Nodeport,
-            node_port,
-            ready_nodes: targets.len(),
-            targets,
-            pods: Vec::new(),
             ready_endpoints,
+            path: RoutePath::Nodeport(Nodes {
+                node_port,
+                ready: targets.len(),
+                targets,
+            }),
         }
     }
 }
@@ -309,35 +368,35 @@ pub fn resolve(spec: &ForwardSpec, cluster: &ClusterSpec, world: &World) -> Resu
         service_type: service_type.clone(),
         port: describe_port(port),
         protocol: Protocol::of(port),
-        mode: spec.mode,
-        node_port: 0,
-        targets: Vec::new(),
-        ready_nodes: 0,
-        pods: Vec::new(),
         ready_endpoints: 0,
+        path: RoutePath::Tunnel(Vec::new()),
     };
     if spec.mode == Mode::Tunnel {
         let pods = ready_pods(ns, service_name, port, world);
         return Ok(Route {
             ready_endpoints: pods.len(),
-            pods,
+            path: RoutePath::Tunnel(pods),
             ..base
         });
     }
     if spec.mode == Mode::Auto {
         // Both candidates; the forward picks one by whether a node answers (`Route::choose`).
         let pods = ready_pods(ns, service_name, port, world);
-        let node_port = port
+        let nodes = port
             .node_port
             .and_then(|p| u16::try_from(p).ok())
-            .filter(|_| service_type != "ClusterIP");
-        let (targets, ready_nodes) = node_targets(cluster, world).unwrap_or_default();
+            .filter(|_| service_type != "ClusterIP")
+            .map(|node_port| {
+                let (targets, ready) = node_targets(cluster, world).unwrap_or_default();
+                Nodes {
+                    node_port,
+                    targets,
+                    ready,
+                }
+            });
         return Ok(Route {
-            node_port: node_port.unwrap_or(0),
-            targets,
-            ready_nodes,
             ready_endpoints: pods.len(),
-            pods,
+            path: RoutePath::Auto { nodes, pods },
             ..base
         });
     }
@@ -351,12 +410,14 @@ pub fn resolve(spec: &ForwardSpec, cluster: &ClusterSpec, world: &World) -> Resu
         )
         .with_fix("set `type: NodePort` (or allocateLoadBalancerNodePorts: true) in the Helm values")
     })?;
-    let (targets, ready_nodes) = node_targets(cluster, world)?;
+    let (targets, ready) = node_targets(cluster, world)?;
     Ok(Route {
-        node_port,
-        targets,
-        ready_nodes,
         ready_endpoints: ready_endpoints(ns, service_name, world),
+        path: RoutePath::Nodeport(Nodes {
+            node_port,
+            targets,
+            ready,
+        }),
         ..base
     })
 }

@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::cause::Health;
-use crate::config::Mode;
 use crate::discovery::ClusterStatus;
 use crate::kubeconfig::state::KubeconfigState;
 use crate::route::Route;
@@ -79,30 +78,29 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
 
 impl From<&Route> for RouteView {
     fn from(route: &Route) -> RouteView {
-        let first_pod = route.pods.first();
+        let tunnel = route.is_tunnel();
+        let first_pod = route.pods().first();
         let pod = first_pod
-            .filter(|_| route.mode == Mode::Tunnel)
+            .filter(|_| tunnel)
             .map(|p| format!("{}/{}:{}", route.namespace, p.name, p.port));
-        let node = match route.mode {
-            Mode::Tunnel => first_pod.and_then(|p| p.node.clone()),
-            _ => route.targets.first().map(|t| t.node.clone()),
+        let node = match tunnel {
+            true => first_pod.and_then(|p| p.node.clone()),
+            false => route.nodes().and_then(|n| n.targets.first()).map(|t| t.node.clone()),
         };
+        let nodes = route.nodes().filter(|_| !tunnel);
         RouteView {
-            path: match route.mode {
-                Mode::Tunnel => Path::Tunnel,
-                // A chosen route is never `auto`.
-                Mode::Nodeport | Mode::Auto => Path::Nodeport,
-            },
-            target: match route.mode {
-                Mode::Tunnel => pod.clone().unwrap_or_else(|| "-".into()),
-                _ => route.primary(),
+            // A chosen route is never `auto`.
+            path: if tunnel { Path::Tunnel } else { Path::Nodeport },
+            target: match tunnel {
+                true => pod.clone().unwrap_or_else(|| "-".into()),
+                false => route.primary(),
             },
             pod,
             node: node.unwrap_or_default(),
             service_type: route.service_type.clone(),
             port: route.port.clone(),
-            node_port: route.node_port,
-            ready_nodes: route.ready_nodes,
+            node_port: nodes.map_or(0, |n| n.node_port),
+            ready_nodes: nodes.map_or(0, |n| n.ready),
             ready_endpoints: route.ready_endpoints,
         }
     }

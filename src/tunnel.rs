@@ -60,11 +60,12 @@ pub async fn open(
     timeout: Duration,
 ) -> Result<(Tunnel, usize), Cause> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &route.namespace);
-    let count = route.pods.len();
+    let pods_ready = route.pods();
+    let count = pods_ready.len();
     let mut failures = Vec::new();
     let mut forbidden = false;
     for index in (0..count).map(|i| (first + i) % count) {
-        let pod = &route.pods[index];
+        let pod = &pods_ready[index];
         let target = format!("{}/{}:{}", route.namespace, pod.name, pod.port);
         match tokio::time::timeout(timeout, pods.portforward(&pod.name, &[pod.port])).await {
             Ok(Ok(mut forwarder)) => match forwarder.take_stream(pod.port) {

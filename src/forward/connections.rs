@@ -13,7 +13,6 @@ use tracing::{Instrument, debug, debug_span, info, warn};
 
 use super::{Bind, Forward};
 use crate::cause::{Cause, CauseId};
-use crate::config::Mode;
 use crate::descriptors::{self, Throttle};
 use crate::route::Route;
 use crate::{holder, relay, tunnel};
@@ -169,7 +168,7 @@ impl Forward {
             return;
         };
         let first = self.preferred.load(Ordering::Relaxed);
-        if route.mode == Mode::Tunnel {
+        if route.is_tunnel() {
             return self.tunnel(client, &route, first).await;
         }
         let upstream = match route.connect_from(first, self.hub.tuning.connect_timeout).await {
@@ -214,7 +213,7 @@ impl Forward {
             debug!(error = %e, "tunnel ended with an error");
             if e.kind() == std::io::ErrorKind::ConnectionRefused {
                 // The far side refused after the stream opened: the next pod next time.
-                self.pass_over(index, route.pods.len());
+                self.pass_over(index, route.pods().len());
             }
         }
     }

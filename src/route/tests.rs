@@ -107,8 +107,8 @@ async fn a_silent_node_costs_one_bounded_wait_then_the_next_node_answers() {
     let silent_ip = format!("127.{}.{}.9", 100 + std::process::id() % 100, port % 250);
     let _silent = hanging_listener(&silent_ip, port).await;
     let mut route = resolve_with("service = \"web\"").unwrap();
-    route.node_port = port;
-    route.targets = vec![
+    route.nodes_mut().node_port = port;
+    route.nodes_mut().targets = vec![
         NodeTarget {
             node: "gone".into(),
             host: Host::Ip(silent_ip.parse().unwrap()),
@@ -128,7 +128,7 @@ async fn a_silent_node_costs_one_bounded_wait_then_the_next_node_answers() {
     );
     // Starting from the node that answered last skips the silent one.
     assert_eq!(route.connect_from(1, bound).await.unwrap().1, 1);
-    route.targets.truncate(1);
+    route.nodes_mut().targets.truncate(1);
     let cause = route.connect_from(0, bound).await.unwrap_err();
     assert_eq!(cause.id, CauseId::NodeUnreachable);
     assert!(cause.message.contains("no answer in 300ms"), "{}", cause.message);
@@ -137,16 +137,16 @@ async fn a_silent_node_costs_one_bounded_wait_then_the_next_node_answers() {
 #[test]
 fn nodeport_service_resolves_to_ready_workers_first() {
     let route = resolve_with("service = \"web\"").unwrap();
-    assert_eq!(route.node_port, 30080);
+    assert_eq!(route.nodes().unwrap().node_port, 30080);
     assert_eq!(route.port, "http 80/TCP");
     assert_eq!(route.ready_endpoints, 1);
-    let nodes: Vec<&str> = route.targets.iter().map(|t| t.node.as_str()).collect();
+    let nodes: Vec<&str> = route.nodes().unwrap().targets.iter().map(|t| t.node.as_str()).collect();
     assert_eq!(
         nodes,
         vec!["kind-worker", "kind-control-plane", "kind-worker2"],
         "NotReady last"
     );
-    assert_eq!(route.ready_nodes, 2);
+    assert_eq!(route.nodes().unwrap().ready, 2);
     assert_eq!(route.primary(), "127.0.0.2:30080");
 }
 
@@ -155,11 +155,15 @@ fn named_and_numbered_ports() {
     assert_eq!(
         resolve_with("service = \"web\"\nservice_port = \"metrics\"")
             .unwrap()
+            .nodes()
+            .unwrap()
             .node_port,
         30090
     );
     assert_eq!(
         resolve_with("service = \"web\"\nservice_port = 9090")
+            .unwrap()
+            .nodes()
             .unwrap()
             .node_port,
         30090
@@ -176,12 +180,19 @@ fn named_and_numbered_ports() {
 #[test]
 fn load_balancer_has_node_ports() {
     let route = resolve_with("service = \"gw\"").unwrap();
-    assert_eq!((route.node_port, route.ready_endpoints), (31443, 0));
+    assert_eq!((route.nodes().unwrap().node_port, route.ready_endpoints), (31443, 0));
 }
 
 #[test]
 fn selector_finds_service() {
-    assert_eq!(resolve_with("selector = { app = \"gw\" }").unwrap().node_port, 31443);
+    assert_eq!(
+        resolve_with("selector = { app = \"gw\" }")
+            .unwrap()
+            .nodes()
+            .unwrap()
+            .node_port,
+        31443
+    );
     let cause = resolve_with("selector = { app = \"nope\" }").unwrap_err();
     assert_eq!(cause.id, CauseId::ServiceMissing);
     assert!(cause.message.contains("-l app=nope"), "{}", cause.message);
@@ -212,7 +223,7 @@ fn pinned_node_and_hostname_addresses() {
     cluster.node_address = NodeAddressType::Hostname;
     let route = resolve(&spec, &cluster, &world()).unwrap();
     assert_eq!(
-        route.targets,
+        route.nodes().unwrap().targets,
         vec![NodeTarget {
             node: "kind-control-plane".into(),
             host: Host::Name("kind-control-plane".into())

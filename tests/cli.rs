@@ -35,6 +35,28 @@ fn preset_config(dir: &Path, cluster: &FakeCluster) -> PathBuf {
     path
 }
 
+/// The quick-start cluster, a temporary directory with the preset's config for it, and a
+/// control socket path in that directory.
+struct Preset {
+    cluster: support::OpenChoreo,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    control: PathBuf,
+}
+
+async fn preset() -> Preset {
+    let cluster = FakeCluster::openchoreo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = preset_config(dir.path(), &cluster);
+    let control = dir.path().join("control.sock");
+    Preset {
+        cluster,
+        dir,
+        config,
+        control,
+    }
+}
+
 fn porthole(args: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.args(args)
@@ -140,10 +162,12 @@ async fn all_healthy(control: &Path) -> Snapshot {
 
 #[tokio::test]
 async fn up_serves_the_preset_and_answers_status_wait_and_disable() {
-    let cluster = FakeCluster::openchoreo().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = preset_config(dir.path(), &cluster);
-    let control = dir.path().join("control.sock");
+    let Preset {
+        cluster,
+        dir: _dir,
+        config,
+        control,
+    } = preset().await;
     let mut up = up(&config, &control).await;
     let snapshot = all_healthy(&control).await;
     assert_eq!(snapshot.forwards.len(), 5);
@@ -310,10 +334,12 @@ async fn init_writes_a_preset_and_never_overwrites_by_accident() {
 
 #[tokio::test]
 async fn edits_to_the_config_file_apply_live_sighup_reloads_and_sigint_stops_cleanly() {
-    let cluster = FakeCluster::openchoreo().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = preset_config(dir.path(), &cluster);
-    let control = dir.path().join("control.sock");
+    let Preset {
+        cluster: _cluster,
+        dir: _dir,
+        config,
+        control,
+    } = preset().await;
     // The control socket named by the environment, as scripts would.
     let mut cmd = porthole(&["--config", path(&config), "up"]);
     cmd.env("PORTHOLE_CONTROL", &control);
@@ -398,10 +424,12 @@ async fn a_config_named_by_the_environment_must_exist() {
 
 #[tokio::test]
 async fn up_and_wait_started_together_succeed_every_time() {
-    let cluster = FakeCluster::openchoreo().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = preset_config(dir.path(), &cluster);
-    let control = dir.path().join("control.sock");
+    let Preset {
+        cluster: _cluster,
+        dir: _dir,
+        config,
+        control,
+    } = preset().await;
     for round in 0..20 {
         // `porthole up & porthole wait`: nothing between them, so `wait` usually starts before
         // the engine has bound its control socket.
@@ -457,10 +485,12 @@ async fn a_control_path_that_is_not_a_socket_is_refused_and_kept() {
 #[tokio::test]
 async fn an_endless_line_on_the_control_socket_is_cut_off_and_the_engine_serves_on() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let cluster = FakeCluster::openchoreo().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = preset_config(dir.path(), &cluster);
-    let control = dir.path().join("control.sock");
+    let Preset {
+        cluster: _cluster,
+        dir: _dir,
+        config,
+        control,
+    } = preset().await;
     let _up = up(&config, &control).await;
     let mut greedy = tokio::net::UnixStream::connect(&control).await.unwrap();
     // 1 MiB with no newline, far past a request's bound: the engine hangs up instead of
@@ -494,11 +524,12 @@ fn set_descriptor_limit(pid: u32, soft: libc::rlim_t) -> libc::rlim_t {
 
 #[tokio::test]
 async fn running_out_of_descriptors_is_named_as_such_and_passes_when_they_are_back() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let cluster = FakeCluster::openchoreo().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = preset_config(dir.path(), &cluster);
-    let control = dir.path().join("control.sock");
+    let Preset {
+        cluster: _cluster,
+        dir: _dir,
+        config,
+        control,
+    } = preset().await;
     let mut up = up(&config, &control).await;
     let snapshot = all_healthy(&control).await;
     let console = snapshot.forward("console").unwrap().local.unwrap();
@@ -527,17 +558,11 @@ async fn running_out_of_descriptors_is_named_as_such_and_passes_when_they_are_ba
 
     // Descriptors back: the clients that waited are served, and the forwards recover by themselves.
     set_descriptor_limit(pid, before);
-    let mut first = waiting.swap_remove(0);
-    first
-        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = String::new();
-    tokio::time::timeout(WAIT, first.read_to_string(&mut answer))
-        .await
-        .expect("a client that waited out the shortage is answered")
-        .unwrap();
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let answer = support::porthole::http_get_on(&mut waiting.swap_remove(0)).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "a client that waited out the shortage is answered: {answer}"
+    );
     drop(waiting);
     let wait = run(&["--control", path(&control), "wait", "--timeout", "30"]).await;
     assert!(wait.status.success(), "wait: {}", text(&wait.stdout));

@@ -2,16 +2,22 @@
 
 use super::*;
 
-#[tokio::test]
-async fn config_reload_adds_and_removes_one_forward_without_touching_the_others() {
-    let (cluster, _backend) = echo_cluster("reload", "NodePort").await;
+/// An engine with forwards `a` and `b` to the echo service, both healthy, and their addresses.
+async fn start_a_and_b(cluster: &FakeCluster) -> (Engine, std::net::SocketAddr, std::net::SocketAddr) {
     let engine = start(
-        &cluster,
+        cluster,
         &format!("{}{}", forward("a", NS, "echo"), forward("b", NS, "echo")),
     )
     .await;
     let a = local(&wait_healthy(&engine, "a").await);
     let b = local(&wait_healthy(&engine, "b").await);
+    (engine, a, b)
+}
+
+#[tokio::test]
+async fn config_reload_adds_and_removes_one_forward_without_touching_the_others() {
+    let (cluster, _backend) = echo_cluster("reload", "NodePort").await;
+    let (engine, a, b) = start_a_and_b(&cluster).await;
     let mut kept = TcpStream::connect(a).await.unwrap();
     round_trip(&mut kept, b"before reload").await.unwrap();
 
@@ -49,13 +55,7 @@ async fn config_reload_adds_and_removes_one_forward_without_touching_the_others(
 #[tokio::test]
 async fn disable_and_enable_one_forward() {
     let (cluster, _backend) = echo_cluster("toggle", "NodePort").await;
-    let engine = start(
-        &cluster,
-        &format!("{}{}", forward("a", NS, "echo"), forward("b", NS, "echo")),
-    )
-    .await;
-    let a = local(&wait_healthy(&engine, "a").await);
-    wait_healthy(&engine, "b").await;
+    let (engine, a, _) = start_a_and_b(&cluster).await;
     engine.set_enabled("a", false).await.unwrap();
     wait_for(&engine, "a", "disabled", |f| f.health.state == State::Disabled).await;
     assert!(TcpStream::connect(a).await.is_err());
@@ -70,9 +70,7 @@ async fn disable_and_enable_one_forward() {
 async fn a_forward_turned_off_stays_off_until_the_config_changes_it() {
     let (cluster, _backend) = echo_cluster("policy", "NodePort").await;
     let both = format!("{}{}", forward("a", NS, "echo"), forward("b", NS, "echo"));
-    let engine = start(&cluster, &both).await;
-    wait_healthy(&engine, "a").await;
-    let b = local(&wait_healthy(&engine, "b").await);
+    let (engine, _, b) = start_a_and_b(&cluster).await;
     engine.set_enabled("a", false).await.unwrap();
     wait_for(&engine, "a", "disabled", |f| f.health.state == State::Disabled).await;
     let off = |config: Option<porthole::Config>| !config.unwrap().forward("a").unwrap().enabled;
@@ -109,13 +107,7 @@ async fn a_forward_turned_off_stays_off_until_the_config_changes_it() {
 #[tokio::test]
 async fn two_forwards_swapping_ports_both_come_up() {
     let (cluster, _backend) = echo_cluster("swap", "NodePort").await;
-    let engine = start(
-        &cluster,
-        &format!("{}{}", forward("a", NS, "echo"), forward("b", NS, "echo")),
-    )
-    .await;
-    let a = local(&wait_healthy(&engine, "a").await);
-    let b = local(&wait_healthy(&engine, "b").await);
+    let (engine, a, b) = start_a_and_b(&cluster).await;
     let swapped = format!(
         "{}{}",
         forward("a", NS, "echo").replace("local_port = 0", &format!("local_port = {}", b.port())),
@@ -203,13 +195,7 @@ async fn the_quick_start_preset_serves_all_five_ports() {
 #[tokio::test]
 async fn every_transition_is_an_event_including_disable_and_removal() {
     let (cluster, _backend) = echo_cluster("events", "NodePort").await;
-    let engine = start(
-        &cluster,
-        &format!("{}{}", forward("a", NS, "echo"), forward("b", NS, "echo")),
-    )
-    .await;
-    wait_healthy(&engine, "a").await;
-    wait_healthy(&engine, "b").await;
+    let (engine, _, _) = start_a_and_b(&cluster).await;
     let mut events = engine.events();
     engine.set_enabled("a", false).await.unwrap();
     let event = wait_event(&mut events, |e| matches!(e, Event::Forward { name, .. } if name == "a")).await;

@@ -209,15 +209,21 @@ pub async fn concurrent_round_trips(addr: SocketAddr, count: usize, size: usize)
 /// An HTTP GET through `addr`; returns the body.
 pub async fn http_get(addr: SocketAddr) -> String {
     let mut s = TcpStream::connect(addr).await.expect("connect");
+    let response = http_get_on(&mut s).await;
+    response.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()
+}
+
+/// An HTTP GET on a connection already open; returns the whole response.
+pub async fn http_get_on(s: &mut TcpStream) -> String {
     s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
     let mut response = String::new();
     tokio::time::timeout(WAIT, s.read_to_string(&mut response))
         .await
-        .expect("answer")
+        .expect("an answer")
         .unwrap();
-    response.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()
+    response
 }
 
 /// A machine whose clocks and addresses the test moves: [`FakeHost::sleep`] is a laptop's lid

@@ -39,7 +39,8 @@ fn preset_config(dir: &Path, cluster: &FakeCluster) -> PathBuf {
 /// control socket path in that directory.
 struct Preset {
     cluster: support::OpenChoreo,
-    dir: tempfile::TempDir,
+    /// The directory of `config` and `control`, removed when this goes.
+    _dir: tempfile::TempDir,
     config: PathBuf,
     control: PathBuf,
 }
@@ -51,7 +52,7 @@ async fn preset() -> Preset {
     let control = dir.path().join("control.sock");
     Preset {
         cluster,
-        dir,
+        _dir: dir,
         config,
         control,
     }
@@ -162,12 +163,9 @@ async fn all_healthy(control: &Path) -> Snapshot {
 
 #[tokio::test]
 async fn up_serves_the_preset_and_answers_status_wait_and_disable() {
-    let Preset {
-        cluster,
-        dir: _dir,
-        config,
-        control,
-    } = preset().await;
+    let preset = preset().await;
+    let (config, control) = (preset.config.clone(), preset.control.clone());
+    let cluster = &preset.cluster;
     let mut up = up(&config, &control).await;
     let snapshot = all_healthy(&control).await;
     assert_eq!(snapshot.forwards.len(), 5);
@@ -334,12 +332,8 @@ async fn init_writes_a_preset_and_never_overwrites_by_accident() {
 
 #[tokio::test]
 async fn edits_to_the_config_file_apply_live_sighup_reloads_and_sigint_stops_cleanly() {
-    let Preset {
-        cluster: _cluster,
-        dir: _dir,
-        config,
-        control,
-    } = preset().await;
+    let preset = preset().await;
+    let (config, control) = (preset.config.clone(), preset.control.clone());
     // The control socket named by the environment, as scripts would.
     let mut cmd = porthole(&["--config", path(&config), "up"]);
     cmd.env("PORTHOLE_CONTROL", &control);
@@ -424,12 +418,8 @@ async fn a_config_named_by_the_environment_must_exist() {
 
 #[tokio::test]
 async fn up_and_wait_started_together_succeed_every_time() {
-    let Preset {
-        cluster: _cluster,
-        dir: _dir,
-        config,
-        control,
-    } = preset().await;
+    let preset = preset().await;
+    let (config, control) = (preset.config.clone(), preset.control.clone());
     for round in 0..20 {
         // `porthole up & porthole wait`: nothing between them, so `wait` usually starts before
         // the engine has bound its control socket.
@@ -485,12 +475,8 @@ async fn a_control_path_that_is_not_a_socket_is_refused_and_kept() {
 #[tokio::test]
 async fn an_endless_line_on_the_control_socket_is_cut_off_and_the_engine_serves_on() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Preset {
-        cluster: _cluster,
-        dir: _dir,
-        config,
-        control,
-    } = preset().await;
+    let preset = preset().await;
+    let (config, control) = (preset.config.clone(), preset.control.clone());
     let _up = up(&config, &control).await;
     let mut greedy = tokio::net::UnixStream::connect(&control).await.unwrap();
     // 1 MiB with no newline, far past a request's bound: the engine hangs up instead of
@@ -524,12 +510,8 @@ fn set_descriptor_limit(pid: u32, soft: libc::rlim_t) -> libc::rlim_t {
 
 #[tokio::test]
 async fn running_out_of_descriptors_is_named_as_such_and_passes_when_they_are_back() {
-    let Preset {
-        cluster: _cluster,
-        dir: _dir,
-        config,
-        control,
-    } = preset().await;
+    let preset = preset().await;
+    let (config, control) = (preset.config.clone(), preset.control.clone());
     let mut up = up(&config, &control).await;
     let snapshot = all_healthy(&control).await;
     let console = snapshot.forward("console").unwrap().local.unwrap();

@@ -490,6 +490,7 @@ async fn an_endless_line_on_the_control_socket_is_cut_off_and_the_engine_serves_
 }
 
 /// Sets the soft descriptor limit of process `pid` (the hard one is kept); returns the old one.
+#[cfg(target_os = "linux")]
 fn set_descriptor_limit(pid: u32, soft: libc::rlim_t) -> libc::rlim_t {
     let mut old = libc::rlimit {
         rlim_cur: 0,
@@ -508,6 +509,8 @@ fn set_descriptor_limit(pid: u32, soft: libc::rlim_t) -> libc::rlim_t {
     old.rlim_cur
 }
 
+// Linux: `prlimit` on another process.
+#[cfg(target_os = "linux")]
 #[tokio::test]
 async fn running_out_of_descriptors_is_named_as_such_and_passes_when_they_are_back() {
     let preset = preset().await;

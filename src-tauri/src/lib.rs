@@ -108,7 +108,14 @@ pub fn run() -> anyhow::Result<()> {
         .plugin(tauri_plugin_clipboard_manager::init())
         .setup(move |app| {
             #[cfg(target_os = "macos")]
-            app.set_activation_policy(tauri::ActivationPolicy::Accessory);
+            {
+                app.set_activation_policy(tauri::ActivationPolicy::Accessory);
+                // Notifications come from Porthole (its name and icon in the Notification
+                // Center), not from the default sender, Finder.
+                if let Err(e) = notify_rust::set_application(&app.config().identifier) {
+                    tracing::warn!(error = %e, "notifications are sent as another application");
+                }
+            }
             let cancel = CancellationToken::new();
             // The engine spawns onto the runtime it is started in: Tauri's.
             let (engine, signals) = tauri::async_runtime::block_on(async {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use porthole::cause::State;
+use porthole::config::edit::{self, Edit, EditError, ForwardDraft};
 use porthole::config::{self, Config, ConfigFile, PRESETS, Reload};
 use porthole::control::{self, Client};
 use porthole::engine::ForwardStatus;
@@ -22,21 +23,33 @@ use tracing::{error, info, warn};
 
 /// Reliable localhost port forwards to services in local Kubernetes clusters (kind, k3d).
 #[derive(Debug, Parser)]
-#[command(name = "porthole", version, about)]
+#[command(name = "porthole", version, about, after_help = EXAMPLES)]
 pub struct Args {
-    /// Config file [default: $PORTHOLE_CONFIG, else <config dir>/porthole/config.toml, else the built-in preset]
-    #[arg(long, global = true, value_name = "FILE")]
+    /// Config file [default: <config dir>/porthole/config.toml, else the built-in preset]
+    #[arg(long, global = true, value_name = "FILE", env = config::CONFIG_ENV)]
     config: Option<PathBuf>,
-    /// Control socket of the running engine [default: $PORTHOLE_CONTROL, else <runtime dir>/porthole/control.sock]
-    #[arg(long, global = true, value_name = "PATH")]
+    /// Control socket of the running engine [default: <runtime dir>/porthole/control.sock]
+    #[arg(long, global = true, value_name = "PATH", env = control::CONTROL_ENV)]
     control: Option<PathBuf>,
-    /// Log filter (tracing's EnvFilter syntax) [default: $RUST_LOG, else info for `up`, warn otherwise;
-    /// kube's own logs are off: Porthole reports what they would say as causes]
+    /// Log filter, in tracing's EnvFilter syntax [default: $RUST_LOG, else info for `up` and
+    /// `relay`, warn otherwise; kube's own logs are off: Porthole reports what they would say
+    /// as causes]
     #[arg(long, global = true, value_name = "FILTER")]
     log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
+
+const EXAMPLES: &str = "\
+Examples:
+  porthole up                          run the forwards of the config in the foreground
+  porthole wait --timeout 120 && ./run-e2e.sh
+                                       start scripts once every forward is healthy
+  porthole status --watch              the status table, redrawn on every change
+  porthole add web --namespace demo --service web --port 80 --local-port 8080
+  porthole doctor                      find out why a forward is down, without an engine
+  porthole fix-kubeconfig --dry-run    see what would point kubectl back at the cluster
+  porthole completions bash > ~/.local/share/bash-completion/completions/porthole";
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -44,27 +57,77 @@ enum Command {
     Up,
     /// Show every forward of the running engine: state, cause, route, connections, bytes
     Status {
-        #[arg(long)]
+        /// Print the snapshot as JSON (the shape of `porthole::Snapshot`) instead of the table
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        /// Keep the table on screen, redrawn on every change, until Ctrl-C
+        #[arg(long)]
+        watch: bool,
     },
-    /// Wait until the named forwards (default: every enabled one) are healthy
+    /// Wait until the named forwards (default: every enabled one) are healthy; exit 1 listing the causes if they are not in time
     Wait {
-        /// Give up after this many seconds, listing the causes
-        #[arg(long, default_value_t = 60)]
+        /// Give up after this many seconds
+        #[arg(long, default_value_t = 60, value_name = "SECONDS")]
         timeout: u64,
+        /// Forwards to wait for, by name [default: every enabled forward]
+        #[arg(value_name = "NAME")]
         names: Vec<String>,
     },
-    /// Turn a forward on in the running engine
-    Enable { name: String },
-    /// Turn a forward off in the running engine
-    Disable { name: String },
+    /// Turn a forward on in the running engine (until the config file changes that forward)
+    Enable {
+        /// The forward's name, as in the config
+        name: String,
+    },
+    /// Turn a forward off in the running engine (until the config file changes that forward)
+    Disable {
+        /// The forward's name, as in the config
+        name: String,
+    },
+    /// List the forwards of the config file
+    List,
+    /// Add a forward to the config file (comments kept, a backup first, written atomically); a running engine applies it
+    Add {
+        /// The forward's name: letters, digits, `.`, `_` and `-`
+        name: String,
+        /// The service's namespace
+        #[arg(long, short = 'n')]
+        namespace: String,
+        /// The service's name
+        #[arg(long)]
+        service: String,
+        /// The service port, by number or name [default: the service's first port]
+        #[arg(long, value_name = "PORT")]
+        port: Option<String>,
+        /// The local port [default: --port, when it is a number]
+        #[arg(long, value_name = "PORT")]
+        local_port: Option<u16>,
+        /// How to reach the service [default: the cluster's mode, `auto`]
+        #[arg(long, value_parser = ["auto", "nodeport", "tunnel"])]
+        mode: Option<String>,
+        /// The address to listen on [default: 127.0.0.1 and ::1]
+        #[arg(long, value_name = "ADDRESS")]
+        bind: Option<String>,
+        /// The health check: `tcp`, `tls` or `http:/path` [default: by what the port speaks]
+        #[arg(long)]
+        probe: Option<String>,
+        /// Add it turned off
+        #[arg(long)]
+        disabled: bool,
+    },
+    /// Remove a forward from the config file (a backup first); a running engine applies it
+    Remove {
+        /// The forward's name, as in the config
+        name: String,
+    },
     /// Check kubeconfig, context, API, services, nodes and local ports, without a running engine
     Doctor {
+        /// Print the checks as JSON
         #[arg(long)]
         json: bool,
     },
     /// Print Porthole's context and kubectl's in one line; exit 0 only if they agree
     Context {
+        /// Print both contexts and the kubeconfig's state as JSON
         #[arg(long)]
         json: bool,
     },
@@ -74,11 +137,18 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Write a preset config file
+    /// Write a config file: a preset, or one with no forwards
     Init {
-        #[arg(long, default_value = config::DEFAULT_PRESET)]
+        /// The preset to write (see `porthole presets`)
+        #[arg(long, default_value = config::DEFAULT_PRESET, value_parser = preset_names(), conflicts_with = "empty")]
         preset: String,
-        /// Overwrite an existing file
+        /// Write a config with no forwards yet (add them with `porthole add` or the app's settings)
+        #[arg(long)]
+        empty: bool,
+        /// The context Porthole uses [default: the preset's; with --empty, kubectl's current-context]
+        #[arg(long, value_name = "CONTEXT")]
+        context: Option<String>,
+        /// Overwrite an existing file (it is kept as a backup)
         #[arg(long)]
         force: bool,
         /// Where to write [default: the config path]
@@ -90,9 +160,25 @@ enum Command {
     Relay {
         /// Address to listen on, e.g. 127.0.0.1:9000 (port 0: any free port, printed on stdout)
         listen: SocketAddr,
-        /// Address to relay each connection to
+        /// Address to relay each connection to, e.g. 172.18.0.3:30080
         target: String,
     },
+    /// Print a shell completion script: `porthole completions bash > …/completions/porthole`
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `porthole man > porthole.1`
+    Man,
+}
+
+/// The presets' names, for `init --preset`'s possible values.
+fn preset_names() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(
+        PRESETS
+            .iter()
+            .map(|(name, description, _)| clap::builder::PossibleValue::new(*name).help(*description)),
+    )
 }
 
 pub fn init_logging(args: &Args) {
@@ -125,14 +211,68 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let control_path = control::socket_path(args.control.as_deref());
     match args.command {
         Command::Up => up(args.config.as_deref(), &control_path).await,
-        Command::Status { json } => status(&control_path, json).await,
+        Command::Status { json, watch } => match watch {
+            true => status_watch(&control_path).await,
+            false => status(&control_path, json).await,
+        },
         Command::Wait { timeout, names } => wait(&control_path, Duration::from_secs(timeout), &names).await,
         Command::Enable { name } => toggle(&control_path, &name, true).await,
         Command::Disable { name } => toggle(&control_path, &name, false).await,
         Command::Doctor { json } => run_doctor(args.config.as_deref(), json).await,
         Command::Context { json } => context(args.config.as_deref(), json).await,
         Command::FixKubeconfig { dry_run } => fix_kubeconfig(args.config.as_deref(), dry_run).await,
-        Command::Init { preset, force, file } => init(&preset, force, file.as_deref().or(args.config.as_deref())),
+        Command::List => list(args.config.as_deref()),
+        Command::Add {
+            name,
+            namespace,
+            service,
+            port,
+            local_port,
+            mode,
+            bind,
+            probe,
+            disabled,
+        } => {
+            let local_port = local_port
+                .or_else(|| port.as_deref().and_then(|p| p.parse().ok()))
+                .context("give --local-port (the service port is named, not numbered)")?;
+            let draft = ForwardDraft {
+                name,
+                namespace,
+                service,
+                service_port: port.unwrap_or_default(),
+                local_port: local_port.to_string(),
+                bind: bind.unwrap_or_default(),
+                probe: probe.unwrap_or_default(),
+                mode: mode.unwrap_or_default(),
+                enabled: !disabled,
+            };
+            edit_config(args.config.as_deref(), Edit::Forward { replaces: None, draft })
+        }
+        Command::Remove { name } => edit_config(args.config.as_deref(), Edit::RemoveForward(name)),
+        Command::Init {
+            preset,
+            empty,
+            context,
+            force,
+            file,
+        } => {
+            let text = match empty {
+                true => EMPTY_CONFIG.to_string(),
+                false => config::preset_text(&preset)?.to_string(),
+            };
+            let text = match &context {
+                Some(context) => edit::apply(&text, &Edit::Context(Some(context.clone())), Path::new("init"))
+                    .map_err(|e| anyhow::anyhow!("--context: {e}"))?,
+                None => text,
+            };
+            let what = if empty {
+                "a config with no forwards".to_string()
+            } else {
+                format!("the {preset} preset")
+            };
+            init(&what, &text, force, file.as_deref().or(args.config.as_deref()))
+        }
         Command::Presets => {
             for (name, description, _) in PRESETS {
                 println!("{name:<26} {description}");
@@ -140,7 +280,102 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Relay { listen, target } => relay(listen, &target).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Args as clap::CommandFactory>::command(),
+                "porthole",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            clap_mangen::Man::new(<Args as clap::CommandFactory>::command()).render(&mut std::io::stdout())?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// `porthole init --empty`: the cluster table to fill in, and no forwards.
+const EMPTY_CONFIG: &str = "\
+# Porthole: localhost forwards to services in a local Kubernetes cluster.
+# Add forwards with `porthole add NAME --namespace NS --service SVC --local-port PORT`, or in the
+# app's settings; see `porthole presets` for complete examples.
+
+[cluster]
+# context = \"kind-my-cluster\"   # default: kubectl's current-context
+";
+
+/// The forwards of the config file, one line each.
+fn list(config_arg: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let (file, config) = ConfigFile::open(config_arg);
+    let config = config?;
+    match file.source() {
+        config::Source::File(path) => println!("{}:", path.display()),
+        config::Source::Preset(name) => println!("the built-in {name} preset (no config file yet):"),
+    }
+    let rows: Vec<[String; 5]> = config
+        .forwards
+        .iter()
+        .map(|f| {
+            [
+                f.name.clone(),
+                format!(":{}", f.local_port),
+                format!(
+                    "{}/{}{}",
+                    f.namespace,
+                    f.target,
+                    f.service_port.as_ref().map(|p| format!(":{p}")).unwrap_or_default()
+                ),
+                serde_json::to_value(f.mode)
+                    .ok()
+                    .and_then(|m| m.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                if f.enabled { "on".into() } else { "off".into() },
+            ]
+        })
+        .collect();
+    let header = ["NAME", "LOCAL", "SERVICE", "MODE", "ENABLED"].map(String::from);
+    let mut widths = [0usize; 5];
+    for cells in std::iter::once(&header).chain(&rows) {
+        for (width, cell) in widths.iter_mut().zip(cells) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    for cells in std::iter::once(&header).chain(&rows) {
+        let line: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{:<width$}", porthole::status::printable(cell)))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+    if config.forwards.is_empty() {
+        println!("(no forwards: `porthole add` adds one)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One change to the config file, as the settings page makes it (comments kept, a backup
+/// first, written atomically). A running engine follows the file and applies it.
+fn edit_config(config_arg: Option<&Path>, edit: Edit) -> anyhow::Result<ExitCode> {
+    let (file, _) = ConfigFile::open(config_arg);
+    let path = file.path().map(Path::to_path_buf);
+    let backups = porthole::write::Backups::private()?;
+    let config = file.save(&edit, &backups).map_err(|e| match e {
+        EditError::Invalid {
+            field: Some(field),
+            message,
+        } => anyhow::anyhow!("--{}: {message}", field.replace('_', "-")),
+        other => anyhow::anyhow!(other),
+    })?;
+    let path = path.map_or_else(|| "the config".to_string(), |p| p.display().to_string());
+    match &edit {
+        Edit::Forward { draft, .. } => println!("added {} to {path} ({} forwards)", draft.name, config.forwards.len()),
+        Edit::RemoveForward(name) => println!("removed {name} from {path} ({} forwards left)", config.forwards.len()),
+        Edit::Context(_) => {}
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn up(config_arg: Option<&Path>, control_path: &Path) -> anyhow::Result<ExitCode> {
@@ -224,6 +459,37 @@ async fn apply_reload(engine: &Engine, reload: Reload) {
             }
         }
         Reload::Invalid(e) => error!("config not reloaded: {e}"),
+    }
+}
+
+/// The status table, redrawn on every change the engine pushes, until Ctrl-C (exit 0) or the
+/// engine stops (exit 1). On a terminal each table replaces the last; piped, they follow one
+/// another, each after a blank line.
+async fn status_watch(control_path: &Path) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let mut client = Client::connect(control_path).await?;
+    client.watch().await?;
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut first = true;
+    loop {
+        let snapshot = tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            snapshot = client.next_snapshot() => snapshot,
+        };
+        let Ok(snapshot) = snapshot else {
+            eprintln!("porthole: the engine stopped");
+            return Ok(ExitCode::FAILURE);
+        };
+        let mut out = std::io::stdout().lock();
+        if terminal {
+            // Home, then clear: the table is redrawn in place.
+            write!(out, "\x1b[H\x1b[2J")?;
+        } else if !first {
+            writeln!(out)?;
+        }
+        write!(out, "{snapshot}")?;
+        out.flush()?;
+        first = false;
     }
 }
 
@@ -401,15 +667,14 @@ async fn fix_kubeconfig(config_arg: Option<&Path>, dry_run: bool) -> anyhow::Res
     Ok(ExitCode::SUCCESS)
 }
 
-fn init(preset: &str, force: bool, file: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let text = config::preset_text(preset)?;
+fn init(what: &str, text: &str, force: bool, file: Option<&Path>) -> anyhow::Result<ExitCode> {
     let path = match file {
         Some(path) => path.to_path_buf(),
         None => config::config_path(None).context("no config directory on this system: give a FILE")?,
     };
     // Created whole and exclusively: a file that appears meanwhile is never overwritten.
     if porthole::write::create(&path, text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))? {
-        println!("wrote the {preset} preset to {}", path.display());
+        println!("wrote {what} to {}", path.display());
         return Ok(ExitCode::SUCCESS);
     }
     if !force {
@@ -422,11 +687,11 @@ fn init(preset: &str, force: bool, file: Option<&Path>) -> anyhow::Result<ExitCo
     })?;
     match replaced {
         Ok(Some(written)) => println!(
-            "wrote the {preset} preset to {} (the old one is in {})",
+            "wrote {what} to {} (the old one is in {})",
             path.display(),
             written.backup.display()
         ),
-        Ok(None) => println!("{} already holds the {preset} preset", path.display()),
+        Ok(None) => println!("{} already holds {what}", path.display()),
         Err(never) => match never {},
     }
     Ok(ExitCode::SUCCESS)

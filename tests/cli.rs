@@ -609,3 +609,232 @@ async fn a_control_socket_in_a_directory_others_can_write_is_not_trusted() {
     assert!(!up.status.success());
     assert!(text(&up.stderr).contains("symbolic link"), "{}", text(&up.stderr));
 }
+
+/// `porthole ARGS` with its state (backups) in `dir`, never the user's.
+async fn run_in(dir: &Path, args: &[&str]) -> Output {
+    let mut cmd = porthole(args);
+    cmd.env("HOME", dir).env("XDG_STATE_HOME", dir.join("state"));
+    tokio::time::timeout(WAIT, cmd.output())
+        .await
+        .expect("porthole finished")
+        .unwrap()
+}
+
+/// A port nothing listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn add_list_and_remove_edit_the_file_and_the_running_engine_follows() {
+    let preset = preset().await;
+    let (config, control) = (preset.config.clone(), preset.control.clone());
+    let home = tempfile::tempdir().unwrap();
+    std::fs::write(
+        &config,
+        format!("# my notes\n{}", std::fs::read_to_string(&config).unwrap()),
+    )
+    .unwrap();
+    let mut up = up(&config, &control).await;
+    all_healthy(&control).await;
+
+    let port = free_port().to_string();
+    let added = run_in(
+        home.path(),
+        &[
+            "--config",
+            path(&config),
+            "add",
+            "console2",
+            "--namespace",
+            "wso2-amp",
+            "--service",
+            "amp-console",
+            "--local-port",
+            &port,
+        ],
+    )
+    .await;
+    assert!(added.status.success(), "{}", text(&added.stderr));
+    assert!(
+        text(&added.stdout).contains("added console2"),
+        "{}",
+        text(&added.stdout)
+    );
+    let kept = std::fs::read_to_string(&config).unwrap();
+    assert!(kept.starts_with("# my notes\n"), "comments kept:\n{kept}");
+    // The running engine follows the file: the new forward serves.
+    up.logged("config reloaded").await;
+    let wait = run(&["--control", path(&control), "wait", "--timeout", "30", "console2"]).await;
+    assert!(wait.status.success(), "{}", text(&wait.stdout));
+
+    let listed = run(&["--config", path(&config), "list"]).await;
+    let listed = text(&listed.stdout);
+    let line = listed.lines().find(|l| l.starts_with("console2")).expect(&listed);
+    assert!(
+        line.contains(&format!(":{port}")) && line.contains("wso2-amp/amp-console") && line.ends_with("on"),
+        "{listed}"
+    );
+
+    // Bad input is refused by name, and the file is left as it was.
+    let twice = run_in(
+        home.path(),
+        &[
+            "--config",
+            path(&config),
+            "add",
+            "console2",
+            "-n",
+            "x",
+            "--service",
+            "y",
+            "--local-port",
+            "1",
+        ],
+    )
+    .await;
+    assert!(!twice.status.success());
+    assert!(text(&twice.stderr).contains("console2"), "{}", text(&twice.stderr));
+    let named = run_in(
+        home.path(),
+        &[
+            "--config",
+            path(&config),
+            "add",
+            "web",
+            "-n",
+            "x",
+            "--service",
+            "y",
+            "--port",
+            "http",
+        ],
+    )
+    .await;
+    assert!(text(&named.stderr).contains("--local-port"), "{}", text(&named.stderr));
+    let nope = run_in(home.path(), &["--config", path(&config), "remove", "nope"]).await;
+    assert!(!nope.status.success());
+    assert!(text(&nope.stderr).contains("nope"), "{}", text(&nope.stderr));
+    assert!(std::fs::read_to_string(&config).unwrap() == kept);
+
+    let removed = run_in(home.path(), &["--config", path(&config), "remove", "console2"]).await;
+    assert!(removed.status.success(), "{}", text(&removed.stderr));
+    up.logged("config reloaded").await;
+    let status = run(&["--control", path(&control), "status", "--json"]).await;
+    let snapshot: Snapshot = serde_json::from_slice(&status.stdout).unwrap();
+    assert!(snapshot.forward("console2").is_none());
+    assert!(std::fs::read_to_string(&config).unwrap().starts_with("# my notes\n"));
+    // Every edit was backed up in the state directory given, none beside the file.
+    let backups = porthole::write::Backups::at(home.path().join("state/porthole/backups"))
+        .of(&std::fs::canonicalize(&config).unwrap());
+    assert_eq!(backups.len(), 2, "{backups:?}");
+}
+
+#[tokio::test]
+async fn status_watch_redraws_the_table_on_every_change() {
+    let preset = preset().await;
+    let (config, control) = (preset.config.clone(), preset.control.clone());
+    let _up = up(&config, &control).await;
+    all_healthy(&control).await;
+    let mut watch = porthole(&["--control", path(&control), "status", "--watch"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let mut next_api_line = async || loop {
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .expect("a table in time")
+            .unwrap()
+            .expect("still watching");
+        if line.starts_with("api ") {
+            return line;
+        }
+    };
+    assert!(next_api_line().await.contains("healthy"));
+    let disable = run(&["--control", path(&control), "disable", "api"]).await;
+    assert!(disable.status.success());
+    loop {
+        if next_api_line().await.contains("disabled") {
+            break;
+        }
+    }
+    let pid = watch.id().unwrap() as libc::pid_t;
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let exit = tokio::time::timeout(WAIT, watch.wait()).await.unwrap().unwrap();
+    assert!(exit.success(), "Ctrl-C ends the watch cleanly: {exit:?}");
+}
+
+#[tokio::test]
+async fn init_writes_an_empty_config_for_a_context_and_the_cli_explains_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.toml");
+    let out = run(&["init", "--empty", "--context", "k3d-dev", path(&file)]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let written = porthole::Config::load(&file).unwrap();
+    assert_eq!(written.cluster.context.as_deref(), Some("k3d-dev"));
+    assert!(written.forwards.is_empty());
+    let listed = porthole(&["list"])
+        .env("PORTHOLE_CONFIG", &file)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        text(&listed.stdout).contains("(no forwards"),
+        "{}",
+        text(&listed.stdout)
+    );
+    // An empty variable is no variable (the shell's `PORTHOLE_CONFIG= porthole …`).
+    let unset = porthole(&["--config", path(&file), "list"])
+        .env("PORTHOLE_CONFIG", "")
+        .env("PORTHOLE_CONTROL", "")
+        .output()
+        .await
+        .unwrap();
+    assert!(unset.status.success(), "{}", text(&unset.stderr));
+
+    // Help for every flag, the presets by name, examples after --help.
+    let help = text(&run(&["--help"]).await.stdout);
+    assert!(
+        help.contains("Examples:") && help.contains("porthole wait --timeout"),
+        "{help}"
+    );
+    for (command, wanted) in [
+        ("status", "Print the snapshot as JSON"),
+        ("wait", "Forwards to wait for, by name"),
+        ("disable", "The forward's name"),
+        ("init", "openchoreo-data-prepper"),
+        ("add", "The service port, by number or name"),
+    ] {
+        let out = text(&run(&[command, "--help"]).await.stdout);
+        assert!(out.contains(wanted), "{command} --help lacks {wanted:?}:\n{out}");
+    }
+    let bad = run(&["init", "--preset", "nope", path(&dir.path().join("x.toml"))]).await;
+    assert!(
+        text(&bad.stderr).contains("openchoreo"),
+        "the presets are offered: {}",
+        text(&bad.stderr)
+    );
+
+    // Completions for three shells and a manual page.
+    for (shell, mark) in [
+        ("bash", "_porthole()"),
+        ("zsh", "#compdef porthole"),
+        ("fish", "complete -c porthole"),
+    ] {
+        let out = run(&["completions", shell]).await;
+        assert!(out.status.success());
+        let script = text(&out.stdout);
+        assert!(
+            script.contains(mark) && script.contains("fix-kubeconfig"),
+            "{shell}: {script}"
+        );
+    }
+    let man = text(&run(&["man"]).await.stdout);
+    assert!(man.starts_with(".ie") || man.contains(".TH porthole"), "{man}");
+}

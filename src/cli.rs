@@ -258,7 +258,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             file,
         } => {
             let text = match empty {
-                true => EMPTY_CONFIG.to_string(),
+                true => config::EMPTY.to_string(),
                 false => config::preset_text(&preset)?.to_string(),
             };
             let text = match &context {
@@ -296,23 +296,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// `porthole init --empty`: the cluster table to fill in, and no forwards.
-const EMPTY_CONFIG: &str = "\
-# Porthole: localhost forwards to services in a local Kubernetes cluster.
-# Add forwards with `porthole add NAME --namespace NS --service SVC --local-port PORT`, or in the
-# app's settings; see `porthole presets` for complete examples.
-
-[cluster]
-# context = \"kind-my-cluster\"   # default: kubectl's current-context
-";
-
 /// The forwards of the config file, one line each.
 fn list(config_arg: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let (file, config) = ConfigFile::open(config_arg);
+    let (file, config) = ConfigFile::open(config_arg, porthole::kubeconfig::has_context);
     let config = config?;
     match file.source() {
         config::Source::File(path) => println!("{}:", path.display()),
         config::Source::Preset(name) => println!("the built-in {name} preset (no config file yet):"),
+        config::Source::Empty => println!("no config file yet:"),
     }
     let rows: Vec<[String; 5]> = config
         .forwards
@@ -359,7 +350,7 @@ fn list(config_arg: Option<&Path>) -> anyhow::Result<ExitCode> {
 /// One change to the config file, as the settings page makes it (comments kept, a backup
 /// first, written atomically). A running engine follows the file and applies it.
 fn edit_config(config_arg: Option<&Path>, edit: Edit) -> anyhow::Result<ExitCode> {
-    let (file, _) = ConfigFile::open(config_arg);
+    let (file, _) = ConfigFile::open(config_arg, porthole::kubeconfig::has_context);
     let path = file.path().map(Path::to_path_buf);
     let backups = porthole::write::Backups::private()?;
     let config = file.save(&edit, &backups).map_err(|e| match e {
@@ -379,7 +370,7 @@ fn edit_config(config_arg: Option<&Path>, edit: Edit) -> anyhow::Result<ExitCode
 }
 
 async fn up(config_arg: Option<&Path>, control_path: &Path) -> anyhow::Result<ExitCode> {
-    let (file, config) = ConfigFile::open(config_arg);
+    let (file, config) = ConfigFile::open(config_arg, porthole::kubeconfig::has_context);
     let config = config?;
     let file = Arc::new(file);
     let listener = control::bind(control_path).await?;
@@ -579,7 +570,7 @@ async fn toggle(control_path: &Path, name: &str, enabled: bool) -> anyhow::Resul
 }
 
 async fn run_doctor(config_arg: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
-    let (config, source) = Config::discover(config_arg)?;
+    let (config, source) = Config::discover(config_arg, porthole::kubeconfig::has_context)?;
     let report = doctor::run(&config, Duration::from_secs(5)).await;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -606,7 +597,7 @@ async fn run_doctor(config_arg: Option<&Path>, json: bool) -> anyhow::Result<Exi
 
 /// The kubeconfig as seen from the configured context.
 async fn inspect_kubeconfig(config_arg: Option<&Path>) -> anyhow::Result<(Config, state::Inspection)> {
-    let (config, _) = Config::discover(config_arg)?;
+    let (config, _) = Config::discover(config_arg, porthole::kubeconfig::has_context)?;
     let expected =
         config.cluster.context.clone().context(
             "the config sets no `cluster.context`: Porthole follows kubectl's, so there is nothing to compare",

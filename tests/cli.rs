@@ -838,3 +838,43 @@ async fn init_writes_an_empty_config_for_a_context_and_the_cli_explains_itself()
     let man = text(&run(&["man"]).await.stdout);
     assert!(man.starts_with(".ie") || man.contains(".TH porthole"), "{man}");
 }
+
+#[tokio::test]
+async fn a_first_run_starts_the_preset_only_for_its_cluster_and_empty_otherwise() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kubeconfig");
+    let home = tempfile::tempdir().unwrap();
+    let first_run = |kubeconfig: &str, args: &[&str]| {
+        let mut cmd = porthole(args);
+        cmd.env("HOME", home.path())
+            .env("XDG_CONFIG_HOME", home.path().join("config"))
+            .env("XDG_STATE_HOME", home.path().join("state"))
+            .env("KUBECONFIG", fixtures.join(kubeconfig));
+        cmd
+    };
+    // Someone else's cluster (Rancher Desktop): no forwards, nothing to be down.
+    let other = first_run("only-rancher.yaml", &["list"]).output().await.unwrap();
+    let listed = text(&other.stdout);
+    assert!(
+        listed.contains("no config file yet") && listed.contains("(no forwards"),
+        "{listed}"
+    );
+    // The quick-start's kind cluster: its preset, as before.
+    let quick_start = first_run("kind.yaml", &["list"]).output().await.unwrap();
+    let listed = text(&quick_start.stdout);
+    assert!(
+        listed.contains("openchoreo preset") && listed.contains("console"),
+        "{listed}"
+    );
+    // The first `add` on the other cluster writes a config with that forward alone.
+    let added = first_run(
+        "only-rancher.yaml",
+        &["add", "web", "-n", "demo", "--service", "web", "--local-port", "8080"],
+    )
+    .output()
+    .await
+    .unwrap();
+    assert!(added.status.success(), "{}", text(&added.stderr));
+    let written = porthole::Config::load(&home.path().join("config/porthole/config.toml")).unwrap();
+    let names: Vec<&str> = written.forwards.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["web"]);
+}

@@ -84,7 +84,7 @@ pub fn run() -> anyhow::Result<()> {
     porthole::relay::raise_fd_limit();
     // A broken config file does not keep the app from starting: it shows the error in the tray
     // and a notification, serves nothing, and applies the file once it is fixed.
-    let (file, loaded) = ConfigFile::open(args.config.as_deref());
+    let (file, loaded) = ConfigFile::open(args.config.as_deref(), porthole::kubeconfig::has_context);
     let (config, config_error) = match loaded {
         Ok(config) => (config, None),
         Err(e) => {

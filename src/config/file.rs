@@ -56,9 +56,15 @@ impl ConfigFile {
     /// start with: the file's, or the default preset's when there is no file (a save then
     /// creates the file from the preset's text). A broken file gives its error beside a
     /// `ConfigFile` that still follows it, so a front end can start and wait for a fix.
-    pub fn open(explicit: Option<&Path>) -> (ConfigFile, Result<Config, ConfigError>) {
+    ///
+    /// `has_context` tells whether the kubeconfig has a context (`kubeconfig::has_context`):
+    /// the default preset is the first run only for the cluster it is for.
+    pub fn open(
+        explicit: Option<&Path>,
+        has_context: impl FnOnce(&str) -> bool,
+    ) -> (ConfigFile, Result<Config, ConfigError>) {
         let path = config_path(explicit);
-        let discovered = Config::discover(explicit);
+        let discovered = Config::discover(explicit, has_context);
         let file = ConfigFile::new(
             path,
             discovered
@@ -77,10 +83,11 @@ impl ConfigFile {
         };
         let base = match &source {
             Source::Preset(name) => preset_text(name).unwrap_or_default().to_string(),
+            Source::Empty => super::EMPTY.to_string(),
             Source::File(_) => String::new(),
         };
         let seen = match (&source, &loaded) {
-            (Source::Preset(_), _) => Seen::Nothing,
+            (Source::Preset(_) | Source::Empty, _) => Seen::Nothing,
             (Source::File(_), Ok(config)) => Seen::Valid(config.clone()),
             (Source::File(_), Err(e)) => Seen::Invalid(e.clone()),
         };
@@ -196,7 +203,7 @@ mod tests {
     fn opened(dir: &Path, text: &str) -> (Arc<ConfigFile>, Result<Config, ConfigError>) {
         let path = dir.join("config.toml");
         std::fs::write(&path, text).unwrap();
-        let (file, config) = ConfigFile::open(Some(&path));
+        let (file, config) = ConfigFile::open(Some(&path), |_| true);
         (Arc::new(file), config)
     }
 

@@ -33,8 +33,19 @@ pub const PRESETS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// The preset used when no config file exists.
+/// The preset used when no config file exists and the kubeconfig has its cluster's context.
 pub const DEFAULT_PRESET: &str = "openchoreo";
+
+/// The config a first run starts from when the default preset is not for this user's cluster:
+/// the cluster table to fill in, and no forwards (also what `porthole init --empty` writes).
+pub const EMPTY: &str = "\
+# Porthole: localhost forwards to services in a local Kubernetes cluster.
+# Add forwards with `porthole add NAME --namespace NS --service SVC --local-port PORT`, or in the
+# app's settings; see `porthole presets` for complete examples.
+
+[cluster]
+# context = \"kind-my-cluster\"   # default: kubectl's current-context
+";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -58,6 +69,8 @@ pub enum ConfigError {
 pub enum Source {
     File(PathBuf),
     Preset(&'static str),
+    /// No file, and no cluster the default preset is for: no forwards yet.
+    Empty,
 }
 
 impl fmt::Display for Source {
@@ -65,6 +78,7 @@ impl fmt::Display for Source {
         match self {
             Source::File(path) => write!(f, "{}", path.display()),
             Source::Preset(name) => write!(f, "<preset {name}>"),
+            Source::Empty => f.write_str("<no config file, no forwards yet>"),
         }
     }
 }
@@ -348,17 +362,29 @@ impl Config {
         Config::parse(text, &Source::Preset(name))
     }
 
-    /// Loads from `path`, or the default location; with no file there, the default preset.
-    /// A file named by `--config` or `$PORTHOLE_CONFIG` must exist; only the default location
-    /// may be absent.
-    pub fn discover(explicit: Option<&Path>) -> Result<(Config, Source), ConfigError> {
+    /// Loads from `path`, or the default location. With no file there: the default preset if
+    /// `has_context` says the kubeconfig has the context it is for (an OpenChoreo quick-start's
+    /// cluster), else no forwards ([`EMPTY`]), so a first run against any other cluster shows
+    /// nothing broken. A file named by `--config` or `$PORTHOLE_CONFIG` must exist; only the
+    /// default location may be absent.
+    pub fn discover(
+        explicit: Option<&Path>,
+        has_context: impl FnOnce(&str) -> bool,
+    ) -> Result<(Config, Source), ConfigError> {
         let named = explicit.is_some() || std::env::var_os(CONFIG_ENV).is_some_and(|p| !p.is_empty());
         match config_path(explicit) {
             Some(path) if named || path.exists() => {
                 let config = Config::load(&path)?;
                 Ok((config, Source::File(path)))
             }
-            _ => Ok((Config::preset(DEFAULT_PRESET)?, Source::Preset(DEFAULT_PRESET))),
+            _ => {
+                let preset = Config::preset(DEFAULT_PRESET)?;
+                if preset.cluster.context.as_deref().is_some_and(has_context) {
+                    Ok((preset, Source::Preset(DEFAULT_PRESET)))
+                } else {
+                    Ok((Config::parse(EMPTY, &Source::Empty)?, Source::Empty))
+                }
+            }
         }
     }
 

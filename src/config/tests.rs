@@ -243,6 +243,6 @@ fn same_port_on_different_addresses_is_fine() {
 
 #[test]
 fn explicit_missing_file_is_an_error_naming_it() {
-    let err = Config::discover(Some(Path::new("/nonexistent/porthole.toml"))).unwrap_err();
+    let err = Config::discover(Some(Path::new("/nonexistent/porthole.toml")), |_| true).unwrap_err();
     assert!(err.to_string().contains("/nonexistent/porthole.toml"), "{err}");
 }

@@ -63,6 +63,11 @@ pub fn kind_cluster_name(context: &str) -> Option<&str> {
 }
 
 /// The kubeconfig files in effect: `cluster.kubeconfig`, else `$KUBECONFIG` (a list), else `~/.kube/config`.
+/// Whether the kubeconfig kubectl reads has `context` (for the first run's choice of config).
+pub fn has_context(context: &str) -> bool {
+    Loaded::for_cluster(&ClusterSpec::default()).is_ok_and(|loaded| loaded.has_context(context))
+}
+
 pub fn files(cluster: &ClusterSpec) -> Vec<PathBuf> {
     if let Some(path) = &cluster.kubeconfig {
         return vec![path.clone()];

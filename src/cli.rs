@@ -406,14 +406,14 @@ async fn up(config_arg: Option<&Path>, control_path: &Path) -> anyhow::Result<Ex
             _ = terminate.recv() => break,
             _ = hangup.recv() => match file.reload() {
                 Some(reload) => {
-                    info!(config = %file.source(), "SIGHUP: reloading the config file");
+                    info!(config = %file.path().unwrap_or(Path::new("?")).display(), "SIGHUP: reloading the config file");
                     apply_reload(&engine, reload).await;
                 }
                 None => info!("SIGHUP: running the built-in preset, nothing to reload"),
             },
             reload = change => match reload {
                 Some(reload) => {
-                    info!(config = %file.source(), "the config file changed");
+                    info!(config = %file.path().unwrap_or(Path::new("?")).display(), "the config file changed");
                     apply_reload(&engine, reload).await;
                 }
                 None => {

@@ -120,7 +120,7 @@ impl Signals {
                 _ = self.interrupt.recv() => break "SIGINT",
                 _ = self.hangup.recv() => match shell.config.reload() {
                     Some(reload) => {
-                        info!(config = %shell.config.source(), "SIGHUP: reloading the config file");
+                        info!(config = %shell.config.path().unwrap_or(std::path::Path::new("?")).display(), "SIGHUP: reloading the config file");
                         apply_reload(&app, reload).await;
                     }
                     None => info!("SIGHUP: no config file to reload (running the preset)"),

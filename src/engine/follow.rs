@@ -127,12 +127,13 @@ impl Core {
         let current = Loaded::for_cluster(cluster)
             .ok()
             .and_then(|l| l.current_context().map(String::from));
-        if let Some(context) = &cluster.context {
-            self.set_context(context.clone());
-        }
-        self.hub
-            .snapshot
-            .send_if_modified(|s| replace(&mut s.kubectl_context, current));
+        // Both in one snapshot: none shows the new context beside kubectl's old one.
+        let context = cluster.context.clone();
+        self.hub.snapshot.send_if_modified(|s| {
+            let kubectl = replace(&mut s.kubectl_context, current);
+            let ours = context.is_some_and(|context| replace(&mut s.context, Some(context)));
+            kubectl | ours
+        });
     }
 
     /// Porthole's context: the one configured, or the one discovery resolved.

@@ -383,7 +383,11 @@ async fn up(config_arg: Option<&Path>, control_path: &Path) -> anyhow::Result<Ex
         control_path.to_path_buf(),
         cancel.clone(),
     ));
-    // Edits to the file are applied as they are saved; SIGHUP reads it now.
+    // Edits to the file are applied as they are saved (its directory made, so that a file
+    // created later, by `porthole add` say, is followed too); SIGHUP reads it now.
+    if let Some(dir) = file.path().and_then(Path::parent) {
+        let _ = std::fs::create_dir_all(dir);
+    }
     let mut changes = match file.watch() {
         Some(Ok(watch)) => Some(watch),
         Some(Err(e)) => {

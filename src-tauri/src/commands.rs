@@ -195,6 +195,8 @@ async fn save(shell: &Shell, edit: Edit) -> Result<(), CommandError> {
         Edit::Forward { draft, .. } => Some((draft.name.trim().to_string(), draft.enabled)),
         _ => None,
     };
+    // Until the engine has it: a hand edit read before this save is not applied after it.
+    let _applying = shell.applying.lock().await;
     let config = tauri::async_runtime::spawn_blocking(move || file.save(&edit, &backups))
         .await
         .map_err(CommandError::failed)??;

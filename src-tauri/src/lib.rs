@@ -128,6 +128,7 @@ pub fn run() -> anyhow::Result<()> {
                 config: file.clone(),
                 log_dir,
                 cancel: cancel.clone(),
+                applying: tokio::sync::Mutex::new(()),
                 control: Mutex::new(None),
                 quitting: AtomicBool::new(false),
             });

@@ -33,6 +33,9 @@ pub struct Shell {
     pub log_dir: PathBuf,
     /// Cancelled on quit: stops the event loop and the control socket.
     pub cancel: CancellationToken,
+    /// Held from a read or save of the config file until the engine has applied it, so the
+    /// engine applies configs in the order the file held them.
+    pub applying: tokio::sync::Mutex<()>,
     /// The control socket's server; it removes the socket when it ends.
     pub control: Mutex<Option<tauri::async_runtime::JoinHandle<()>>>,
     /// Set by the first Quit (menu or signal); later ones do nothing.
@@ -69,10 +72,14 @@ async fn apply_reload(app: &AppHandle, reload: Reload) {
     let shell = app.state::<Shell>();
     match reload {
         Reload::Changed(config) => {
-            let forwards = config.forwards.len();
-            match shell.engine.apply(config).await {
-                Ok(()) => info!(forwards, "config applied"),
-                Err(e) => warn!(error = %e, "cannot apply the config"),
+            let _applying = shell.applying.lock().await;
+            // A save from the page after this read has applied its own, newer config.
+            if shell.config.is_latest(&config) {
+                let forwards = config.forwards.len();
+                match shell.engine.apply(config).await {
+                    Ok(()) => info!(forwards, "config applied"),
+                    Err(e) => warn!(error = %e, "cannot apply the config"),
+                }
             }
         }
         Reload::Invalid(e) => {

@@ -134,6 +134,12 @@ impl ConfigFile {
         Some(reload)
     }
 
+    /// Whether `config` is still what the file was last seen to hold (a save since makes an
+    /// older read stale: the saver applies its own).
+    pub fn is_latest(&self, config: &Config) -> bool {
+        matches!(&*self.seen(), Seen::Valid(seen) if seen == config)
+    }
+
     /// Whether the file was last seen broken (its error is shown until a valid one is read).
     pub fn invalid(&self) -> Option<String> {
         match &*self.seen() {

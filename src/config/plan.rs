@@ -64,6 +64,27 @@ pub fn plan(old: &Config, new: &Config) -> Vec<Change> {
     changes
 }
 
+/// Whether forward `a` of `old` and `b` of `new` are the same entry in the file: equal, or
+/// differing only in values each takes from its `[cluster]` default (`mode`, `hold`,
+/// `tunnel_settle`, `max_connections`), where that default changed.
+fn same_entry(old: &Config, a: &ForwardSpec, new: &Config, b: &ForwardSpec) -> bool {
+    let (was, now) = (&old.cluster, &new.cluster);
+    let mut b = b.clone();
+    if a.mode == was.mode && b.mode == now.mode {
+        b.mode = a.mode;
+    }
+    let hold = |c: &ClusterSpec| c.hold.map(|s| s.0);
+    if a.hold == hold(was) && b.hold == hold(now) {
+        b.hold = a.hold;
+    }
+    b.tunnel_settle = a.tunnel_settle;
+    let max = |c: &ClusterSpec| c.max_connections.map_or(super::MaxConnections::DEFAULT, |m| m.0);
+    if a.max_connections == max(was) && b.max_connections == max(now) {
+        b.max_connections = a.max_connections;
+    }
+    *a == b
+}
+
 /// Forwards turned on or off at run time (the tray's menu, `porthole enable|disable`, the
 /// settings page's switch), kept apart from the config file, which they never rewrite.
 ///
@@ -91,10 +112,14 @@ impl Overrides {
     }
 
     /// The file changed from `old` to `new`: forgets the overrides of forwards it changed or
-    /// dropped.
+    /// dropped. A change of a `[cluster]` default the forward inherits is not a change of its
+    /// entry.
     pub fn rebase(&mut self, old: &Config, new: &Config) {
         self.enabled
-            .retain(|name, _| matches!((old.forward(name), new.forward(name)), (Some(a), Some(b)) if a == b));
+            .retain(|name, _| match (old.forward(name), new.forward(name)) {
+                (Some(a), Some(b)) => same_entry(old, a, new, b),
+                _ => false,
+            });
     }
 
     /// `file` with the overrides applied: the config that runs.
@@ -278,6 +303,29 @@ mod tests {
         overrides.rebase(&edited, &moved);
         assert!(spec(&overrides.effective(&moved), "a").enabled);
         assert!(overrides.is_empty());
+    }
+
+    #[test]
+    fn a_changed_cluster_default_is_not_a_change_of_the_forward() {
+        let a = forward("a", 3000, "");
+        let file = config(&a);
+        let mut overrides = Overrides::default();
+        overrides.set(&file, "a", false);
+        let defaults = Config::parse(
+            &format!("[cluster]\ncontext = \"kind-a\"\nmax_connections = 50\ntunnel_settle = 2\nhold = 9\n{a}"),
+            &Source::File("test.toml".into()),
+        )
+        .unwrap();
+        overrides.rebase(&file, &defaults);
+        assert!(!spec(&overrides.effective(&defaults), "a").enabled, "still off");
+        // The forward's own entry setting one of those is a change of it.
+        let own = Config::parse(
+            &format!("[cluster]\ncontext = \"kind-a\"\nmax_connections = 50\ntunnel_settle = 2\nhold = 9\n{a}max_connections = 7\n"),
+            &Source::File("test.toml".into()),
+        )
+        .unwrap();
+        overrides.rebase(&defaults, &own);
+        assert!(spec(&overrides.effective(&own), "a").enabled, "the file wins");
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The CLI's commands: each turns arguments into library calls and prints the outcome.
 
+mod demo;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -170,7 +172,27 @@ enum Command {
     },
     /// Print the manual page (roff): `porthole man > porthole.1`
     Man,
+    /// Try Porthole with no cluster: the OpenChoreo quick-start on a built-in demo cluster served
+    /// on loopback, and Porthole's engine against it; commands typed here break and heal it
+    /// (`help` lists them)
+    #[command(after_help = DEMO_EXAMPLES)]
+    Demo {
+        /// Serve a forward on another local port than the preset's (repeatable)
+        #[arg(long = "port", value_name = "NAME=PORT")]
+        ports: Vec<String>,
+        /// Run PROGRAM [ARGS...] instead of the engine, with $PORTHOLE_CONFIG set to the demo's
+        /// config (the app: `porthole demo --exec porthole-app`); the demo ends when it does
+        #[arg(long, value_name = "PROGRAM", num_args = 1.., allow_hyphen_values = true)]
+        exec: Vec<String>,
+    },
 }
+
+const DEMO_EXAMPLES: &str = "\
+Examples:
+  porthole demo                        the five quick-start ports on localhost, from a demo cluster
+  porthole demo --port console=3001    the console on :3001 instead of :3000
+  porthole demo --exec porthole-app    the menu-bar app against the demo cluster
+Then, in another terminal: porthole status --watch";
 
 /// The presets' names, for `init --preset`'s possible values.
 fn preset_names() -> clap::builder::PossibleValuesParser {
@@ -182,7 +204,7 @@ fn preset_names() -> clap::builder::PossibleValuesParser {
 }
 
 pub fn init_logging(args: &Args) {
-    let default = if matches!(args.command, Command::Up | Command::Relay { .. }) {
+    let default = if matches!(args.command, Command::Up | Command::Relay { .. } | Command::Demo { .. }) {
         "info"
     } else {
         "warn"
@@ -210,7 +232,7 @@ pub fn init_logging(args: &Args) {
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let control_path = control::socket_path(args.control.as_deref());
     match args.command {
-        Command::Up => up(args.config.as_deref(), &control_path).await,
+        Command::Up => up(args.config.as_deref(), &control_path, &CancellationToken::new()).await,
         Command::Status { json, watch } => match watch {
             true => status_watch(&control_path).await,
             false => status(&control_path, json).await,
@@ -289,6 +311,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Demo { ports, exec } => demo::run(demo::Demo { ports, exec }, &control_path).await,
         Command::Man => {
             clap_mangen::Man::new(<Args as clap::CommandFactory>::command()).render(&mut std::io::stdout())?;
             Ok(ExitCode::SUCCESS)
@@ -369,7 +392,8 @@ fn edit_config(config_arg: Option<&Path>, edit: Edit) -> anyhow::Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
-async fn up(config_arg: Option<&Path>, control_path: &Path) -> anyhow::Result<ExitCode> {
+/// Runs the engine on the config until Ctrl-C, SIGTERM or `stop`.
+async fn up(config_arg: Option<&Path>, control_path: &Path, stop: &CancellationToken) -> anyhow::Result<ExitCode> {
     let (file, config) = ConfigFile::open(config_arg, porthole::kubeconfig::has_context);
     let config = config?;
     let file = Arc::new(file);
@@ -408,6 +432,7 @@ async fn up(config_arg: Option<&Path>, control_path: &Path) -> anyhow::Result<Ex
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
+            _ = stop.cancelled() => break,
             _ = hangup.recv() => match file.reload() {
                 Some(reload) => {
                     info!(config = %file.path().unwrap_or(Path::new("?")).display(), "SIGHUP: reloading the config file");

@@ -878,3 +878,86 @@ async fn a_first_run_starts_the_preset_only_for_its_cluster_and_empty_otherwise(
     let names: Vec<&str> = written.forwards.iter().map(|f| f.name.as_str()).collect();
     assert_eq!(names, ["web"]);
 }
+
+#[tokio::test]
+async fn demo_serves_the_presets_five_ports_healthy_with_no_cluster_and_breaks_and_heals_on_command() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let home = tempfile::tempdir().unwrap();
+    let control = home.path().join("control.sock");
+    let names = ["console", "api", "traces-observer", "otel-collector", "gateway"];
+    let ports: Vec<String> = names.iter().map(|name| format!("{name}=0")).collect();
+    let mut args = vec!["--control", path(&control), "demo"];
+    for port in &ports {
+        args.extend(["--port", port]);
+    }
+    let mut cmd = porthole(&args);
+    // No cluster and no kubeconfig anywhere: the demo needs neither.
+    cmd.env("HOME", home.path())
+        .env("KUBECONFIG", home.path().join("no-kubeconfig"))
+        .env("XDG_CONFIG_HOME", home.path().join("config"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut demo = up_with(cmd).await;
+    let mut console = demo.child.stdin.take().unwrap();
+
+    let snapshot = all_healthy(&control).await;
+    let forwards: Vec<&str> = snapshot.forwards.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(forwards, names);
+    let console_addr = snapshot.forwards[0].local.unwrap();
+    for f in &snapshot.forwards[..3] {
+        let body = support::porthole::http_get(f.local.unwrap()).await;
+        assert_eq!(body, f.service, "{} answers as its service", f.name);
+    }
+
+    // Stop the console's pod: the forward goes down naming the cause, and comes back.
+    console.write_all(b"stop amp-console\n").await.unwrap();
+    let lines = demo
+        .logged_where("console down", |l| {
+            l.contains("forward=console") && l.contains("cause=no-ready-endpoints")
+        })
+        .await;
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("state=down") && !l.contains("forward=console")),
+        "only the console went down: {lines:#?}"
+    );
+    console.write_all(b"start amp-console\n").await.unwrap();
+    let snapshot = all_healthy(&control).await;
+    assert_eq!(
+        snapshot.forwards[0].local,
+        Some(console_addr),
+        "same local port throughout"
+    );
+    assert_eq!(support::porthole::http_get(console_addr).await, "amp-console");
+
+    console.write_all(b"no such command\nquit\n").await.unwrap();
+    assert!(demo.exit_status().await.success());
+    assert!(!control.exists(), "the control socket is removed");
+    let mut out = String::new();
+    demo.child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .await
+        .unwrap();
+    assert!(out.contains("demo cluster openchoreo-local"), "{out}");
+    assert!(out.contains("console (wso2-amp/amp-console)"), "{out}");
+    assert!(out.contains("error: unknown command \"no such command\""), "{out}");
+    assert!(
+        !home.path().join("config").exists(),
+        "the demo writes no config of the user's"
+    );
+}
+
+#[tokio::test]
+async fn demo_refuses_a_port_for_a_forward_it_does_not_have() {
+    let out = run(&["demo", "--port", "consol=3001"]).await;
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("no forward \"consol\"") && err.contains("console, api"),
+        "{err}"
+    );
+}

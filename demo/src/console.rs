@@ -1,15 +1,13 @@
-//! `cargo run --example fake-cluster [-- --kubeconfig PATH]`: runs the fake OpenChoreo
-//! quick-start cluster (the test support in `tests/support`) so Porthole can be tried
-//! against it by hand, and reads commands from stdin to break things.
-
-use std::path::PathBuf;
+//! Break-and-heal commands on the quick-start cluster, one line each (`porthole demo` reads
+//! them from its terminal): stop a pod, move a node port, take the API down, and back.
 
 use anyhow::{Context, Result, bail};
-use support::FakeCluster;
-use support::openchoreo::{CONTROL_PLANE, OpenChoreo, QuickStartService, SERVICES, WORKER};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
-const HELP: &str = "\
+use crate::backend::Backend;
+use crate::openchoreo::{CONTROL_PLANE, OpenChoreo, QuickStartService, SERVICES, WORKER};
+
+/// The commands, as `help` prints them.
+pub const HELP: &str = "\
 commands (SERVICE is a quick-start service name, e.g. amp-console):
   status              services, node ports, nodes, backends
   stop SERVICE        the pod goes down: endpoint unready, backend stopped
@@ -29,83 +27,25 @@ commands (SERVICE is a quick-start service name, e.g. amp-console):
   bookmarks           send a BOOKMARK to every watch
   help, quit";
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let copy_to = parse_args()?;
-    let mut oc = FakeCluster::openchoreo().await;
-    let kubeconfig = export(&oc, copy_to.as_ref())?;
-    println!(
-        "fake kind cluster {:?} is up, API at https://{}",
-        oc.name(),
-        oc.api_addr()
-    );
-    println!("kubeconfig: {}", kubeconfig.display());
-    println!();
-    println!("  export KUBECONFIG={}", kubeconfig.display());
-    println!(
-        "  cargo run --bin porthole -- up     # the built-in openchoreo preset, context {}",
-        oc.context()
-    );
-    println!();
-    println!("{HELP}");
-    print_status(&oc);
-
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    loop {
-        let line = tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            line = lines.next_line() => line.context("read stdin")?,
-        };
-        let Some(line) = line else { break };
-        let words: Vec<&str> = line.split_whitespace().collect();
-        match words.as_slice() {
-            [] => continue,
-            ["quit" | "exit"] => break,
-            _ => {}
-        }
-        match run(&mut oc, &words).await {
-            Ok(()) => {
-                if words[0] == "context" {
-                    export(&oc, copy_to.as_ref())?;
-                }
-                println!("ok");
-            }
-            Err(e) => println!("error: {e:#}"),
-        }
-    }
-    println!("bye");
-    Ok(())
+/// What a command line asks for: nothing, to quit, or a command to [`run`].
+pub enum Line<'a> {
+    Empty,
+    Quit,
+    Command(Vec<&'a str>),
 }
 
-fn parse_args() -> Result<Option<PathBuf>> {
-    let mut args = std::env::args().skip(1);
-    let mut copy_to = None;
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--kubeconfig" => copy_to = Some(PathBuf::from(args.next().context("--kubeconfig needs a path")?)),
-            "-h" | "--help" => {
-                println!("usage: fake-cluster [--kubeconfig PATH]\n\n{HELP}");
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument {other:?} (usage: fake-cluster [--kubeconfig PATH])"),
-        }
+/// Splits a line into words and recognises `quit`/`exit`.
+pub fn parse(line: &str) -> Line<'_> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.as_slice() {
+        [] => Line::Empty,
+        ["quit" | "exit"] => Line::Quit,
+        _ => Line::Command(words),
     }
-    Ok(copy_to)
 }
 
-/// The kubeconfig to point Porthole at: the cluster's own, or a copy at `copy_to`.
-fn export(oc: &OpenChoreo, copy_to: Option<&PathBuf>) -> Result<PathBuf> {
-    let Some(path) = copy_to else {
-        return Ok(oc.kubeconfig());
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    }
-    std::fs::copy(oc.kubeconfig(), path).with_context(|| format!("write kubeconfig {}", path.display()))?;
-    Ok(path.clone())
-}
-
-async fn run(oc: &mut OpenChoreo, words: &[&str]) -> Result<()> {
+/// Runs one command (words as [`parse`] split them); what it reports goes to stdout.
+pub async fn run(oc: &mut OpenChoreo, words: &[&str]) -> Result<()> {
     match words {
         ["help"] => println!("{HELP}"),
         ["status"] => print_status(oc),
@@ -197,11 +137,11 @@ fn existing(oc: &OpenChoreo, name: &str) -> Result<&'static QuickStartService> {
     Ok(spec)
 }
 
-fn backend<'a>(oc: &'a OpenChoreo, name: &str) -> Result<&'a support::Backend> {
+fn backend<'a>(oc: &'a OpenChoreo, name: &str) -> Result<&'a Backend> {
     oc.backends.get(name).context("no backend")
 }
 
-fn print_status(oc: &OpenChoreo) {
+pub fn print_status(oc: &OpenChoreo) {
     for node in [CONTROL_PLANE, WORKER] {
         match oc.node_ip(node) {
             Some(ip) => println!("node {node}: {ip}"),

@@ -88,6 +88,18 @@ pub fn reconcile(shared: &Arc<Shared>, state: &mut State) {
             Ok(listener) => {
                 state.proxy.listeners.insert(addr, listener);
             }
+            // macOS and the BSDs give loopback 127.0.0.1 alone: the nodes' addresses do not
+            // answer there, as kind's nodes on Docker Desktop do not, and Porthole tunnels.
+            Err(error) if error.kind() == std::io::ErrorKind::AddrNotAvailable => {
+                static TOLD: std::sync::Once = std::sync::Once::new();
+                TOLD.call_once(|| {
+                    eprintln!(
+                        "fake kube-proxy: node addresses such as {} are not on this machine's loopback \
+                         (only Linux routes all of 127.0.0.0/8): node ports do not answer",
+                        addr.ip()
+                    )
+                });
+            }
             Err(error) => {
                 eprintln!("fake kube-proxy: cannot listen on {addr} for {service:?}: {error}")
             }

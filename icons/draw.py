@@ -15,6 +15,7 @@ COLOURS = {
     "down": (217, 59, 59),
     "paused": (138, 143, 152),
     "context": (59, 111, 217),
+    "idle": (138, 143, 152),
 }
 
 def seg_dist(px, py, ax, ay, bx, by):
@@ -37,6 +38,8 @@ def inside(state, x, y):
         return (22 <= x <= 28 or 36 <= x <= 42) and 20 <= y <= 44
     if state == "context":
         return (29 <= x <= 35 and 17 <= y <= 36) or math.hypot(x - 32, y - 44) <= 3.8
+    if state == "idle":  # no forwards yet: the empty ring
+        return False
     if state == "app":
         return r <= 19
     raise ValueError(state)

@@ -49,6 +49,8 @@ function renderSnapshot(snapshot) {
   // The sentence comes with the state: the tray, the CLI and notifications say the same.
   if (wrong) $("banner-text").textContent = kube.fix ? `${kube.sentence}. Fix: ${kube.fix}.` : `${kube.sentence}.`;
 
+  $("welcome").hidden = snapshot.forwards.length > 0;
+  $("forwards").hidden = snapshot.forwards.length === 0;
   const body = $("forwards").tBodies[0];
   body.replaceChildren();
   for (const f of snapshot.forwards) {
@@ -315,4 +317,8 @@ function wire() {
 }
 
 wire();
-busy(reload)().then(() => document.body.classList.add("ready"));
+busy(async () => {
+  await reload();
+  // No forwards yet (a first run): the picker for the first one is open from the start.
+  if (page.forwards.length === 0) await openEditor(null);
+})().then(() => document.body.classList.add("ready"));

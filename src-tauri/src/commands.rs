@@ -153,7 +153,13 @@ pub async fn call(app: &AppHandle, command: Command) -> Result<Value, CommandErr
                 .map_err(CommandError::failed)?,
         ),
         Command::FixKubeconfig {} => reply(shell::fix_kubeconfig(app).await.map_err(CommandError::failed)?),
-        Command::SetPrefs { prefs } => reply(app.state::<Notifier>().set_prefs(prefs).map_err(CommandError::failed)?),
+        Command::SetPrefs { prefs } => {
+            // The page sets what it shows (the mutes); the rest stays the app's.
+            let notifier = app.state::<Notifier>();
+            let mut kept = notifier.prefs();
+            kept.mutes = prefs.mutes;
+            reply(notifier.set_prefs(kept).map_err(CommandError::failed)?)
+        }
         Command::SetAutostart { enabled } => reply(set_autostart(app, enabled)?),
     }
 }
@@ -169,7 +175,7 @@ async fn page_state(app: &AppHandle, shell: &Shell) -> Result<PageState, Command
         .await
         .ok_or_else(|| CommandError::failed("the engine has stopped"))?;
     let (contexts, kubectl_context, contexts_error) = match shell.engine.contexts().await {
-        Ok((names, current)) => (names, current, None),
+        Ok((names, current)) => (local_first(names), current, None),
         Err(e) => (Vec::new(), None, Some(e.to_string())),
     };
     Ok(PageState {
@@ -183,6 +189,17 @@ async fn page_state(app: &AppHandle, shell: &Shell) -> Result<PageState, Command
         prefs: app.state::<Notifier>().prefs(),
         autostart: app.autolaunch().is_enabled().unwrap_or(false),
     })
+}
+
+/// The kubeconfig's contexts for the page's choice: local clusters first (kind's `kind-*`, then
+/// k3d's `k3d-*`), then the rest, each group in the kubeconfig's order.
+fn local_first(mut names: Vec<String>) -> Vec<String> {
+    names.sort_by_key(|name| match name {
+        n if n.starts_with("kind-") => 0,
+        n if n.starts_with("k3d-") => 1,
+        _ => 2,
+    });
+    names
 }
 
 /// Saves one change to the config file, then the engine applies the new config by diff. A
@@ -227,6 +244,15 @@ fn set_autostart(app: &AppHandle, enabled: bool) -> Result<bool, CommandError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_clusters_come_first_in_the_kubeconfigs_order() {
+        let names = ["minikube", "k3d-b", "docker-desktop", "kind-z", "k3d-a", "kind-a"].map(String::from);
+        assert_eq!(
+            local_first(names.to_vec()),
+            ["kind-z", "kind-a", "k3d-b", "k3d-a", "minikube", "docker-desktop"]
+        );
+    }
 
     /// The names of `commands.list`.
     fn listed() -> Vec<String> {

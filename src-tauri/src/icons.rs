@@ -13,8 +13,10 @@ pub enum Aggregate {
     Degraded,
     /// Some forward is down.
     Down,
-    /// Every forward is turned off (or there are none).
+    /// Every forward is turned off.
     Paused,
+    /// There are no forwards yet: nothing to say.
+    Idle,
     /// kubectl's kubeconfig points away from Porthole's cluster.
     ContextWrong,
 }
@@ -27,6 +29,7 @@ pub fn tray(aggregate: Aggregate) -> &'static [u8] {
         Aggregate::Down => include_bytes!("../../icons/tray/down.png"),
         Aggregate::Paused => include_bytes!("../../icons/tray/paused.png"),
         Aggregate::ContextWrong => include_bytes!("../../icons/tray/context.png"),
+        Aggregate::Idle => include_bytes!("../../icons/tray/idle.png"),
     }
 }
 
@@ -38,5 +41,6 @@ pub fn tray(aggregate: Aggregate) -> &'static [u8] {
         Aggregate::Down => include_bytes!("../../icons/tray-template/down.png"),
         Aggregate::Paused => include_bytes!("../../icons/tray-template/paused.png"),
         Aggregate::ContextWrong => include_bytes!("../../icons/tray-template/context.png"),
+        Aggregate::Idle => include_bytes!("../../icons/tray-template/idle.png"),
     }
 }

@@ -29,10 +29,11 @@ use porthole::config::{Config, ConfigFile};
 use porthole::{Engine, Tuning, control};
 use tauri::{Manager, RunEvent};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::notices::{Kind, Notice};
 use crate::notifier::Notifier;
+use crate::prefs::Prefs;
 use crate::shell::Shell;
 use crate::tray::Tray;
 use crate::window::Windows;
@@ -96,7 +97,10 @@ pub fn run() -> anyhow::Result<()> {
     let control_path = control::socket_path(args.control.as_deref());
     info!(config = %file.source(), forwards = config.forwards.len(), control = %control_path.display(), "starting");
     let notifier = Notifier::new(prefs::path(file.path()));
-    let open_settings = args.settings;
+    // A first run (no config file, and no quick-start cluster for the preset): the settings
+    // window opens by itself, once, to choose a context and add the first forward.
+    let first_run = matches!(file.source(), porthole::config::Source::Empty) && !notifier.prefs().welcomed;
+    let open_settings = args.settings || first_run;
 
     let app = tauri::Builder::default()
         // First: a second launch hands over to this one and exits.
@@ -152,6 +156,16 @@ pub fn run() -> anyhow::Result<()> {
             }
             if open_settings {
                 window::open(&handle);
+            }
+            if first_run {
+                let notifier = app.state::<Notifier>();
+                let prefs = Prefs {
+                    welcomed: true,
+                    ..notifier.prefs()
+                };
+                if let Err(e) = notifier.set_prefs(prefs) {
+                    warn!(error = %e, "the settings window will open by itself again next time");
+                }
             }
             Ok(())
         })

@@ -109,6 +109,9 @@ pub struct Notices {
     /// By forward name.
     forwards: BTreeMap<String, Track>,
     batch_since: Option<Instant>,
+    /// A kubeconfig change came while there were no forwards (a first run): nothing is told
+    /// until the first forward comes, then the kubeconfig's state then, if it is wrong.
+    kubeconfig_held: bool,
 }
 
 fn port_of(snapshot: &Snapshot, name: &str) -> String {
@@ -140,13 +143,20 @@ impl Notices {
         match event {
             Event::Forward { name, to, .. } => {
                 self.health(name, to, snapshot, now);
-                Vec::new()
+                self.release_kubeconfig(snapshot)
             }
             Event::Removed { name } => {
                 self.forwards.remove(name);
                 Vec::new()
             }
-            Event::Kubeconfig { from, to, fixed } => self.kubeconfig(from.as_ref(), to, *fixed),
+            Event::Kubeconfig { .. } if snapshot.forwards.is_empty() => {
+                self.kubeconfig_held = true;
+                Vec::new()
+            }
+            Event::Kubeconfig { from, to, fixed } => {
+                self.kubeconfig_held = false;
+                self.kubeconfig(from.as_ref(), to, *fixed)
+            }
             Event::Route { .. } | Event::Cluster { .. } => Vec::new(),
         }
     }
@@ -176,6 +186,18 @@ impl Notices {
         track.settled = settled;
         if was_down != is_down || track.pending() {
             self.batch_since.get_or_insert(now);
+        }
+    }
+
+    /// The kubeconfig's state held back while there were no forwards, once there are.
+    fn release_kubeconfig(&mut self, snapshot: &Snapshot) -> Vec<Notice> {
+        if !self.kubeconfig_held || snapshot.forwards.is_empty() {
+            return Vec::new();
+        }
+        self.kubeconfig_held = false;
+        match &snapshot.kubeconfig {
+            Some(report) if !report.state.is_ok() => self.kubeconfig(None, &report.state, false),
+            _ => Vec::new(),
         }
     }
 
@@ -461,7 +483,7 @@ mod tests {
 
     #[test]
     fn context_wrong_and_right_again_but_no_echo_after_a_fix() {
-        let snap = snapshot(&[]);
+        let snap = snapshot(&["a"]);
         let mut n = Notices::default();
         let t = Instant::now();
         let ok = KubeconfigState::Ok {
@@ -508,6 +530,55 @@ mod tests {
         assert!(
             n.observe(&by_the_fix, &snap, t + Duration::from_secs(60)).is_empty(),
             "the fix's own notice told it, however late its event"
+        );
+    }
+
+    #[test]
+    fn with_no_forwards_a_wrong_context_waits_for_the_first_forward() {
+        let wrong = KubeconfigState::ContextMismatch {
+            expected: "kind-a".into(),
+            current: "other".into(),
+        };
+        let ok = KubeconfigState::Ok {
+            context: "kind-a".into(),
+        };
+        let mut n = Notices::default();
+        let t = Instant::now();
+        let to_wrong = Event::Kubeconfig {
+            from: None,
+            to: wrong.clone(),
+            fixed: false,
+        };
+        assert!(
+            n.observe(&to_wrong, &snapshot(&[]), t).is_empty(),
+            "no forwards: no alarm"
+        );
+
+        // The first forward comes while kubectl still points away: told then, once.
+        let mut with_one = snapshot(&["a"]);
+        with_one.kubeconfig = Some(wrong.clone().into());
+        let told = n.observe(&change("a", State::Starting, State::Healthy, None), &with_one, t);
+        assert_eq!(told.len(), 1);
+        assert_eq!(told[0].kind, Kind::Context);
+        assert!(
+            n.observe(&change("a", State::Healthy, State::Healthy, None), &with_one, t)
+                .is_empty()
+        );
+
+        // Put right before any forward came: nothing to tell at all.
+        let mut n = Notices::default();
+        n.observe(&to_wrong, &snapshot(&[]), t);
+        let back = Event::Kubeconfig {
+            from: Some(wrong),
+            to: ok.clone(),
+            fixed: false,
+        };
+        assert!(n.observe(&back, &snapshot(&[]), t).is_empty());
+        let mut fine = snapshot(&["a"]);
+        fine.kubeconfig = Some(ok.into());
+        assert!(
+            n.observe(&change("a", State::Starting, State::Healthy, None), &fine, t)
+                .is_empty()
         );
     }
 

@@ -11,6 +11,9 @@ use crate::notices::Mutes;
 #[serde(default)]
 pub struct Prefs {
     pub mutes: Mutes,
+    /// The settings window opened by itself on a first run (no config file, no forwards);
+    /// it does so once.
+    pub welcomed: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

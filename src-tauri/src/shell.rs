@@ -226,7 +226,7 @@ pub fn on_menu(app: &AppHandle, id: &str) {
             ids::FIX_KUBECONFIG => {
                 let _ = fix_kubeconfig(&app).await;
             }
-            ids::SETTINGS => window::open(&app),
+            ids::SETTINGS | ids::FIRST_FORWARD => window::open(&app),
             ids::COPY_STATUS => {
                 if let Err(e) = app.clipboard().write_text(snapshot.to_string()) {
                     warn!(error = %e, "cannot copy the status");

@@ -18,6 +18,8 @@ pub mod ids {
     pub const STOP_ALL: &str = "stop-all";
     pub const FIX_KUBECONFIG: &str = "fix-kubeconfig";
     pub const SETTINGS: &str = "settings";
+    /// "No forwards yet — Settings…": opens the settings window too.
+    pub const FIRST_FORWARD: &str = "first-forward";
     pub const COPY_STATUS: &str = "copy-status";
     pub const OPEN_LOGS: &str = "open-logs";
     pub const QUIT: &str = "quit";
@@ -90,8 +92,12 @@ fn cause_words(forward: &ForwardStatus) -> Option<String> {
         .map(|c| format!("    {}", porthole::status::printable(&c.message)))
 }
 
-/// The worst state decides; a wrong kubectl context shows unless a forward is down.
+/// The worst state decides; a wrong kubectl context shows unless a forward is down. With no
+/// forwards there is nothing to be wrong about: the neutral icon.
 pub fn aggregate(snapshot: &Snapshot) -> Aggregate {
+    if snapshot.forwards.is_empty() {
+        return Aggregate::Idle;
+    }
     let states: Vec<State> = snapshot.forwards.iter().map(|f| f.health.state).collect();
     let context_wrong = snapshot.kubeconfig.as_ref().is_some_and(|k| !k.state.is_ok());
     if states.contains(&State::Down) {
@@ -121,18 +127,27 @@ impl TrayView {
             tooltip.push(format!("{} {} {}", forward.name, port(forward), forward.health.state));
         }
         if snapshot.forwards.is_empty() {
-            lines.push(Line::Note("No forwards: add one in Settings…".into()));
+            // A first run (or every forward removed): one way on, and no alarms.
+            lines.push(Line::Action {
+                id: ids::FIRST_FORWARD,
+                label: "No forwards yet — Settings…".into(),
+            });
+        } else {
+            lines.push(Line::Separator);
+            lines.push(Line::Action {
+                id: ids::START_ALL,
+                label: "Start all".into(),
+            });
+            lines.push(Line::Action {
+                id: ids::STOP_ALL,
+                label: "Stop all".into(),
+            });
         }
-        lines.push(Line::Separator);
-        lines.push(Line::Action {
-            id: ids::START_ALL,
-            label: "Start all".into(),
-        });
-        lines.push(Line::Action {
-            id: ids::STOP_ALL,
-            label: "Stop all".into(),
-        });
-        if let Some(report) = snapshot.kubeconfig.as_ref().filter(|k| !k.state.is_ok()) {
+        if let Some(report) = snapshot
+            .kubeconfig
+            .as_ref()
+            .filter(|k| !k.state.is_ok() && !snapshot.forwards.is_empty())
+        {
             lines.push(Line::Separator);
             lines.push(Line::Note(report.sentence.clone()));
             let current = snapshot.kubectl_context.as_deref().unwrap_or("none");
@@ -314,9 +329,10 @@ mod tests {
                 mismatch.clone(),
                 Aggregate::Down,
             ),
-            (vec![ok()], mismatch, Aggregate::ContextWrong),
+            (vec![ok()], mismatch.clone(), Aggregate::ContextWrong),
             (vec![forward("b", 2, State::Disabled, None)], None, Aggregate::Paused),
-            (vec![], None, Aggregate::Paused),
+            (vec![], None, Aggregate::Idle),
+            (vec![], mismatch, Aggregate::Idle),
         ];
         for (forwards, kubeconfig, want) in cases {
             assert_eq!(aggregate(&snapshot(forwards.clone(), kubeconfig)), want, "{forwards:?}");
@@ -378,5 +394,42 @@ mod tests {
         assert!(labels.contains(&"Fix kubeconfig (current: rancher-desktop → kind-openchoreo-local)".to_string()));
         assert_eq!(labels.last().unwrap(), "Quit Porthole");
         assert_eq!(view.tooltip.lines().count(), 4, "{}", view.tooltip);
+    }
+
+    #[test]
+    fn with_no_forwards_the_menu_offers_settings_and_raises_no_alarm() {
+        let mismatch = KubeconfigState::ContextMismatch {
+            expected: "kind-dev".into(),
+            current: "rancher-desktop".into(),
+        };
+        let view = TrayView::of(&snapshot(vec![], Some(mismatch)));
+        assert_eq!(view.aggregate, Aggregate::Idle);
+        assert_eq!(
+            view.lines[0],
+            Line::Action {
+                id: ids::FIRST_FORWARD,
+                label: "No forwards yet — Settings…".into()
+            }
+        );
+        let ids: Vec<&str> = view
+            .lines
+            .iter()
+            .filter_map(|l| match l {
+                Line::Action { id, .. } => Some(*id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                ids::FIRST_FORWARD,
+                ids::SETTINGS,
+                ids::COPY_STATUS,
+                ids::OPEN_LOGS,
+                ids::QUIT
+            ],
+            "no Start/Stop all, no Fix kubeconfig"
+        );
+        assert!(!view.tooltip.contains("kubectl"), "{}", view.tooltip);
     }
 }

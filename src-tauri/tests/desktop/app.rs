@@ -20,6 +20,9 @@ pub const WAIT: Duration = Duration::from_secs(40);
 /// The directories and variables one app instance lives in.
 pub struct Home {
     pub dir: tempfile::TempDir,
+    /// The config named by `$PORTHOLE_CONFIG` (a test's own file); `false`: the app finds its
+    /// config, and kubectl's kubeconfig (`~/.kube/config`), where a user's would be.
+    pub named_config: bool,
 }
 
 impl Home {
@@ -30,7 +33,10 @@ impl Home {
         }
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.path().join("run"), std::fs::Permissions::from_mode(0o700)).unwrap();
-        Home { dir }
+        Home {
+            dir,
+            named_config: true,
+        }
     }
 
     pub fn path(&self, sub: &str) -> PathBuf {
@@ -58,7 +64,11 @@ impl Home {
             ("TMPDIR".into(), p("tmp")),
             ("DBUS_SESSION_BUS_ADDRESS".into(), bus.address.clone()),
             ("DISPLAY".into(), bus.display.clone()),
-            ("PORTHOLE_CONFIG".into(), self.config().display().to_string()),
+            match self.named_config {
+                true => ("PORTHOLE_CONFIG".into(), self.config().display().to_string()),
+                // Empty is unset; the default path is `config/porthole/config.toml` anyway.
+                false => ("PORTHOLE_CONFIG".into(), String::new()),
+            },
             ("PORTHOLE_CONTROL".into(), self.control().display().to_string()),
             ("GDK_BACKEND".into(), "x11".into()),
             ("NO_AT_BRIDGE".into(), "1".into()),
@@ -67,6 +77,9 @@ impl Home {
                 "info,kube=off,kube_client=off,kube_runtime=off".into(),
             ),
         ];
+        if !self.named_config {
+            env.push(("KUBECONFIG".into(), p("home/.kube/config")));
+        }
         if std::env::var_os("PORTHOLE_SCREENSHOTS").is_some() {
             // WebKit's page snapshots (WebDriver screenshots) need GL in the window's process,
             // which inherits the app's environment; the app turns GL off unless GDK_GL is set.

@@ -653,6 +653,67 @@ async fn settings_window_saves_a_forward_the_context_and_a_mute_and_refuses_a_ba
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_first_run_without_the_quick_start_is_neutral_and_opens_the_settings_once() {
+    // A kubeconfig of several clusters, kind's `dev` current, none of them OpenChoreo's.
+    let (cluster, _backend) = support::porthole::echo_cluster("dev", "NodePort").await;
+    for other in ["minikube", "docker-desktop", "k3d-lab"] {
+        cluster.set_current_context(other);
+    }
+    cluster.set_current_context(&cluster.context());
+    let mut home = Home::new();
+    home.named_config = false;
+    std::fs::create_dir_all(home.path("home/.kube")).unwrap();
+    std::fs::copy(cluster.kubeconfig(), home.path("home/.kube/config")).unwrap();
+    let bus = Bus::start(&home.path("run")).await;
+
+    // No config file: no forwards, the neutral icon, one way on, and the window by itself.
+    let driver = webdriver::Driver::start(&home, &bus, &[]).await;
+    let tray = app::registered(&home, &bus).await;
+    tray.wait_until("the first-run menu", WAIT, || async {
+        let items = tray.menu_items().await;
+        items.first().is_some_and(|i| i.label == "No forwards yet — Settings…")
+            && !items.iter().any(|i| i.label == "Start all")
+    })
+    .await;
+    assert_eq!(tray.icon_colour().await, Some(GREY));
+    assert!(window_exists(&bus.display, "Porthole settings").await);
+
+    let port = app::free_port();
+    webdriver::first_run_scenario(&driver, &home, port).await;
+    tray.wait_until("echo healthy, in green", WAIT, || async {
+        let items = tray.menu_items().await;
+        items
+            .first()
+            .is_some_and(|i| i.label.contains("echo") && i.label.ends_with("healthy"))
+            && tray.icon_colour().await == Some(GREEN)
+    })
+    .await;
+    assert!(listening(([127, 0, 0, 1], port).into()).await);
+    let told: Vec<_> = bus.notifications().into_iter().map(|n| n.summary).collect();
+    assert!(told.is_empty(), "a first run raises no alarm: {told:?}");
+    let prefs = std::fs::read_to_string(home.path("config/porthole/app.json")).unwrap();
+    assert!(prefs.contains("\"welcomed\": true"), "{prefs}");
+    drop(driver);
+
+    // Every forward gone again (the file removed): neutral, but the window does not open again.
+    // (A bus of its own: the first app's item stays registered on the old one.)
+    std::fs::remove_file(home.config()).unwrap();
+    std::fs::create_dir_all(home.path("bus2")).unwrap();
+    let bus = Bus::start(&home.path("bus2")).await;
+    let app = App::start(&home, &bus, &[]).await;
+    app.tray
+        .wait_until("the first-run menu again", WAIT, || async {
+            let items = app.tray.menu_items().await;
+            items.first().is_some_and(|i| i.label == "No forwards yet — Settings…")
+        })
+        .await;
+    assert!(
+        app::window_processes(&home).is_empty(),
+        "the settings window opens once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_window_process_refuses_to_run_without_its_app_or_with_another_protocol() {
     // Started by hand: no link on descriptor 3.
     let alone = tokio::process::Command::new(app::APP)

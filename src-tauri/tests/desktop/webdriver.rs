@@ -211,6 +211,71 @@ pub async fn add_forward_scenario(driver: &Driver, home: &Home, port: u16) {
     poll_until("the new forward to listen", || listening(addr)).await;
 }
 
+/// A first run: the page came up by itself with the picker open and the kubeconfig's contexts,
+/// local clusters first; the first forward (`echo`, on `port`) is added through the picker and
+/// creates the config file.
+pub async fn first_run_scenario(driver: &Driver, home: &Home, port: u16) {
+    driver.settled().await;
+    driver.visible("#welcome").await;
+    driver.visible("#editor").await;
+    let mut contexts = Vec::new();
+    for option in driver.client.find_all(Locator::Css("#context option")).await.unwrap() {
+        contexts.push(option.text().await.unwrap());
+    }
+    assert_eq!(
+        contexts,
+        [
+            "kubectl's current-context",
+            "kind-dev",
+            "k3d-lab",
+            "docker-desktop",
+            "minikube"
+        ]
+    );
+    assert!(!home.config().exists(), "nothing written before the user saves");
+
+    driver.find("#f-name").await.send_keys("echo").await.unwrap();
+    driver.wait_text("#f-namespace-pick", |t| t.contains("apps")).await;
+    driver
+        .find("#f-namespace-pick")
+        .await
+        .select_by_value("apps")
+        .await
+        .unwrap();
+    driver
+        .wait_text("#f-service-pick", |t| t.contains("echo (NodePort)"))
+        .await;
+    driver
+        .find("#f-service-pick")
+        .await
+        .select_by_value("echo")
+        .await
+        .unwrap();
+    driver.wait_text("#f-service_port-pick", |t| t.contains("7000")).await;
+    driver
+        .find("#f-service_port-pick")
+        .await
+        .select_by_value("tcp")
+        .await
+        .unwrap();
+    driver
+        .find("#f-local_port")
+        .await
+        .send_keys(&port.to_string())
+        .await
+        .unwrap();
+    driver.find("#save").await.click().await.unwrap();
+    driver.wait_text("#forwards tbody", |t| t.contains("echo")).await;
+    let config = std::fs::read_to_string(home.config()).unwrap();
+    for line in [
+        "name = \"echo\"",
+        "namespace = \"apps\"",
+        &format!("local_port = {port}"),
+    ] {
+        assert!(config.contains(line), "{line} in:\n{config}");
+    }
+}
+
 /// Removes `api` from the table: gone from the file, its listener closed.
 pub async fn remove_forward_scenario(driver: &Driver, home: &Home, api: std::net::SocketAddr) {
     driver.settled().await;

@@ -297,6 +297,7 @@ function wire() {
     try {
       $("autostart").checked = await invoke("set_autostart", { enabled: $("autostart").checked });
     } catch (e) {
+      $("autostart").checked = page.autostart;
       showError({ field: "autostart", message: e.message || String(e) });
     }
   }));

@@ -229,6 +229,21 @@ async fn save(shell: &Shell, edit: Edit) -> Result<(), CommandError> {
 }
 
 fn set_autostart(app: &AppHandle, enabled: bool) -> Result<bool, CommandError> {
+    // A login item names this executable: one in a build directory goes with the next
+    // `cargo clean` (or is replaced by whatever is built next), so only an installed app may.
+    if enabled
+        && let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = build_dir(&exe)
+    {
+        return Err(CommandError::Invalid {
+            field: Some("autostart".into()),
+            message: format!(
+                "start at login needs the installed app: this one runs from the build directory {} \
+                 (install the .deb or the .app, or `cargo install --path src-tauri`)",
+                dir.display()
+            ),
+        });
+    }
     #[cfg(target_os = "linux")]
     if enabled && let Some(home) = directories::BaseDirs::new().map(|d| d.home_dir().to_path_buf()) {
         // auto-launch creates `autostart` but not `~/.config` above it.
@@ -241,9 +256,36 @@ fn set_autostart(app: &AppHandle, enabled: bool) -> Result<bool, CommandError> {
     launcher.is_enabled().map_err(CommandError::failed)
 }
 
+/// The cargo target directory `exe` lies in, if it does: cargo marks one with `CACHEDIR.TAG`
+/// beside `.rustc_info.json`, wherever `CARGO_TARGET_DIR` puts it.
+fn build_dir(exe: &std::path::Path) -> Option<&std::path::Path> {
+    exe.ancestors()
+        .skip(1)
+        .find(|dir| dir.join("CACHEDIR.TAG").is_file() && dir.join(".rustc_info.json").is_file())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_executable_under_a_cargo_target_dir_is_in_a_build_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join("elsewhere/target");
+        std::fs::create_dir_all(target.join("release/bundle")).unwrap();
+        std::fs::write(
+            target.join("CACHEDIR.TAG"),
+            "Signature: 8a477f597d28d172789f06886806bc55",
+        )
+        .unwrap();
+        std::fs::write(target.join(".rustc_info.json"), "{}").unwrap();
+        let exe = target.join("release/bundle/porthole-app");
+        assert_eq!(build_dir(&exe), Some(target.as_path()));
+        assert_eq!(build_dir(&root.path().join("usr/bin/porthole-app")), None);
+        // A cache directory of another program is not a build directory.
+        std::fs::remove_file(target.join(".rustc_info.json")).unwrap();
+        assert_eq!(build_dir(&exe), None);
+    }
 
     #[test]
     fn local_clusters_come_first_in_the_kubeconfigs_order() {

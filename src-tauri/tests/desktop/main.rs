@@ -6,6 +6,7 @@
 
 mod app;
 mod bus;
+mod install;
 mod sni;
 mod webdriver;
 

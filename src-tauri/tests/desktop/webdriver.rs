@@ -16,11 +16,18 @@ use super::sni::TrayItem;
 
 pub struct Driver {
     pub client: Client,
+    /// The app it drives.
+    pub app: String,
     _driver: Child,
 }
 
 impl Driver {
     pub async fn start(home: &Home, bus: &Bus, args: &[&str]) -> Driver {
+        Driver::start_app(APP, home, bus, args).await
+    }
+
+    /// Drives `app` (an installed one, say) rather than the one this build made.
+    pub async fn start_app(app: &str, home: &Home, bus: &Bus, args: &[&str]) -> Driver {
         // fantoccini's rustls and the fake cluster's must agree on one provider.
         porthole::install_tls_provider();
         let (port, native) = (free_port(), free_port());
@@ -46,7 +53,7 @@ impl Driver {
         assert!(ready.is_ok(), "tauri-driver did not listen on {addr}");
         let capabilities = json!({
             "browserName": "wry",
-            "tauri:options": { "application": APP, "args": args },
+            "tauri:options": { "application": app, "args": args },
         });
         let client = ClientBuilder::rustls()
             .expect("rustls connector")
@@ -56,6 +63,7 @@ impl Driver {
             .unwrap_or_else(|e| panic!("WebDriver session: {e}; driver log:\n{}", home_log(home)));
         Driver {
             client,
+            app: app.to_string(),
             _driver: driver,
         }
     }
@@ -317,29 +325,44 @@ pub async fn autostart_scenario(driver: &Driver, home: &Home) {
     let checkbox = driver.find("#autostart").await;
     assert!(!checkbox.is_selected().await.unwrap());
     checkbox.click().await.unwrap();
-    // The entry is written in place: wait for the whole of it, not just the file.
-    let written = tokio::time::timeout(WAIT, async {
-        loop {
-            if let Some(path) = entry()
-                && std::fs::read_to_string(&path)
-                    .is_ok_and(|text| text.contains("[Desktop Entry]") && text.contains(APP))
-            {
-                return path;
+    if driver.app != APP {
+        // The installed app registers itself: the entry names its installed path.
+        let written = tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some(path) = entry()
+                    && std::fs::read_to_string(&path)
+                        .is_ok_and(|text| text.contains("[Desktop Entry]") && text.contains(&driver.app))
+                {
+                    return path;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
-    let Ok(_) = written else {
-        let error = driver.text_of(".error[data-for=autostart]").await;
-        let text = entry().map(|p| std::fs::read_to_string(p).unwrap_or_default());
-        panic!("no autostart entry naming {APP}: {text:?}; the page says {error:?}");
-    };
-    checkbox.click().await.unwrap();
-    poll_until("unticking to remove the autostart entry", || async {
-        entry().is_none()
-    })
-    .await;
+        })
+        .await;
+        let Ok(_) = written else {
+            let error = driver.text_of(".error[data-for=autostart]").await;
+            let text = entry().map(|p| std::fs::read_to_string(p).unwrap_or_default());
+            panic!(
+                "no autostart entry naming {}: {text:?}; the page says {error:?}",
+                driver.app
+            );
+        };
+        checkbox.click().await.unwrap();
+        poll_until("unticking to remove the autostart entry", || async {
+            entry().is_none()
+        })
+        .await;
+        return;
+    }
+    // A build under target/ is refused, by name, and nothing is written.
+    let error = driver.wait_text(".error[data-for=autostart]", |t| !t.is_empty()).await;
+    assert!(
+        error.contains("needs the installed app") && error.contains("target"),
+        "{error}"
+    );
+    driver.settled().await;
+    assert!(!checkbox.is_selected().await.unwrap(), "the box is unticked again");
+    assert!(entry().is_none(), "{:?}", entry());
 }
 
 /// The context dropdown: "kubectl's current-context" drops `[cluster] context` from the file,

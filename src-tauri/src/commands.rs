@@ -256,12 +256,13 @@ fn set_autostart(app: &AppHandle, enabled: bool) -> Result<bool, CommandError> {
     launcher.is_enabled().map_err(CommandError::failed)
 }
 
-/// The cargo target directory `exe` lies in, if it does: cargo marks one with `CACHEDIR.TAG`
-/// beside `.rustc_info.json`, wherever `CARGO_TARGET_DIR` puts it.
+/// The cargo build directory `exe` lies in, if it does: a profile's output (`target/debug`,
+/// `target/<triple>/release`, whatever `CARGO_TARGET_DIR` says), which cargo fills with
+/// `.fingerprint` and `deps`; a bundle made inside it counts too.
 fn build_dir(exe: &std::path::Path) -> Option<&std::path::Path> {
     exe.ancestors()
         .skip(1)
-        .find(|dir| dir.join("CACHEDIR.TAG").is_file() && dir.join(".rustc_info.json").is_file())
+        .find(|dir| dir.join(".fingerprint").is_dir() && dir.join("deps").is_dir())
 }
 
 #[cfg(test)]
@@ -271,19 +272,17 @@ mod tests {
     #[test]
     fn an_executable_under_a_cargo_target_dir_is_in_a_build_directory() {
         let root = tempfile::tempdir().unwrap();
-        let target = root.path().join("elsewhere/target");
-        std::fs::create_dir_all(target.join("release/bundle")).unwrap();
-        std::fs::write(
-            target.join("CACHEDIR.TAG"),
-            "Signature: 8a477f597d28d172789f06886806bc55",
-        )
-        .unwrap();
-        std::fs::write(target.join(".rustc_info.json"), "{}").unwrap();
-        let exe = target.join("release/bundle/porthole-app");
-        assert_eq!(build_dir(&exe), Some(target.as_path()));
+        let release = root.path().join("elsewhere/target/release");
+        std::fs::create_dir_all(release.join("bundle/macos/Porthole.app/Contents/MacOS")).unwrap();
+        std::fs::create_dir_all(release.join(".fingerprint")).unwrap();
+        std::fs::create_dir_all(release.join("deps")).unwrap();
+        let exe = release.join("porthole-app");
+        assert_eq!(build_dir(&exe), Some(release.as_path()));
+        let bundled = release.join("bundle/macos/Porthole.app/Contents/MacOS/porthole-app");
+        assert_eq!(build_dir(&bundled), Some(release.as_path()));
         assert_eq!(build_dir(&root.path().join("usr/bin/porthole-app")), None);
-        // A cache directory of another program is not a build directory.
-        std::fs::remove_file(target.join(".rustc_info.json")).unwrap();
+        // A directory that only looks a little like one is not a build directory.
+        std::fs::remove_dir(release.join(".fingerprint")).unwrap();
         assert_eq!(build_dir(&exe), None);
     }
 

@@ -1,6 +1,7 @@
 //! The CLI's commands: each turns arguments into library calls and prints the outcome.
 
 mod demo;
+mod import;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -116,6 +117,18 @@ enum Command {
         #[arg(long)]
         disabled: bool,
     },
+    /// Add the forwards of a script (`kubectl port-forward` lines, socat relays to nodePorts) or
+    /// of a kftray JSON export to the config file: shown first, then added in one edit
+    /// (comments kept, a backup first, written atomically); every line left out is named
+    #[command(after_help = IMPORT_EXAMPLES)]
+    Import {
+        /// The script or export to read [default: standard input]
+        #[arg(value_name = "FILE|-")]
+        file: Option<PathBuf>,
+        /// Show what would be added and what is left out, and write nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Remove a forward from the config file (a backup first); a running engine applies it
     Remove {
         /// The forward's name, as in the config
@@ -186,6 +199,13 @@ enum Command {
         exec: Vec<String>,
     },
 }
+
+const IMPORT_EXAMPLES: &str = "\
+Examples:
+  porthole import --dry-run port-forward.sh   what the quick-start's script would give
+  porthole import port-forward.sh             add them
+  porthole import kftray-configs.json         kftray's export
+  history | grep 'port-forward' | porthole import -";
 
 const DEMO_EXAMPLES: &str = "\
 Examples:
@@ -272,6 +292,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             edit_config(args.config.as_deref(), Edit::Forward { replaces: None, draft })
         }
         Command::Remove { name } => edit_config(args.config.as_deref(), Edit::RemoveForward(name)),
+        Command::Import { file, dry_run } => import::run(args.config.as_deref(), file.as_deref(), dry_run).await,
         Command::Init {
             preset,
             empty,
@@ -350,20 +371,7 @@ fn list(config_arg: Option<&Path>) -> anyhow::Result<ExitCode> {
         })
         .collect();
     let header = ["NAME", "LOCAL", "SERVICE", "MODE", "ENABLED"].map(String::from);
-    let mut widths = [0usize; 5];
-    for cells in std::iter::once(&header).chain(&rows) {
-        for (width, cell) in widths.iter_mut().zip(cells) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    for cells in std::iter::once(&header).chain(&rows) {
-        let line: Vec<String> = cells
-            .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{:<width$}", porthole::status::printable(cell)))
-            .collect();
-        println!("{}", line.join("  ").trim_end());
-    }
+    print!("{}", porthole::status::columns(&header, &rows));
     if config.forwards.is_empty() {
         println!("(no forwards: `porthole add` adds one)");
     }
@@ -387,7 +395,7 @@ fn edit_config(config_arg: Option<&Path>, edit: Edit) -> anyhow::Result<ExitCode
     match &edit {
         Edit::Forward { draft, .. } => println!("added {} to {path} ({} forwards)", draft.name, config.forwards.len()),
         Edit::RemoveForward(name) => println!("removed {name} from {path} ({} forwards left)", config.forwards.len()),
-        Edit::Context(_) => {}
+        Edit::Context(_) | Edit::AddForwards(_) => {}
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -23,6 +23,7 @@
 //! - [`write`]: replacing a user's file (kubeconfig, config) without ever losing it.
 //! - [`catalog`]: the cluster's namespaces, services and ports, for pickers.
 //! - [`watch`]: following files other programs write (the kubeconfig, the config file).
+//! - [`import`]: forwards read from scripts (`kubectl port-forward`, socat) and kftray exports.
 
 pub mod catalog;
 pub mod cause;
@@ -37,6 +38,7 @@ pub mod forward;
 pub mod health;
 pub mod holder;
 pub mod host;
+pub mod import;
 pub mod kubeconfig;
 pub mod lines;
 pub mod probe;

@@ -12,7 +12,7 @@ use crate::route::Route;
 
 mod text;
 
-pub use text::table;
+pub use text::{columns, table};
 
 /// Everything about one forward at one moment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

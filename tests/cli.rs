@@ -961,3 +961,174 @@ async fn demo_refuses_a_port_for_a_forward_it_does_not_have() {
         "{err}"
     );
 }
+
+fn import_fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/import/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The `[[forward]]` names in a config text.
+fn forward_names(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("name = \""))
+        .map(|l| l.split('"').next().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn import_shows_then_adds_a_scripts_forwards_keeping_the_file_byte_for_byte() {
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join("porthole.toml");
+    let original = "# my forwards, do not lose this\n[cluster]\ncontext = \"kind-dev\"   # the dev cluster\n\n[[forward]]\nname = \"web\"  # the shop\nnamespace = \"shop\"\nservice = \"web\"\nlocal_port = 8080\n";
+    std::fs::write(&config, original).unwrap();
+    let script = import_fixture("kubectl.sh");
+
+    let dry = run_in(
+        home.path(),
+        &["--config", path(&config), "import", "--dry-run", &script],
+    )
+    .await;
+    assert!(dry.status.success(), "{}", text(&dry.stderr));
+    let shown = text(&dry.stdout);
+    for expected in [
+        "5 forwards to add",
+        "api-9000",
+        "shop/api:metrics",
+        "0.0.0.0 (reachable from other machines)",
+        "line 2: local port 8080 is `web`'s already",
+        "line 7: deploy/worker: Porthole forwards services",
+        "line 11: context `kind-other`: this config's cluster is `kind-dev`",
+        "not forwards: line 13",
+        "(--dry-run: nothing written)",
+    ] {
+        assert!(shown.contains(expected), "{expected:?} in:\n{shown}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        original,
+        "a dry run writes nothing"
+    );
+
+    let done = run_in(home.path(), &["--config", path(&config), "import", &script]).await;
+    assert!(done.status.success(), "{}", text(&done.stderr));
+    assert!(
+        text(&done.stdout).contains("added 5 forwards"),
+        "{}",
+        text(&done.stdout)
+    );
+    let after = std::fs::read_to_string(&config).unwrap();
+    assert!(after.starts_with(original), "the file is kept byte for byte:\n{after}");
+    assert_eq!(
+        forward_names(&after[original.len()..]),
+        ["api-9000", "api-9001", "postgres", "redis", "grafana"]
+    );
+    porthole::Config::load(&config).unwrap();
+
+    // Again: everything is there already, and nothing is written.
+    let again = run_in(home.path(), &["--config", path(&config), "import", &script]).await;
+    assert!(again.status.success());
+    assert!(
+        text(&again.stdout).contains("nothing to add"),
+        "{}",
+        text(&again.stdout)
+    );
+    assert!(text(&again.stdout).contains("already in the config as `api-9000`"));
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), after);
+}
+
+#[tokio::test]
+async fn import_into_no_config_creates_it_from_the_quick_start_script_and_reads_stdin() {
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join("config/porthole/config.toml");
+    let run = |args: Vec<String>| {
+        let mut cmd = porthole(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        cmd.env("HOME", home.path())
+            .env("XDG_STATE_HOME", home.path().join("state"))
+            .env("XDG_CONFIG_HOME", home.path().join("config"))
+            .env("KUBECONFIG", home.path().join("no-kubeconfig"));
+        cmd
+    };
+    let out = tokio::time::timeout(
+        WAIT,
+        run(vec!["import".into(), import_fixture("port-forward.sh")]).output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    let written = std::fs::read_to_string(&config).unwrap();
+    assert!(written.starts_with(porthole::config::EMPTY), "{written}");
+    assert_eq!(
+        forward_names(&written),
+        [
+            "amp-console",
+            "amp-api",
+            "amp-traces-observer",
+            "opentelemetry-collector",
+            "gateway-external"
+        ]
+    );
+    assert!(written.contains("service_port = \"otlp-http\""), "{written}");
+    assert!(
+        !written.contains("0.0.0.0"),
+        "socat's container bind is not carried over"
+    );
+
+    // From standard input, `-`.
+    let mut cmd = run(vec!["import".into(), "-".into()]);
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    use tokio::io::AsyncWriteExt;
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(b"kubectl port-forward -n tools svc/docs 4000:80 &\n")
+        .await
+        .unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("standard input: 1 forwards to add"),
+        "{}",
+        text(&out.stdout)
+    );
+    let now = std::fs::read_to_string(&config).unwrap();
+    assert!(now.starts_with(&written));
+    assert_eq!(forward_names(&now[written.len()..]), ["docs"]);
+}
+
+#[tokio::test]
+async fn import_asks_the_cluster_whose_service_a_literal_node_port_is() {
+    let preset = preset().await;
+    let cluster = &preset.cluster;
+    let api = cluster.node_port("wso2-amp", "amp-api", 0).unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let script = home.path().join("forward.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "socat TCP-LISTEN:18080,fork,reuseaddr TCP:openchoreo-local-worker:{api} &\n\
+             NP=$(kubectl get svc opentelemetry-collector -n openchoreo-observability-plane -o jsonpath='{{.spec.ports[1].nodePort}}')\n\
+             socat TCP-LISTEN:14317,fork TCP:openchoreo-local-worker:$NP &\n\
+             socat TCP-LISTEN:18081,fork TCP:openchoreo-local-worker:1 &\n"
+        ),
+    )
+    .unwrap();
+    let out = run_in(
+        home.path(),
+        &["--config", path(&preset.config), "import", "--dry-run", path(&script)],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(shown.contains("wso2-amp/amp-api:http"), "{shown}");
+    assert!(
+        shown.contains("openchoreo-observability-plane/opentelemetry-collector:otlp-grpc"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("line 4: nodePort 1: no service of the cluster has it"),
+        "{shown}"
+    );
+}

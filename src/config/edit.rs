@@ -65,6 +65,8 @@ pub enum Edit {
         draft: ForwardDraft,
     },
     RemoveForward(String),
+    /// New forwards appended in one write (an import).
+    AddForwards(Vec<ForwardDraft>),
     /// `[cluster] context`; `None` follows kubectl's current-context.
     Context(Option<String>),
 }
@@ -128,8 +130,27 @@ pub fn apply(text: &str, edit: &Edit, path: &Path) -> Result<String, EditError> 
                     let old = forwards.get_mut(index).expect("position is in range");
                     merge(old, table);
                 }
-                None => forwards.push(table),
+                None => {
+                    let mut tables = vec![table];
+                    append(&mut doc, &mut tables)?;
+                }
             }
+        }
+        Edit::AddForwards(drafts) => {
+            let tables = drafts
+                .iter()
+                .map(|draft| {
+                    forward_table(draft).map_err(|e| match e {
+                        EditError::Invalid { field, message } => EditError::Invalid {
+                            field,
+                            message: format!("{}: {message}", draft.name),
+                        },
+                        other => other,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut tables = tables;
+            append(&mut doc, &mut tables)?;
         }
         Edit::RemoveForward(name) => {
             let forwards = forwards(&mut doc)?;
@@ -163,6 +184,24 @@ fn forwards(doc: &mut DocumentMut) -> Result<&mut toml_edit::ArrayOfTables, Edit
                 "`forward` must be written as [[forward]] tables to be edited here",
             )
         })
+}
+
+/// Appends `tables` as `[[forward]]`s. Comments at the end of the file (after the last table's
+/// keys, such as `# context = …` under `[cluster]`) stay where they were, above the new ones,
+/// rather than end up below them.
+fn append(doc: &mut DocumentMut, tables: &mut Vec<Table>) -> Result<(), EditError> {
+    let trailing = doc.trailing().as_str().unwrap_or_default().to_string();
+    if let Some(first) = tables.first_mut()
+        && !trailing.trim().is_empty()
+    {
+        doc.set_trailing("");
+        first.decor_mut().set_prefix(format!("{}\n\n", trailing.trim_end()));
+    }
+    let forwards = forwards(doc)?;
+    for table in tables.drain(..) {
+        forwards.push(table);
+    }
+    Ok(())
 }
 
 fn position(forwards: &toml_edit::ArrayOfTables, name: &str) -> Option<usize> {
@@ -325,6 +364,38 @@ mod tests {
         assert_eq!(gateway.local_port, 8443);
         assert_eq!(gateway.probe, super::super::Probe::Http("/healthz".into()));
         assert_eq!(gateway.service_port, Some(super::super::PortRef::Name("https".into())));
+    }
+
+    #[test]
+    fn forwards_added_to_a_file_ending_in_comments_go_below_them() {
+        let text = crate::config::EMPTY;
+        let one = apply(
+            text,
+            &Edit::Forward {
+                replaces: None,
+                draft: draft("a", "1"),
+            },
+            Path::new("/c.toml"),
+        )
+        .unwrap();
+        assert!(one.starts_with(text), "{one}");
+        assert!(one[text.len()..].starts_with("\n[[forward]]\nname = \"a\""), "{one}");
+        let two = apply(
+            &one,
+            &Edit::AddForwards(vec![draft("b", "2"), draft("c", "3")]),
+            Path::new("/c.toml"),
+        )
+        .unwrap();
+        assert!(two.starts_with(&one), "{two}");
+        assert_eq!(two.matches("[[forward]]").count(), 3);
+        // A bad one among several: nothing is applied, and its name is said.
+        let error = apply(
+            &one,
+            &Edit::AddForwards(vec![draft("b", "2"), draft("d", "x")]),
+            Path::new("/c.toml"),
+        )
+        .unwrap_err();
+        assert!(error.to_string().starts_with("d: "), "{error}");
     }
 
     #[test]

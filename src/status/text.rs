@@ -48,16 +48,43 @@ fn text(snapshot: &Snapshot) -> String {
 pub fn table(forwards: &[&ForwardStatus]) -> String {
     let rows: Vec<[String; 6]> = forwards.iter().map(|f| row(f)).collect();
     let header = ["NAME", "LOCAL", "STATE", "ROUTE", "CONN", "BYTES"].map(String::from);
-    let mut widths = [0usize; 6];
-    for cells in std::iter::once(&header).chain(&rows) {
-        for (width, cell) in widths.iter_mut().zip(cells) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
+    let widths = widths(&header, &rows);
     let mut out = line(&header, &widths);
     for (f, cells) in forwards.iter().zip(&rows) {
         out += &line(cells, &widths);
         out += &cause_lines(f);
+    }
+    out
+}
+
+/// Each column's width: its widest cell, header included.
+fn widths<const N: usize>(header: &[String; N], rows: &[[String; N]]) -> [usize; N] {
+    let mut widths = [0usize; N];
+    for cells in std::iter::once(header).chain(rows) {
+        for (width, cell) in widths.iter_mut().zip(cells) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    widths
+}
+
+/// A plain table: `header`, then `rows`, each cell left-aligned in a column sized to its
+/// contents (control characters shown escaped), two spaces apart.
+pub fn columns<const N: usize>(header: &[String; N], rows: &[[String; N]]) -> String {
+    let rows: Vec<[String; N]> = rows
+        .iter()
+        .map(|cells| cells.clone().map(|c| printable(&c).into_owned()))
+        .collect();
+    let widths = widths(header, &rows);
+    let mut out = String::new();
+    for cells in std::iter::once(header).chain(&rows) {
+        let line: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out += line.join("  ").trim_end();
+        out.push('\n');
     }
     out
 }

@@ -90,7 +90,7 @@ pub enum PortChoice {
 }
 
 /// A line of the source that gave no forward, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Skipped {
     pub line: usize,
     pub text: String,
@@ -221,14 +221,14 @@ fn service_info(service: &Service) -> ServiceInfo {
 }
 
 /// One forward to add, and where it came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Addition {
     pub line: usize,
     pub draft: ForwardDraft,
 }
 
 /// What an import would do to a config.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Plan {
     pub add: Vec<Addition>,
     /// Found but not added (with why), and the lines that held no forward.

@@ -238,6 +238,80 @@ async function save(event) {
   await reload();
 }
 
+// ---- import: a script or a kftray export, previewed, then the chosen forwards added ----
+
+let importPlan = null; // the last preview_import
+
+function openImporter() {
+  clearErrors();
+  importPlan = null;
+  $("import-found").hidden = true;
+  $("import-add").hidden = true;
+  $("import-none").hidden = true;
+  $("import-left-out").replaceChildren();
+  $("importer").hidden = false;
+  $("import-text").focus();
+}
+
+async function previewImport() {
+  clearErrors();
+  try {
+    importPlan = await invoke("preview_import", { text: $("import-text").value });
+  } catch (e) {
+    showError({ field: "import", message: e.message || String(e) });
+    return;
+  }
+  const body = $("import-found").tBodies[0];
+  body.replaceChildren();
+  importPlan.add.forEach((addition, index) => {
+    const d = addition.draft;
+    const pick = el("input");
+    pick.type = "checkbox";
+    pick.checked = true;
+    pick.className = "pick";
+    pick.dataset.index = String(index);
+    const cell = el("td");
+    cell.append(pick);
+    const port = d.service_port ? `:${d.service_port}` : "";
+    const bind = d.bind ? ` (on ${d.bind}: reachable from other machines)` : "";
+    const row = el("tr");
+    row.dataset.name = d.name;
+    row.append(cell, el("td", String(addition.line)), el("td", d.name), el("td", `:${d.local_port}${bind}`), el("td", `${d.namespace}/${d.service}${port}`));
+    body.append(row);
+  });
+  const none = importPlan.add.length === 0;
+  $("import-found").hidden = none;
+  $("import-add").hidden = none;
+  $("import-none").hidden = !none;
+  const list = $("import-left-out");
+  list.replaceChildren();
+  const plumbing = [];
+  for (const s of importPlan.skipped) {
+    if (s.plumbing) plumbing.push(s.line);
+    else list.append(el("li", `line ${s.line}: ${s.why}`));
+  }
+  if (plumbing.length) list.append(el("li", `not forwards: line ${plumbing.join(", ")}`));
+}
+
+async function addImported() {
+  clearErrors();
+  const drafts = [...$("import-found").querySelectorAll("input.pick")]
+    .filter((pick) => pick.checked)
+    .map((pick) => importPlan.add[Number(pick.dataset.index)].draft);
+  if (drafts.length === 0) {
+    showError({ field: "import", message: "tick the forwards to add" });
+    return;
+  }
+  try {
+    await invoke("import_forwards", { drafts });
+  } catch (e) {
+    showError({ field: "import", message: e.message || String(e) });
+    return;
+  }
+  $("importer").hidden = true;
+  await reload();
+}
+
 // ---- cluster context, notifications, start at login ----
 
 function renderSettings() {
@@ -266,6 +340,17 @@ async function reload() {
 
 function wire() {
   $("add").addEventListener("click", busy(() => openEditor(null)));
+  $("import").addEventListener("click", openImporter);
+  $("import-cancel").addEventListener("click", () => { $("importer").hidden = true; });
+  $("import-preview").addEventListener("click", busy(previewImport));
+  $("import-add").addEventListener("click", busy(addImported));
+  $("import-file").addEventListener("change", busy(async () => {
+    const file = $("import-file").files[0];
+    if (file) {
+      $("import-text").value = await file.text();
+      await previewImport();
+    }
+  }));
   $("cancel").addEventListener("click", () => { $("editor").hidden = true; });
   $("form").addEventListener("submit", busy(save));
   $("f-namespace-pick").addEventListener("change", () => { $("f-namespace").hidden = $("f-namespace-pick").value !== OTHER; fillServices(""); });
@@ -306,6 +391,8 @@ function wire() {
     const closeKey = (e.ctrlKey || e.metaKey) && e.key.toLowerCase() === "w";
     if (e.key === "Escape" && !$("editor").hidden) {
       $("editor").hidden = true;
+    } else if (e.key === "Escape" && !$("importer").hidden) {
+      $("importer").hidden = true;
     } else if (e.key === "Escape" || closeKey) {
       e.preventDefault();
       window.__TAURI__.window.getCurrentWindow().close();

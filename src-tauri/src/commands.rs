@@ -120,6 +120,14 @@ pub enum Command {
     SetAutostart {
         enabled: bool,
     },
+    /// What importing `text` (a script, a kftray export) would add, and what it leaves out.
+    PreviewImport {
+        text: String,
+    },
+    /// Adds forwards chosen from a preview, in one edit.
+    ImportForwards {
+        drafts: Vec<ForwardDraft>,
+    },
 }
 
 impl Command {
@@ -161,6 +169,8 @@ pub async fn call(app: &AppHandle, command: Command) -> Result<Value, CommandErr
             reply(notifier.set_prefs(kept).map_err(CommandError::failed)?)
         }
         Command::SetAutostart { enabled } => reply(set_autostart(app, enabled)?),
+        Command::PreviewImport { text } => reply(preview_import(shell, &text).await?),
+        Command::ImportForwards { drafts } => reply(save(shell, Edit::AddForwards(drafts)).await?),
     }
 }
 
@@ -189,6 +199,27 @@ async fn page_state(app: &AppHandle, shell: &Shell) -> Result<PageState, Command
         prefs: app.state::<Notifier>().prefs(),
         autostart: app.autolaunch().is_enabled().unwrap_or(false),
     })
+}
+
+/// Bound on asking the cluster what only it knows during an import preview.
+const IMPORT_ASK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// [`porthole::import::plan`] against the config in effect (what `porthole import` shows).
+async fn preview_import(shell: &Shell, text: &str) -> Result<porthole::import::Plan, CommandError> {
+    use porthole::import;
+    let config = shell
+        .engine
+        .config()
+        .await
+        .ok_or_else(|| CommandError::failed("the engine has stopped"))?;
+    let (found, skipped) = import::parse(text);
+    let context = import::context(&config.cluster).await;
+    let cluster = if import::needs_cluster(&found) {
+        import::ask(&config.cluster, IMPORT_ASK).await
+    } else {
+        import::Cluster::Unknown("the cluster was not asked".into())
+    };
+    Ok(import::plan(found, skipped, &config, context.as_deref(), &cluster))
 }
 
 /// The kubeconfig's contexts for the page's choice: local clusters first (kind's `kind-*`, then
@@ -320,6 +351,14 @@ mod tests {
             ("fix_kubeconfig", serde_json::json!({})),
             ("set_prefs", serde_json::json!({ "prefs": {} })),
             ("set_autostart", serde_json::json!({ "enabled": true })),
+            (
+                "preview_import",
+                serde_json::json!({ "text": "kubectl port-forward svc/a 1:1" }),
+            ),
+            (
+                "import_forwards",
+                serde_json::json!({ "drafts": [{ "name": "a", "enabled": true }] }),
+            ),
         ];
         let names: Vec<String> = samples.iter().map(|(n, _)| n.to_string()).collect();
         assert_eq!(names, listed(), "one sample per listed command, in the list's order");

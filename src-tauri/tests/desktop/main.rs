@@ -715,6 +715,20 @@ async fn a_first_run_without_the_quick_start_is_neutral_and_opens_the_settings_o
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn forwards_imported_through_the_page_are_previewed_chosen_and_served() {
+    let d = Desktop::start(&["console", "api"]).await;
+    let driver = webdriver::Driver::start(&d.home, &d.bus, &["--settings"]).await;
+    let (port, other) = (app::free_port(), app::free_port());
+    webdriver::import_scenario(&driver, &d.home, port, other).await;
+    wait_engine(&d.home.control(), "the imported gateway healthy", |s| {
+        s.forward("gateway-external")
+            .is_some_and(|f| f.health.state == State::Healthy)
+    })
+    .await;
+    driver.quit().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_window_process_refuses_to_run_without_its_app_or_with_another_protocol() {
     // Started by hand: no link on descriptor 3.
     let alone = tokio::process::Command::new(app::APP)

@@ -284,6 +284,73 @@ pub async fn first_run_scenario(driver: &Driver, home: &Home, port: u16) {
     }
 }
 
+/// Imports through the page: a pasted script previewed, one forward unticked, the rest added
+/// (the gateway, on `port`).
+pub async fn import_scenario(driver: &Driver, home: &Home, port: u16, other: u16) {
+    driver.settled().await;
+    let before = std::fs::read_to_string(home.config()).unwrap();
+    driver.find("#import").await.click().await.unwrap();
+    driver.visible("#importer").await;
+    let script = format!(
+        "kubectl port-forward -n openchoreo-data-plane svc/gateway-external {port}:https &\n\
+         kubectl port-forward pod/debug-0 5005\n\
+         kubectl port-forward -n wso2-amp svc/amp-console {other}:http &\n\
+         sleep 1\n"
+    );
+    // Pasted (typing a newline into a textarea is not something WebDriver does the same
+    // everywhere).
+    driver
+        .client
+        .execute(
+            "document.getElementById('import-text').value = arguments[0]",
+            vec![serde_json::Value::String(script)],
+        )
+        .await
+        .unwrap();
+    driver.find("#import-preview").await.click().await.unwrap();
+    driver.settled().await;
+    let found = driver
+        .wait_text("#import-found tbody", |t| {
+            t.contains("gateway-external") && t.contains("amp-console")
+        })
+        .await;
+    assert!(found.contains(&format!(":{port}")), "{found}");
+    let left_out = driver.text_of("#import-left-out").await;
+    assert!(left_out.contains("line 2: pod/debug-0"), "{left_out}");
+    assert!(left_out.contains("not forwards: line 4"), "{left_out}");
+    assert_eq!(
+        std::fs::read_to_string(home.config()).unwrap(),
+        before,
+        "a preview writes nothing"
+    );
+
+    // Only the gateway: the console's row is unticked.
+    driver
+        .find("#import-found tr[data-name=amp-console] input.pick")
+        .await
+        .click()
+        .await
+        .unwrap();
+    driver.find("#import-add").await.click().await.unwrap();
+    driver.settled().await;
+    driver
+        .wait_text("#forwards tbody", |t| t.contains("gateway-external"))
+        .await;
+    let after = std::fs::read_to_string(home.config()).unwrap();
+    assert!(after.starts_with(&before), "the file is kept as it was:\n{after}");
+    let added = &after[before.len()..];
+    assert!(
+        added.contains("service = \"gateway-external\"") && added.contains("service_port = \"https\""),
+        "{added}"
+    );
+    assert!(
+        !added.contains("amp-console"),
+        "the unticked one is not added:\n{added}"
+    );
+    let addr = ([127, 0, 0, 1], port).into();
+    poll_until("the imported forward to listen", || listening(addr)).await;
+}
+
 /// Removes `api` from the table: gone from the file, its listener closed.
 pub async fn remove_forward_scenario(driver: &Driver, home: &Home, api: std::net::SocketAddr) {
     driver.settled().await;

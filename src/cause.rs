@@ -60,6 +60,9 @@ pub enum CauseId {
     /// The API server opened the port-forward but cannot reach the node's kubelet.
     KubeletUnreachable,
     ProbeFailed,
+    /// A `watch` forward's port on this host does not answer: the cluster's port mapping is not
+    /// there (or not for this port).
+    HostPortUnanswered,
     /// The process (or the system) ran out of file descriptors: not the cluster's fault.
     OutOfDescriptors,
 }
@@ -92,6 +95,7 @@ impl CauseId {
             CauseId::TunnelFailed => "tunnel-failed",
             CauseId::KubeletUnreachable => "kubelet-unreachable",
             CauseId::ProbeFailed => "probe-failed",
+            CauseId::HostPortUnanswered => "host-port-unanswered",
             CauseId::OutOfDescriptors => "out-of-descriptors",
         }
     }

@@ -104,8 +104,9 @@ enum Command {
         /// The local port [default: --port, when it is a number]
         #[arg(long, value_name = "PORT")]
         local_port: Option<u16>,
-        /// How to reach the service [default: the cluster's mode, `auto`]
-        #[arg(long, value_parser = ["auto", "nodeport", "tunnel"])]
+        /// How to reach the service [default: the cluster's mode, `auto`]; `watch`: the cluster
+        /// publishes the port itself (kind extraPortMappings, k3d -p), Porthole only checks it
+        #[arg(long, value_parser = ["auto", "nodeport", "tunnel", "watch"])]
         mode: Option<String>,
         /// The address to listen on [default: 127.0.0.1 and ::1]
         #[arg(long, value_name = "ADDRESS")]

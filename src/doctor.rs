@@ -156,8 +156,12 @@ async fn forward_checks(
     } else {
         route
     };
-    let service = match route.nodes() {
-        Some(nodes) if !route.is_tunnel() => format!(
+    let service = match (&route.path, route.nodes()) {
+        (RoutePath::Host(addr), _) => format!(
+            "{} is {}, port {} → watched on {addr} (the cluster publishes it)",
+            route.service, route.service_type, route.port
+        ),
+        (_, Some(nodes)) if !route.is_tunnel() => format!(
             "{} is {}, port {} → nodePort {}",
             route.service, route.service_type, route.port, nodes.node_port
         ),
@@ -184,6 +188,13 @@ async fn forward_checks(
     if route.is_tunnel() {
         // Tunnels are opened per connection by the engine; the pods being ready is what can be checked.
         return checks.push(local);
+    }
+    if let RoutePath::Host(addr) = &route.path {
+        // A watched port is held by the cluster's own proxy: it must answer, not be free.
+        return checks.push(match route.connect(timeout).await {
+            Ok(_) => Check::pass(format!("{name}: port"), format!("{addr} answers")),
+            Err(cause) => Check::fail(format!("{name}: port"), cause),
+        });
     }
     checks.push(match route.connect_from(0, timeout).await {
         Ok((_, i)) => {

@@ -227,8 +227,15 @@ impl Forward {
         // The listener and the probe stop with this task, so that a stopped forward's port is
         // free when `stop` returns.
         let helpers = TaskTracker::new();
+        // `watch`: the cluster serves the port itself; nothing to listen on, only to probe.
+        let watch = this.spec.mode == Mode::Watch;
+        if watch && this.spec.enabled {
+            inputs.listener = Listener::Bound;
+        }
         if this.spec.enabled {
-            helpers.spawn(this.clone().listen(bind_tx, route_rx.clone()).in_current_span());
+            if !watch {
+                helpers.spawn(this.clone().listen(bind_tx, route_rx.clone()).in_current_span());
+            }
             let (live, tuning, forward) = (this.live.clone(), this.hub.tuning.clone(), this.clone());
             let check = move |route: Arc<Route>| {
                 let probe = live.borrow().probe.clone();
@@ -270,7 +277,7 @@ impl Forward {
         let mut decision: Option<(bool, String)> = None;
         helpers.close();
         let mut last = previous;
-        let mut local = None;
+        let mut local = watch.then(|| SocketAddr::new(this.spec.bind, this.spec.local_port));
         let mut generation = view.borrow().generation;
         let mut live = this.live.clone();
         loop {

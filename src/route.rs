@@ -136,6 +136,8 @@ pub enum RoutePath {
     /// `auto` before a node has answered from this host: the nodePort (when the service port
     /// has one) and the pods; [`Route::choose`] takes one.
     Auto { nodes: Option<Nodes>, pods: Vec<PodTarget> },
+    /// `watch`: the port the cluster publishes on this host itself; Porthole only probes it.
+    Host(SocketAddr),
 }
 
 /// A service's nodePort and the nodes to reach it on.
@@ -167,7 +169,7 @@ impl Route {
         match &self.path {
             RoutePath::Nodeport(nodes) => Some(nodes),
             RoutePath::Auto { nodes, .. } => nodes.as_ref(),
-            RoutePath::Tunnel(_) => None,
+            RoutePath::Tunnel(_) | RoutePath::Host(_) => None,
         }
     }
 
@@ -175,7 +177,7 @@ impl Route {
     pub fn pods(&self) -> &[PodTarget] {
         match &self.path {
             RoutePath::Tunnel(pods) | RoutePath::Auto { pods, .. } => pods,
-            RoutePath::Nodeport(_) => &[],
+            RoutePath::Nodeport(_) | RoutePath::Host(_) => &[],
         }
     }
 
@@ -189,6 +191,7 @@ impl Route {
         match (&self.path, &other.path) {
             (RoutePath::Nodeport(a), RoutePath::Nodeport(b)) => a.node_port == b.node_port && a.targets == b.targets,
             (RoutePath::Tunnel(a), RoutePath::Tunnel(b)) => a.first() == b.first(),
+            (RoutePath::Host(a), RoutePath::Host(b)) => a == b,
             (RoutePath::Auto { nodes: a, pods: p }, RoutePath::Auto { nodes: b, pods: q }) => {
                 a.as_ref().map(|n| (n.node_port, &n.targets)) == b.as_ref().map(|n| (n.node_port, &n.targets))
                     && p.first() == q.first()
@@ -200,6 +203,9 @@ impl Route {
     /// `host:nodePort` of the first node; for a tunnel, `tunnel → namespace/pod:port` of the
     /// first pod (as logs and route events say it).
     pub fn primary(&self) -> String {
+        if let RoutePath::Host(addr) = &self.path {
+            return format!("watch → {addr}");
+        }
         if self.is_tunnel() {
             return match self.pods().first() {
                 Some(pod) => format!("tunnel → {}/{}:{}", self.namespace, pod.name, pod.port),
@@ -225,6 +231,9 @@ impl Route {
     /// Like [`Route::connect`], starting with target `first` (the one that answered last, so a
     /// dead first node costs one timeout, not one per connection); returns the index that answered.
     pub async fn connect_from(&self, first: usize, timeout: Duration) -> Result<(TcpStream, usize), Cause> {
+        if let RoutePath::Host(addr) = &self.path {
+            return self.connect_host(*addr, timeout).await.map(|stream| (stream, 0));
+        }
         let Some(Nodes { node_port, targets, .. }) = self.nodes() else {
             return Err(Cause::new(
                 CauseId::NodeUnreachable,
@@ -278,6 +287,30 @@ impl Route {
             node_unreachable_fix().to_string()
         };
         Err(Cause::new(CauseId::NodeUnreachable, message).with_fix(fix))
+    }
+}
+
+impl Route {
+    /// A `watch` forward's port on this host: the cluster's port mapping.
+    async fn connect_host(&self, addr: SocketAddr, timeout: Duration) -> Result<TcpStream, Cause> {
+        let failure = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Err(e)) if crate::descriptors::exhausted(&e) => {
+                return Err(crate::descriptors::cause(&format!("connecting to {addr}")));
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer in {timeout:?}"),
+        };
+        Err(Cause::new(
+            CauseId::HostPortUnanswered,
+            format!("nothing answers on {addr} for {} ({failure})", self.service),
+        )
+        .with_fix(format!(
+            "a watched port is the cluster's own: kind publishes it with `extraPortMappings` (containerPort = the nodePort), \
+             k3d with `-p {}:…`, both only when the cluster is created; check the node container's ports (`docker ps`), \
+             or let Porthole forward it (`mode = \"auto\"`)",
+            addr.port()
+        )))
     }
 }
 
@@ -371,6 +404,16 @@ pub fn resolve(spec: &ForwardSpec, cluster: &ClusterSpec, world: &World) -> Resu
         ready_endpoints: 0,
         path: RoutePath::Tunnel(Vec::new()),
     };
+    if spec.mode == Mode::Watch {
+        // Whatever the cluster maps to the port (a nodePort, a LoadBalancer, an ingress), the
+        // service needs ready pods behind it.
+        let pods = ready_pods(ns, service_name, port, world);
+        return Ok(Route {
+            ready_endpoints: pods.len(),
+            path: RoutePath::Host(SocketAddr::new(spec.bind, spec.local_port)),
+            ..base
+        });
+    }
     if spec.mode == Mode::Tunnel {
         let pods = ready_pods(ns, service_name, port, world);
         return Ok(Route {

@@ -40,6 +40,8 @@ pub enum Path {
     Nodeport,
     /// Through the API server's port-forward to a pod.
     Tunnel,
+    /// `watch`: the cluster's own port on this host, probed, not relayed.
+    Host,
 }
 
 /// A route as shown to users.
@@ -90,7 +92,11 @@ impl From<&Route> for RouteView {
         let nodes = route.nodes().filter(|_| !tunnel);
         RouteView {
             // A chosen route is never `auto`.
-            path: if tunnel { Path::Tunnel } else { Path::Nodeport },
+            path: match (&route.path, tunnel) {
+                (crate::route::RoutePath::Host(_), _) => Path::Host,
+                (_, true) => Path::Tunnel,
+                (_, false) => Path::Nodeport,
+            },
             target: match tunnel {
                 true => pod.clone().unwrap_or_else(|| "-".into()),
                 false => route.primary(),

@@ -312,13 +312,13 @@ fn forward_table(draft: &ForwardDraft) -> Result<Table, EditError> {
     }
     match draft.mode.trim() {
         "" => {}
-        mode @ ("auto" | "nodeport" | "tunnel") => {
+        mode @ ("auto" | "nodeport" | "tunnel" | "watch") => {
             table.insert("mode", value(mode));
         }
         other => {
             return Err(EditError::field(
                 "mode",
-                format!("`{other}` is not auto, nodeport or tunnel"),
+                format!("`{other}` is not auto, nodeport, tunnel or watch"),
             ));
         }
     }

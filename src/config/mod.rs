@@ -192,6 +192,10 @@ pub enum Mode {
     /// on macOS under Docker Desktop or Colima (tunnel) alike.
     #[default]
     Auto,
+    /// Relays nothing: the cluster publishes the port on this host itself (kind's
+    /// `extraPortMappings`, k3d's `-p`). Porthole opens no listener, probes `local_port` on
+    /// `bind`, and reports the service's health with the cluster's causes.
+    Watch,
 }
 
 /// Which of a node's addresses to connect to.
@@ -483,6 +487,10 @@ impl Validator<'_> {
             && let Some(other) = self.ports.insert((local_port, bind), name.clone())
         {
             let message = format!("port {local_port} is used by forwards `{other}` and `{name}`");
+            return Err(self.invalid(port_span, "local_port", message));
+        }
+        if raw.mode.unwrap_or(self.mode) == Mode::Watch && local_port == 0 {
+            let message = format!("forward `{name}`: `mode = \"watch\"` needs the port the cluster publishes, not 0");
             return Err(self.invalid(port_span, "local_port", message));
         }
         if let Probe::Http(path) = &raw.probe

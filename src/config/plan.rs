@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::{ClusterSpec, Config, ForwardSpec};
+use super::{ClusterSpec, Config, ForwardSpec, Mode};
 
 /// One step from a running config to a new one, in the order [`plan`] gives them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +29,8 @@ pub fn needs_restart(old: &ForwardSpec, new: &ForwardSpec) -> bool {
         || old.ipv6_loopback != new.ipv6_loopback
         || old.local_port != new.local_port
         || old.enabled != new.enabled
+        // A watched port has no listener; a relayed one has: the listener comes or goes.
+        || (old.mode == Mode::Watch) != (new.mode == Mode::Watch)
 }
 
 /// The changes that take a running `old` config to `new`: a reconnect first (forwards then
@@ -279,7 +281,10 @@ mod tests {
         each(|s| s.namespace = "other".into());
         each(|s| s.max_connections += 1);
         each(|s| s.hold = Some(std::time::Duration::from_secs(1)));
-        assert_eq!(changed, [true, true, true, true, false, false, false]);
+        // To or from `watch`, the listener goes or comes; between relaying modes it stays.
+        each(|s| s.mode = Mode::Watch);
+        each(|s| s.mode = Mode::Tunnel);
+        assert_eq!(changed, [true, true, true, true, false, false, false, true, false]);
     }
 
     #[test]

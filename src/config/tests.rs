@@ -139,6 +139,11 @@ enabled = false
     ":2: `name`",
     "\\u{1b}[31m"
 )]
+#[case::watch_without_a_port(
+    "[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 0\nmode = \"watch\"\n",
+    ":5: `local_port`",
+    "needs the port the cluster publishes"
+)]
 #[case::bad_node_address("[cluster]\nnode_address = \"external\"\n", "line 2", "unknown variant `external`")]
 fn invalid_configs_name_file_line_and_key(#[case] text: &str, #[case] place: &str, #[case] message: &str) {
     let err = parse(text).unwrap_err().to_string();

@@ -153,3 +153,66 @@ async fn the_holder_of_a_taken_port_is_named_when_it_is_another_process() {
     wait_healthy(&engine, "echo").await;
     engine.shutdown(Duration::from_secs(1)).await;
 }
+
+/// A stand-in for the cluster's own port mapping on this host (docker-proxy for kind's
+/// `extraPortMappings`): echoes on `addr` until aborted.
+async fn port_mapping(addr: std::net::SocketAddr) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let (mut read, mut write) = stream.split();
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+            });
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_watched_port_is_probed_not_listened_on_and_names_the_cluster_or_the_mapping() {
+    let (cluster, _backend) = echo_cluster("watched", "NodePort").await;
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mapping = port_mapping(addr).await;
+    let forwards = format!(
+        "{}mode = \"watch\"\nprobe = \"tcp\"\n",
+        forward("echo", NS, "echo").replace("local_port = 0", &format!("local_port = {}", addr.port()))
+    );
+    let engine = start(&cluster, &forwards).await;
+    let status = wait_healthy(&engine, "echo").await;
+    assert_eq!(
+        status.local,
+        Some(addr),
+        "the watched port is the forward's local address"
+    );
+    let route = status.route.unwrap();
+    assert_eq!(route.path, porthole::status::Path::Host);
+    assert_eq!(route.describe(), format!("watch → {addr}"));
+    // Porthole holds no listener there: the mapping has the port to itself.
+    assert_eq!(echo_once(addr, b"mapped").await.unwrap(), b"mapped");
+
+    // The mapping goes away (the node container restarted without it): down, naming it.
+    mapping.abort();
+    let _ = mapping.await;
+    let status = wait_cause(&engine, "echo", State::Down, CauseId::HostPortUnanswered).await;
+    let cause = status.health.cause.unwrap();
+    assert!(cause.message.contains(&addr.to_string()), "{}", cause.message);
+    assert!(cause.fix.unwrap().contains("extraPortMappings"));
+    let mapping = port_mapping(addr).await;
+    wait_healthy(&engine, "echo").await;
+
+    // The cluster's causes count too: the service's pods not ready, though the port answers.
+    cluster.set_endpoint_ready(NS, "echo-0", false);
+    wait_cause(&engine, "echo", State::Down, CauseId::NoReadyEndpoints).await;
+    cluster.set_endpoint_ready(NS, "echo-0", true);
+    wait_healthy(&engine, "echo").await;
+    let stats = engine.status().await.forward("echo").unwrap().stats;
+    assert_eq!(stats.total, 0, "nothing was relayed");
+    engine.shutdown(Duration::from_secs(1)).await;
+    mapping.abort();
+}

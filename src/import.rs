@@ -149,6 +149,23 @@ pub enum Cluster {
     Unknown(String),
 }
 
+/// Bound on asking the cluster what only it knows (a literal nodePort's service).
+pub const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What importing `text` into `config` would do: [`parse`], then [`plan`] against the
+/// config's context, the cluster asked (once, within [`ASK_TIMEOUT`]) only when something
+/// found needs it. What `porthole import` shows and the settings page previews.
+pub async fn preview(text: &str, config: &Config) -> Plan {
+    let (found, skipped) = parse(text);
+    let context = context(&config.cluster).await;
+    let cluster = if needs_cluster(&found) {
+        ask(&config.cluster, ASK_TIMEOUT).await
+    } else {
+        Cluster::Unknown("the cluster was not asked".into())
+    };
+    plan(found, skipped, config, context.as_deref(), &cluster)
+}
+
 /// Whether some of `found` need the cluster: a literal nodePort, or `.spec.ports[N]` past the
 /// first.
 pub fn needs_cluster(found: &[Found]) -> bool {

@@ -201,25 +201,14 @@ async fn page_state(app: &AppHandle, shell: &Shell) -> Result<PageState, Command
     })
 }
 
-/// Bound on asking the cluster what only it knows during an import preview.
-const IMPORT_ASK: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// [`porthole::import::plan`] against the config in effect (what `porthole import` shows).
+/// [`porthole::import::preview`] against the config in effect (what `porthole import` shows).
 async fn preview_import(shell: &Shell, text: &str) -> Result<porthole::import::Plan, CommandError> {
-    use porthole::import;
     let config = shell
         .engine
         .config()
         .await
         .ok_or_else(|| CommandError::failed("the engine has stopped"))?;
-    let (found, skipped) = import::parse(text);
-    let context = import::context(&config.cluster).await;
-    let cluster = if import::needs_cluster(&found) {
-        import::ask(&config.cluster, IMPORT_ASK).await
-    } else {
-        import::Cluster::Unknown("the cluster was not asked".into())
-    };
-    Ok(import::plan(found, skipped, &config, context.as_deref(), &cluster))
+    Ok(porthole::import::preview(text, &config).await)
 }
 
 /// The kubeconfig's contexts for the page's choice: local clusters first (kind's `kind-*`, then

@@ -4,28 +4,17 @@
 use std::io::Read;
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use porthole::config::ConfigFile;
 use porthole::config::edit::{Edit, EditError};
-use porthole::import::{self, Cluster, Plan};
-
-/// Bound on asking the cluster what only it knows (a literal nodePort's service).
-const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+use porthole::import::{self, Plan};
 
 pub async fn run(config_arg: Option<&Path>, file: Option<&Path>, dry_run: bool) -> anyhow::Result<ExitCode> {
     let (source, text) = read(file)?;
     let (config_file, config) = ConfigFile::open(config_arg, porthole::kubeconfig::has_context);
     let config = config?;
-    let (found, skipped) = import::parse(&text);
-    let context = import::context(&config.cluster).await;
-    let cluster = if import::needs_cluster(&found) {
-        import::ask(&config.cluster, ASK_TIMEOUT).await
-    } else {
-        Cluster::Unknown("the cluster was not asked".into())
-    };
-    let plan = import::plan(found, skipped, &config, context.as_deref(), &cluster);
+    let plan = import::preview(&text, &config).await;
     let target = config_file
         .path()
         .map_or_else(|| "the config".to_string(), |p| p.display().to_string());

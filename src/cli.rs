@@ -92,6 +92,9 @@ enum Command {
     Add {
         /// The forward's name: letters, digits, `.`, `_` and `-`
         name: String,
+        /// The cluster it is in, by its name in the config (needed once there are several)
+        #[arg(long, value_name = "NAME")]
+        cluster: Option<String>,
         /// The service's namespace
         #[arg(long, short = 'n')]
         namespace: String,
@@ -126,6 +129,10 @@ enum Command {
         /// The script or export to read [default: standard input]
         #[arg(value_name = "FILE|-")]
         file: Option<PathBuf>,
+        /// The cluster (its name in the config) the forwards go to [default: the one kubectl
+        /// should point at]; lines with another cluster's `--context` name it
+        #[arg(long, value_name = "NAME")]
+        cluster: Option<String>,
         /// Show what would be added and what is left out, and write nothing
         #[arg(long)]
         dry_run: bool,
@@ -267,6 +274,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::List => list(args.config.as_deref()),
         Command::Add {
             name,
+            cluster,
             namespace,
             service,
             port,
@@ -281,6 +289,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .context("give --local-port (the service port is named, not numbered)")?;
             let draft = ForwardDraft {
                 name,
+                cluster: cluster.unwrap_or_default(),
                 namespace,
                 service,
                 service_port: port.unwrap_or_default(),
@@ -293,7 +302,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             edit_config(args.config.as_deref(), Edit::Forward { replaces: None, draft })
         }
         Command::Remove { name } => edit_config(args.config.as_deref(), Edit::RemoveForward(name)),
-        Command::Import { file, dry_run } => import::run(args.config.as_deref(), file.as_deref(), dry_run).await,
+        Command::Import { file, cluster, dry_run } => {
+            import::run(args.config.as_deref(), file.as_deref(), cluster.as_deref(), dry_run).await
+        }
         Command::Init {
             preset,
             empty,
@@ -396,7 +407,7 @@ fn edit_config(config_arg: Option<&Path>, edit: Edit) -> anyhow::Result<ExitCode
     match &edit {
         Edit::Forward { draft, .. } => println!("added {} to {path} ({} forwards)", draft.name, config.forwards.len()),
         Edit::RemoveForward(name) => println!("removed {name} from {path} ({} forwards left)", config.forwards.len()),
-        Edit::Context(_) | Edit::AddForwards(_) => {}
+        Edit::Context(_) | Edit::AddForwards(_) | Edit::AddCluster { .. } | Edit::RemoveCluster(_) => {}
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -633,14 +644,17 @@ async fn run_doctor(config_arg: Option<&Path>, json: bool) -> anyhow::Result<Exi
     })
 }
 
-/// The kubeconfig as seen from the configured context.
+/// The kubeconfig as seen from the context of the cluster kubectl should point at.
 async fn inspect_kubeconfig(config_arg: Option<&Path>) -> anyhow::Result<(Config, state::Inspection)> {
     let (config, _) = Config::discover(config_arg, porthole::kubeconfig::has_context)?;
-    let expected =
-        config.cluster.context.clone().context(
-            "the config sets no `cluster.context`: Porthole follows kubectl's, so there is nothing to compare",
-        )?;
-    let files = porthole::kubeconfig::files(&config.cluster);
+    let cluster = config.kubectl_cluster();
+    let expected = cluster.context.clone().with_context(|| {
+        format!(
+            "cluster `{}` sets no `context`: Porthole follows kubectl's, so there is nothing to compare",
+            cluster.name
+        )
+    })?;
+    let files = porthole::kubeconfig::files(cluster);
     let inspection = state::inspect(files, &expected, &Tools::from_env()).await?;
     Ok((config, inspection))
 }

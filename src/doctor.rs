@@ -73,19 +73,33 @@ pub async fn run(config: &Config, timeout: Duration) -> Report {
     }
 }
 
+/// Every cluster in turn: reached, then its forwards. With several clusters, each check's name
+/// starts with its cluster's.
 async fn cluster_checks(config: &Config, timeout: Duration, checks: &mut Vec<Check>) {
-    let Some(world) = reach_cluster(config, timeout, checks).await else {
-        return local_port_checks(config, checks);
-    };
-    for spec in config.forwards.iter().filter(|f| f.enabled) {
-        forward_checks(spec, &config.cluster, &world, timeout, checks).await;
+    let several = config.clusters.len() > 1;
+    for cluster in &config.clusters {
+        let mut own = Vec::new();
+        match reach_cluster(cluster, timeout, &mut own).await {
+            Some(world) => {
+                for spec in config.forwards_of(&cluster.name).filter(|f| f.enabled) {
+                    forward_checks(spec, cluster, &world, timeout, &mut own).await;
+                }
+            }
+            None => local_port_checks(config.forwards_of(&cluster.name), &mut own),
+        }
+        if several {
+            for check in &mut own {
+                check.check = format!("{}: {}", cluster.name, check.check);
+            }
+        }
+        checks.extend(own);
     }
 }
 
-/// kubeconfig → context → kubectl's context → API: the cluster's objects, or `None` after the
-/// first failed step.
-async fn reach_cluster(config: &Config, timeout: Duration, checks: &mut Vec<Check>) -> Option<World> {
-    let loaded = match Loaded::for_cluster(&config.cluster) {
+/// kubeconfig → context → kubectl's context (for the cluster kubectl should point at) → API:
+/// the cluster's objects, or `None` after the first failed step.
+async fn reach_cluster(cluster: &ClusterSpec, timeout: Duration, checks: &mut Vec<Check>) -> Option<World> {
+    let loaded = match Loaded::for_cluster(cluster) {
         Ok(loaded) => loaded,
         Err(e) => return fail(checks, "kubeconfig", e.cause()),
     };
@@ -96,13 +110,15 @@ async fn reach_cluster(config: &Config, timeout: Duration, checks: &mut Vec<Chec
         .map(|f| f.display().to_string())
         .collect();
     checks.push(Check::pass("kubeconfig", files.join(", ")));
-    let context = match loaded.effective_context(&config.cluster) {
+    let context = match loaded.effective_context(cluster) {
         Ok(context) => context,
         Err(e) => return fail(checks, "context", e.cause()),
     };
     checks.push(Check::pass("context", format!("{context} is in the kubeconfig")));
-    checks.push(kubectl_context_check(&context, loaded.current_context()));
-    let client = match loaded.clients(&config.cluster, timeout).await {
+    if cluster.kubectl {
+        checks.push(kubectl_context_check(&context, loaded.current_context()));
+    }
+    let client = match loaded.clients(cluster, timeout).await {
         Ok(clients) => clients.api,
         Err(e) => return fail(checks, "API server", e.cause()),
     };
@@ -233,8 +249,8 @@ fn kubectl_context_check(context: &str, current: Option<&str>) -> Check {
     }
 }
 
-fn local_port_checks(config: &Config, checks: &mut Vec<Check>) {
-    for spec in config.forwards.iter().filter(|f| f.enabled) {
+fn local_port_checks<'a>(forwards: impl Iterator<Item = &'a ForwardSpec>, checks: &mut Vec<Check>) {
+    for spec in forwards.filter(|f| f.enabled) {
         checks.push(local_port_check(
             &spec.name,
             SocketAddr::new(spec.bind, spec.local_port),

@@ -21,7 +21,7 @@ use crate::kubeconfig::state::{FixError, Fixed};
 use crate::kubeconfig::tools::Tools;
 use crate::kubeconfig::{self, KubeconfigError, Loaded};
 use crate::status::StatsView;
-pub use crate::status::{ClusterStatusView, Event, ForwardStatus, Path, RouteView, Snapshot};
+pub use crate::status::{ClusterReport, ClusterStatusView, Event, ForwardStatus, Path, RouteView, Snapshot};
 use crate::tuning::Tuning;
 
 mod follow;
@@ -47,6 +47,21 @@ struct Running {
     /// What runs: `file` with `overrides` applied.
     config: Config,
     forwards: HashMap<String, ForwardHandle>,
+    /// One per cluster of `config`, in its order.
+    clusters: Vec<ClusterRun>,
+}
+
+impl Running {
+    fn cluster(&mut self, name: &str) -> Option<&mut ClusterRun> {
+        self.clusters.iter_mut().find(|c| c.spec.name == name)
+    }
+}
+
+/// One cluster at run time: its view (what its forwards resolve against) and the discovery
+/// that publishes it. Routes never cross clusters: a forward holds its own cluster's view.
+struct ClusterRun {
+    spec: ClusterSpec,
+    view: watch::Sender<ClusterView>,
     discovery: Discovery,
 }
 
@@ -153,9 +168,21 @@ impl Engine {
         self.core.shutdown(drain).await
     }
 
-    /// The cluster's namespaces, services and ports as last watched (no API call).
-    pub fn catalog(&self) -> Result<Catalog, CatalogError> {
-        let view = self.core.view.borrow();
+    /// A cluster's namespaces, services and ports as last watched (no API call): the one named,
+    /// else the one kubectl should point at.
+    pub async fn catalog(&self, cluster: Option<&str>) -> Result<Catalog, CatalogError> {
+        let view = {
+            let running = self.core.running.lock().await;
+            let running = running
+                .as_ref()
+                .ok_or(CatalogError::Unavailable("the engine has stopped".into()))?;
+            let name = cluster.unwrap_or(&running.config.kubectl_cluster().name);
+            let run = running.clusters.iter().find(|c| c.spec.name == name);
+            run.ok_or_else(|| CatalogError::Unavailable(format!("no cluster is named `{name}`")))?
+                .view
+                .subscribe()
+        };
+        let view = view.borrow();
         match &view.world {
             Some(world) => Ok(Catalog::of(world)),
             None => Err(CatalogError::Unavailable(match view.status.cause() {
@@ -189,7 +216,7 @@ impl Engine {
             .await;
         drop(inspecting);
         if let Some(running) = self.core.running.lock().await.as_ref() {
-            self.core.refresh_kubectl_context(&running.config.cluster);
+            self.core.refresh_kubectl_context(running.config.kubectl_cluster());
         }
         fixed
     }
@@ -200,7 +227,6 @@ impl Engine {
 #[derive(Clone)]
 struct Core {
     hub: Arc<Hub>,
-    view: watch::Sender<ClusterView>,
     running: Arc<Mutex<Option<Running>>>,
     /// Held while the kubeconfig is inspected (and across a fix and its inspection).
     kubeconfig: Arc<Mutex<()>>,
@@ -212,10 +238,9 @@ struct Core {
 impl Core {
     fn start(config: Config, tuning: Tuning, host: Arc<dyn crate::host::Host>) -> Core {
         let (snapshot, _) = watch::channel(Snapshot {
-            context: config.cluster.context.clone(),
             kubectl_context: None,
             kubeconfig: None,
-            cluster: (&ClusterStatus::Connecting).into(),
+            clusters: Vec::new(),
             forwards: Vec::new(),
         });
         let (events, _) = broadcast::channel(1024);
@@ -227,10 +252,8 @@ impl Core {
             connections: TaskTracker::new(),
             wakes,
         });
-        let (view, _) = watch::channel(ClusterView::new(config.cluster.clone()));
         let engine = Core {
             hub,
-            view,
             running: Arc::new(Mutex::new(None)),
             kubeconfig: Arc::new(Mutex::new(())),
             cancel: CancellationToken::new(),
@@ -242,7 +265,6 @@ impl Core {
         let Ok(mut slot) = running.try_lock() else {
             unreachable!("a new mutex is unlocked")
         };
-        tokio::spawn(engine.clone().follow_cluster().instrument(info_span!("cluster")));
         tokio::spawn(engine.clone().follow_stats().instrument(info_span!("stats")));
         tokio::spawn(
             crate::host::follow(
@@ -257,17 +279,21 @@ impl Core {
             file: config.clone(),
             overrides: Overrides::default(),
             config: Config {
-                cluster: config.cluster.clone(),
+                clusters: config.clusters.clone(),
                 forwards: Vec::new(),
             },
             forwards: HashMap::new(),
-            discovery: engine.spawn_discovery(&config.cluster),
+            clusters: Vec::new(),
         };
+        for cluster in &config.clusters {
+            let run = engine.connect(cluster);
+            setup.clusters.push(run);
+        }
         for spec in &config.forwards {
             engine.add_forward(&mut setup, spec.clone());
         }
         setup.config = config;
-        engine.refresh_kubectl_context(&setup.config.cluster);
+        engine.refresh_kubectl_context(setup.config.kubectl_cluster());
         *slot = Some(setup);
         drop(slot);
         engine
@@ -320,9 +346,34 @@ impl Core {
         let changes = crate::config::plan(&running.config, &config);
         for change in &changes {
             match change {
-                Change::Reconnect(cluster) => {
-                    info!("cluster settings changed: reconnecting");
-                    self.restart_discovery(running, cluster).await;
+                Change::Connect(cluster) => {
+                    info!(cluster = %cluster.name, "connecting a new cluster");
+                    let run = self.connect(cluster);
+                    running.clusters.push(run);
+                }
+                Change::Reconnect { from, to } => {
+                    info!(cluster = %to.name, "cluster settings changed: reconnecting");
+                    if *from != to.name {
+                        self.hub.snapshot.send_modify(|s| {
+                            if let Some(report) = s.clusters.iter_mut().find(|c| c.name == *from) {
+                                report.name = to.name.clone();
+                            }
+                        });
+                    }
+                    if let Some(run) = running.cluster(from) {
+                        run.spec.name = to.name.clone();
+                    }
+                    self.restart_discovery(running, to).await;
+                }
+                Change::Disconnect(name) => {
+                    let Some(index) = running.clusters.iter().position(|c| c.spec.name == *name) else {
+                        continue;
+                    };
+                    info!(cluster = %name, "disconnecting a cluster gone from the config");
+                    running.clusters.remove(index).discovery.stop().await;
+                    self.hub
+                        .snapshot
+                        .send_modify(|s| s.clusters.retain(|c| c.name != *name));
                 }
                 Change::Retarget(spec) => {
                     let Some(handle) = running.forwards.get_mut(&spec.name) else {
@@ -333,6 +384,7 @@ impl Core {
                     let service = spec.target.to_string();
                     self.hub.snapshot.send_modify(|s| {
                         if let Some(entry) = s.forwards.iter_mut().find(|f| f.name == spec.name) {
+                            entry.cluster = spec.cluster.clone();
                             entry.namespace = spec.namespace.clone();
                             entry.service = service;
                         }
@@ -361,20 +413,40 @@ impl Core {
                 Change::Add(_) => {}
             }
         }
+        for run in &mut running.clusters {
+            // Only the kubectl mark moved (or nothing): no reconnect, the spec follows.
+            if let Some(spec) = config.cluster(&run.spec.name) {
+                run.spec = spec.clone();
+            }
+        }
         for change in changes {
             if let Change::Restart(spec) | Change::Add(spec) = change {
                 info!(forward = %spec.name, "starting");
                 self.add_forward(running, spec);
             }
         }
-        // The status in config order.
+        // The clusters and the status in config order.
+        running
+            .clusters
+            .sort_by_key(|run| config.clusters.iter().position(|c| c.name == run.spec.name));
         self.hub.snapshot.send_modify(|s| {
             let mut by_name: HashMap<String, ForwardStatus> =
                 s.forwards.drain(..).map(|f| (f.name.clone(), f)).collect();
             s.forwards = config.forwards.iter().filter_map(|f| by_name.remove(&f.name)).collect();
+            s.clusters
+                .sort_by_key(|r| config.clusters.iter().position(|c| c.name == r.name));
+            for report in &mut s.clusters {
+                report.kubectl = config.cluster(&report.name).is_some_and(|c| c.kubectl);
+            }
         });
+        let guard_moved = running.config.kubectl_cluster().name != config.kubectl_cluster().name;
         running.config = config;
-        self.refresh_kubectl_context(&running.config.cluster);
+        self.refresh_kubectl_context(running.config.kubectl_cluster());
+        if guard_moved {
+            let cluster = running.config.kubectl_cluster().clone();
+            let core = self.clone();
+            tokio::spawn(async move { core.refresh_kubeconfig_state(&cluster).await });
+        }
     }
 
     /// Stops accepting, lets open connections drain for up to `drain`, then closes them.
@@ -388,7 +460,9 @@ impl Core {
             // Listeners close now; connections are cut below, after the drain.
             handle.stop(None).await;
         }
-        running.discovery.stop().await;
+        for run in running.clusters {
+            run.discovery.stop().await;
+        }
         self.hub.connections.close();
         let open = self.hub.connections.len();
         if open > 0 {
@@ -406,23 +480,47 @@ impl Core {
         info!("stopped");
     }
 
+    /// A cluster's view, its discovery, and the task mirroring the view into the snapshot.
+    fn connect(&self, cluster: &ClusterSpec) -> ClusterRun {
+        let (view, _) = watch::channel(ClusterView::new(cluster.clone()));
+        self.hub.snapshot.send_modify(|s| {
+            s.clusters.retain(|c| c.name != cluster.name);
+            s.clusters.push(ClusterReport {
+                name: cluster.name.clone(),
+                context: cluster.context.clone(),
+                kubectl: cluster.kubectl,
+                status: (&ClusterStatus::Connecting).into(),
+            });
+        });
+        let follow = self.clone().follow_cluster(view.subscribe());
+        tokio::spawn(follow.instrument(info_span!("cluster", name = %cluster.name)));
+        let discovery = self.spawn_discovery(&view, cluster);
+        ClusterRun {
+            spec: cluster.clone(),
+            view,
+            discovery,
+        }
+    }
+
     /// Starts discovery for `cluster` in a new generation: forwards drop routes of older ones.
-    fn spawn_discovery(&self, cluster: &ClusterSpec) -> Discovery {
+    fn spawn_discovery(&self, view: &watch::Sender<ClusterView>, cluster: &ClusterSpec) -> Discovery {
         let cancel = self.cancel.child_token();
-        self.view.send_modify(|v| *v = v.next_generation(cluster.clone()));
+        view.send_modify(|v| *v = v.next_generation(cluster.clone()));
         let task = tokio::spawn(
             discovery::run(
                 cluster.clone(),
-                self.view.clone(),
+                view.clone(),
                 cancel.clone(),
                 self.hub.tuning.api_read_timeout,
                 self.hub.wakes.subscribe(),
             )
-            .instrument(info_span!("discovery")),
+            .instrument(info_span!("discovery", cluster = %cluster.name)),
         );
         let files = kubeconfig::files(cluster);
-        let follow = self.clone().follow_kubeconfig(files, cluster.clone(), cancel.clone());
-        tokio::spawn(follow.instrument(info_span!("kubeconfig")));
+        let follow = self
+            .clone()
+            .follow_kubeconfig(files, cluster.name.clone(), cancel.clone());
+        tokio::spawn(follow.instrument(info_span!("kubeconfig", cluster = %cluster.name)));
         Discovery {
             cancel,
             task,
@@ -430,27 +528,36 @@ impl Core {
         }
     }
 
-    /// Stops the old discovery before the new one starts, so the old can never publish into
-    /// the new generation.
+    /// Stops the old discovery of the cluster now named `cluster.name` before the new one
+    /// starts, so the old can never publish into the new generation.
     async fn restart_discovery(&self, running: &mut Running, cluster: &ClusterSpec) {
+        let Some(run) = running.cluster(&cluster.name) else {
+            return;
+        };
         let placeholder = Discovery {
             cancel: CancellationToken::new(),
             task: tokio::spawn(async {}),
             fingerprint: None,
         };
-        std::mem::replace(&mut running.discovery, placeholder).stop().await;
-        running.discovery = self.spawn_discovery(cluster);
+        std::mem::replace(&mut run.discovery, placeholder).stop().await;
+        run.spec = cluster.clone();
+        run.discovery = self.spawn_discovery(&run.view, cluster);
     }
 
-    /// The cluster settings in effect, `None` once stopped.
+    /// The settings in effect of the cluster kubectl should point at, `None` once stopped.
     async fn cluster(&self) -> Option<ClusterSpec> {
-        self.running.lock().await.as_ref().map(|r| r.config.cluster.clone())
+        self.running
+            .lock()
+            .await
+            .as_ref()
+            .map(|r| r.config.kubectl_cluster().clone())
     }
 
     fn add_forward(&self, running: &mut Running, spec: ForwardSpec) {
         let initial = Health::new(if spec.enabled { State::Starting } else { State::Disabled }, None);
         let status = ForwardStatus {
             name: spec.name.clone(),
+            cluster: spec.cluster.clone(),
             namespace: spec.namespace.clone(),
             service: spec.target.to_string(),
             local: Some(SocketAddr::new(spec.bind, spec.local_port)),
@@ -468,9 +575,14 @@ impl Core {
                 Some(existing) => previous = std::mem::replace(existing, status).health,
                 None => s.forwards.push(status),
             });
+        let Some(run) = running.clusters.iter().find(|c| c.spec.name == spec.cluster) else {
+            // A validated config names only its own clusters, and they connect first.
+            warn!(forward = %spec.name, cluster = %spec.cluster, "no such cluster: not started");
+            return;
+        };
         let parent = Parent {
             hub: &self.hub,
-            view: self.view.subscribe(),
+            view: run.view.subscribe(),
             cancel: &self.cancel,
             cut: &self.cut,
         };

@@ -152,18 +152,18 @@ pub enum Cluster {
 /// Bound on asking the cluster what only it knows (a literal nodePort's service).
 pub const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What importing `text` into `config` would do: [`parse`], then [`plan`] against the
-/// config's context, the cluster asked (once, within [`ASK_TIMEOUT`]) only when something
-/// found needs it. What `porthole import` shows and the settings page previews.
-pub async fn preview(text: &str, config: &Config) -> Plan {
+/// What importing `text` into cluster `into` of `config` would do: [`parse`], then [`plan`]
+/// against that cluster's context, the cluster asked (once, within [`ASK_TIMEOUT`]) only when
+/// something found needs it. What `porthole import` shows and the settings page previews.
+pub async fn preview(text: &str, config: &Config, into: &ClusterSpec) -> Plan {
     let (found, skipped) = parse(text);
-    let context = context(&config.cluster).await;
+    let context = context(into).await;
     let cluster = if needs_cluster(&found) {
-        ask(&config.cluster, ASK_TIMEOUT).await
+        ask(into, ASK_TIMEOUT).await
     } else {
         Cluster::Unknown("the cluster was not asked".into())
     };
-    plan(found, skipped, config, context.as_deref(), &cluster)
+    plan(found, skipped, config, (&into.name, context.as_deref()), &cluster)
 }
 
 /// Whether some of `found` need the cluster: a literal nodePort, or `.spec.ports[N]` past the
@@ -252,17 +252,25 @@ pub struct Plan {
     pub skipped: Vec<Skipped>,
 }
 
-/// The forwards of `found` to add to `config`, whose cluster is kubectl's `context` (the one
-/// the config names, or kubectl's current one): forwards of another context, of pods rather than
-/// services, already in the config, or on a local port the config uses are left out, each with
-/// its reason.
+/// The forwards of `found` to add to `config`'s cluster `into` (its name, and its context: the
+/// one the config names, or kubectl's current one): forwards of another context (named with
+/// the cluster of the config that has it, or proposed as a new one), of pods rather than
+/// services, already in the config, or on a local port the config uses (in any cluster) are
+/// left out, each with its reason.
 pub fn plan(
     found: Vec<Found>,
     mut skipped: Vec<Skipped>,
     config: &Config,
-    context: Option<&str>,
+    into: (&str, Option<&str>),
     cluster: &Cluster,
 ) -> Plan {
+    let (into, context) = into;
+    // With one cluster, forwards need not name it.
+    let cluster_key = if config.clusters.len() > 1 {
+        into.to_string()
+    } else {
+        String::new()
+    };
     let mut names: BTreeSet<String> = config.forwards.iter().map(|f| f.name.clone()).collect();
     let mut ports: Vec<(u16, String)> = config.forwards.iter().map(|f| (f.local_port, f.name.clone())).collect();
     // How many forwards of one service the source has: a name per port when more than one.
@@ -285,7 +293,15 @@ pub fn plan(
         let mut skip = |why: String| skipped.push(Skipped::new(f.line, &f.text, why));
         if !ours(f) {
             let (theirs, ours) = (f.context.as_deref().unwrap_or_default(), context.unwrap_or_default());
-            skip(format!("context `{theirs}`: this config's cluster is `{ours}`"));
+            match config.clusters.iter().find(|c| c.context.as_deref() == Some(theirs)) {
+                Some(other) => skip(format!(
+                    "context `{theirs}` is cluster `{}`'s: import it with `--cluster {}` (here: `{into}`, context `{ours}`)",
+                    other.name, other.name
+                )),
+                None => skip(format!(
+                    "context `{theirs}` is no cluster of this config (here: `{into}`, context `{ours}`): add it as a cluster (`[[cluster]]` with `context = \"{theirs}\"`, or Add cluster in the settings page) and import again with `--cluster`"
+                )),
+            }
             continue;
         }
         let (service, namespace, service_port) = match resolve(f, cluster) {
@@ -323,6 +339,7 @@ pub fn plan(
             line: f.line,
             draft: ForwardDraft {
                 name,
+                cluster: cluster_key.clone(),
                 namespace,
                 service,
                 service_port,

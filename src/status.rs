@@ -18,6 +18,9 @@ pub use text::{columns, table};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ForwardStatus {
     pub name: String,
+    /// The name of its cluster ([`Snapshot::clusters`]).
+    #[serde(default)]
+    pub cluster: String,
     pub namespace: String,
     /// The service name, or its label selector.
     pub service: String,
@@ -123,23 +126,49 @@ impl RouteView {
     }
 }
 
-/// The state of every forward, and of the cluster and kubeconfig.
+/// The state of every forward, and of every cluster and the kubeconfig.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
-    /// The context Porthole uses.
-    pub context: Option<String>,
-    /// kubectl's current-context; differing from `context` is reported, never acted on.
+    /// kubectl's current-context; differing from the context of the cluster kubectl should
+    /// point at is reported, never acted on.
     pub kubectl_context: Option<String>,
-    /// The kubeconfig as seen from Porthole's context (when the config names one).
+    /// The kubeconfig as seen from the context of the cluster kubectl should point at (when the
+    /// config names one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubeconfig: Option<KubeconfigReport>,
-    pub cluster: ClusterStatusView,
+    /// Every cluster, in config order.
+    pub clusters: Vec<ClusterReport>,
     pub forwards: Vec<ForwardStatus>,
 }
 
+/// One cluster: its name, the context used and its API connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterReport {
+    pub name: String,
+    /// The context Porthole uses: the one configured, else kubectl's current one once read.
+    pub context: Option<String>,
+    /// Whether this is the cluster kubectl should point at (the kubeconfig guard's).
+    pub kubectl: bool,
+    pub status: ClusterStatusView,
+}
+
 impl Snapshot {
+    /// The cluster kubectl should point at.
+    pub fn kubectl_cluster(&self) -> Option<&ClusterReport> {
+        self.clusters.iter().find(|c| c.kubectl).or(self.clusters.first())
+    }
+
+    /// The context of the cluster kubectl should point at.
+    pub fn context(&self) -> Option<&str> {
+        self.kubectl_cluster().and_then(|c| c.context.as_deref())
+    }
+
     pub fn context_mismatch(&self) -> bool {
-        self.context.is_some() && self.kubectl_context != self.context
+        self.context().is_some() && self.kubectl_context.as_deref() != self.context()
+    }
+
+    pub fn cluster(&self, name: &str) -> Option<&ClusterReport> {
+        self.clusters.iter().find(|c| c.name == name)
     }
 
     pub fn forward(&self, name: &str) -> Option<&ForwardStatus> {
@@ -205,8 +234,11 @@ pub enum Event {
         from: Option<String>,
         to: Option<String>,
     },
-    /// The connection to the API server changed.
+    /// The connection to a cluster's API server changed.
     Cluster {
+        /// The cluster's name.
+        #[serde(default)]
+        name: String,
         from: ClusterStatusView,
         to: ClusterStatusView,
     },

@@ -177,7 +177,7 @@ async fn up_serves_the_preset_and_answers_status_wait_and_disable() {
         let worker = cluster.node_ip(support::openchoreo::WORKER).unwrap();
         assert_eq!(route.target, format!("{worker}:{node_port}"), "{}", f.name);
     }
-    assert_eq!(snapshot.context.as_deref(), Some("kind-openchoreo-local"));
+    assert_eq!(snapshot.context(), Some("kind-openchoreo-local"));
     assert_eq!(snapshot.kubectl_context.as_deref(), Some("kind-openchoreo-local"));
 
     let table = run(&["--control", path(&control), "status"]).await;
@@ -777,7 +777,7 @@ async fn init_writes_an_empty_config_for_a_context_and_the_cli_explains_itself()
     let out = run(&["init", "--empty", "--context", "k3d-dev", path(&file)]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let written = porthole::Config::load(&file).unwrap();
-    assert_eq!(written.cluster.context.as_deref(), Some("k3d-dev"));
+    assert_eq!(written.kubectl_cluster().context.as_deref(), Some("k3d-dev"));
     assert!(written.forwards.is_empty());
     let listed = porthole(&["list"])
         .env("PORTHOLE_CONFIG", &file)
@@ -996,7 +996,7 @@ async fn import_shows_then_adds_a_scripts_forwards_keeping_the_file_byte_for_byt
         "0.0.0.0 (reachable from other machines)",
         "line 2: local port 8080 is `web`'s already",
         "line 7: deploy/worker: Porthole forwards services",
-        "line 11: context `kind-other`: this config's cluster is `kind-dev`",
+        "line 11: context `kind-other` is no cluster of this config (here: `kind-dev`, context `kind-dev`): add it as a cluster",
         "not forwards: line 13",
         "(--dry-run: nothing written)",
     ] {

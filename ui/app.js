@@ -39,10 +39,20 @@ function routeText(route) {
   return route.pod ? "tunnel → " + route.pod : "tunnel (no ready pod)";
 }
 
+// A cluster's API state in words: `connected`, `unreachable: connection refused`.
+function clusterState(cluster) {
+  return cluster.status.state + (cluster.status.detail ? `: ${cluster.status.detail}` : "");
+}
+
 function renderSnapshot(snapshot) {
-  const cluster = snapshot.cluster;
-  $("cluster").textContent =
-    `${snapshot.context || "kubectl's current-context"} · ${cluster.state}` + (cluster.detail ? `: ${cluster.detail}` : "");
+  const clusters = snapshot.clusters || [];
+  const several = clusters.length > 1;
+  const kubectl = clusters.find((c) => c.kubectl) || clusters[0];
+  $("cluster").textContent = several
+    ? clusters.map((c) => `${c.name} · ${clusterState(c)}`).join("   ")
+    : kubectl
+      ? `${kubectl.context || "kubectl's current-context"} · ${clusterState(kubectl)}`
+      : "connecting…";
   const kube = snapshot.kubeconfig;
   const wrong = kube && kube.state !== "ok";
   $("banner").hidden = !wrong;
@@ -53,7 +63,25 @@ function renderSnapshot(snapshot) {
   $("forwards").hidden = snapshot.forwards.length === 0;
   const body = $("forwards").tBodies[0];
   body.replaceChildren();
-  for (const f of snapshot.forwards) {
+  // With several clusters, a heading row per cluster (its API's state), then its forwards.
+  const groups = several
+    ? clusters.map((c) => [c, snapshot.forwards.filter((f) => f.cluster === c.name)])
+    : [[null, snapshot.forwards]];
+  for (const [cluster, forwards] of groups) {
+    if (cluster) {
+      const heading = el("tr", undefined, "cluster-row");
+      heading.dataset.cluster = cluster.name;
+      const cell = el("th", `${cluster.name}${cluster.kubectl ? " (kubectl)" : ""} — ${clusterState(cluster)}`);
+      cell.colSpan = 6;
+      heading.append(cell);
+      body.append(heading);
+    }
+    renderForwards(body, forwards);
+  }
+}
+
+function renderForwards(body, forwards) {
+  for (const f of forwards) {
     const row = document.createElement("tr");
     row.dataset.name = f.name;
     const on = el("input");
@@ -152,19 +180,40 @@ function fillPorts(current) {
   fill("service_port", ports, current);
 }
 
-async function openEditor(name) {
-  editing = name;
-  clearErrors();
-  const draft = name ? page.forwards.find((f) => f.name === name) : { name: "", namespace: "", service: "", service_port: "", local_port: "", bind: "", probe: "auto", mode: "", enabled: true };
-  $("editor-title").textContent = name ? `Edit ${name}` : "Add forward";
+// The cluster chosen in the editor: empty when the config has only one.
+function editorCluster() {
+  return $("f-cluster-row").hidden ? "" : $("f-cluster").value;
+}
+
+async function loadCatalog() {
+  const cluster = editorCluster();
   try {
-    catalog = await invoke("catalog");
+    catalog = await invoke("catalog", { cluster: cluster || null });
     $("listing").hidden = true;
   } catch (e) {
     catalog = null;
     $("listing").hidden = false;
     $("listing").textContent = `Cannot list the cluster (${e.message || e}): type the names.`;
   }
+}
+
+// Fills the cluster choices of `select` (hidden in `row` while there is one cluster).
+function fillClusters(select, row, current) {
+  const clusters = page.snapshot.clusters || [];
+  row.hidden = clusters.length < 2;
+  select.replaceChildren();
+  for (const c of clusters) select.append(new Option(`${c.name}${c.kubectl ? " (kubectl)" : ""}`, c.name));
+  const kubectl = clusters.find((c) => c.kubectl);
+  select.value = current || (kubectl ? kubectl.name : "");
+}
+
+async function openEditor(name) {
+  editing = name;
+  clearErrors();
+  const draft = name ? page.forwards.find((f) => f.name === name) : { name: "", cluster: "", namespace: "", service: "", service_port: "", local_port: "", bind: "", probe: "auto", mode: "", enabled: true };
+  $("editor-title").textContent = name ? `Edit ${name}` : "Add forward";
+  fillClusters($("f-cluster"), $("f-cluster-row"), draft.cluster);
+  await loadCatalog();
   $("f-name").value = draft.name;
   fill("namespace", catalog ? catalog.namespaces.map((n) => [n.name, n.name]) : [], draft.namespace);
   fillServices(draft.service);
@@ -219,6 +268,7 @@ async function save(event) {
   const probe = $("f-probe").value === "http" ? "http:" + $("f-probe-path").value : $("f-probe").value;
   const draft = {
     name: $("f-name").value,
+    cluster: editorCluster(),
     namespace: pick("namespace"),
     service: pick("service"),
     service_port: pick("service_port"),
@@ -249,6 +299,7 @@ function openImporter() {
   $("import-add").hidden = true;
   $("import-none").hidden = true;
   $("import-left-out").replaceChildren();
+  fillClusters($("import-cluster"), $("import-cluster-row"), "");
   $("importer").hidden = false;
   $("import-text").focus();
 }
@@ -256,7 +307,8 @@ function openImporter() {
 async function previewImport() {
   clearErrors();
   try {
-    importPlan = await invoke("preview_import", { text: $("import-text").value });
+    const cluster = $("import-cluster-row").hidden ? null : $("import-cluster").value;
+    importPlan = await invoke("preview_import", { text: $("import-text").value, cluster });
   } catch (e) {
     showError({ field: "import", message: e.message || String(e) });
     return;
@@ -321,9 +373,48 @@ function renderSettings() {
   const current = page.context || "";
   if (current && !page.contexts.includes(current)) context.append(new Option(`${current} (not in the kubeconfig)`, current));
   context.value = current;
+  renderClusters();
   for (const kind of ["down", "recovered", "context", "fix"]) $(`n-${kind}`).checked = !page.prefs.mutes[kind];
   $("autostart").checked = page.autostart;
   $("config-path").textContent = page.config_path || "(none)";
+}
+
+// The clusters, each removable (with its forwards, after a second click that says how many),
+// and the kubeconfig's other contexts to add one from.
+function renderClusters() {
+  const clusters = page.snapshot.clusters || [];
+  const list = $("clusters");
+  list.replaceChildren();
+  for (const c of clusters) {
+    const item = el("li");
+    item.dataset.cluster = c.name;
+    const own = page.forwards.filter((f) => (f.cluster || clusters[0].name) === c.name).length;
+    item.append(el("span", `${c.name}${c.context && c.context !== c.name ? ` (context ${c.context})` : ""}${c.kubectl ? " — kubectl's" : ""}: ${clusterState(c)}`));
+    if (clusters.length > 1) {
+      const remove = el("button", "Remove", "remove-cluster secondary");
+      remove.type = "button";
+      remove.addEventListener("click", busy(async () => {
+        if (remove.dataset.armed !== "true") {
+          remove.dataset.armed = "true";
+          remove.textContent = own ? `Remove ${c.name} and its ${own} forward${own === 1 ? "" : "s"}` : `Remove ${c.name}`;
+          return;
+        }
+        clearErrors();
+        try {
+          await invoke("remove_cluster", { name: c.name });
+          await reload();
+        } catch (e) {
+          showError({ field: "clusters", message: e.message || String(e) });
+        }
+      }));
+      item.append(" ", remove);
+    }
+    list.append(item);
+  }
+  const used = new Set(clusters.map((c) => c.context).filter(Boolean));
+  const add = $("add-cluster-context");
+  add.replaceChildren(new Option("another context…", ""));
+  for (const name of page.contexts) if (!used.has(name)) add.append(new Option(name, name));
 }
 
 function mutes() {
@@ -352,6 +443,25 @@ function wire() {
     }
   }));
   $("cancel").addEventListener("click", () => { $("editor").hidden = true; });
+  $("f-cluster").addEventListener("change", busy(async () => {
+    await loadCatalog();
+    fill("namespace", catalog ? catalog.namespaces.map((n) => [n.name, n.name]) : [], "");
+    fillServices("");
+  }));
+  $("add-cluster").addEventListener("click", busy(async () => {
+    clearErrors();
+    const context = $("add-cluster-context").value;
+    if (!context) {
+      showError({ field: "clusters", message: "choose the context of the cluster to add" });
+      return;
+    }
+    try {
+      await invoke("add_cluster", { context });
+      await reload();
+    } catch (e) {
+      showError({ field: "clusters", message: e.message || String(e) });
+    }
+  }));
   $("form").addEventListener("submit", busy(save));
   $("f-namespace-pick").addEventListener("change", () => { $("f-namespace").hidden = $("f-namespace-pick").value !== OTHER; fillServices(""); });
   $("f-service-pick").addEventListener("change", () => { $("f-service").hidden = $("f-service-pick").value !== OTHER; fillPorts(""); });

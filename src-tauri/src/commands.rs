@@ -54,9 +54,12 @@ pub struct PageState {
     autostart: bool,
 }
 
-fn draft(spec: &porthole::config::ForwardSpec, default_mode: Mode) -> ForwardDraft {
+/// A forward as the form shows it; `several`: the config has more than one cluster, so the
+/// draft names its own.
+fn draft(spec: &porthole::config::ForwardSpec, default_mode: Mode, several: bool) -> ForwardDraft {
     ForwardDraft {
         name: spec.name.clone(),
+        cluster: if several { spec.cluster.clone() } else { String::new() },
         namespace: spec.namespace.clone(),
         service: match &spec.target {
             ServiceTarget::Name(name) => name.clone(),
@@ -96,8 +99,12 @@ fn draft(spec: &porthole::config::ForwardSpec, default_mode: Mode) -> ForwardDra
 pub enum Command {
     /// Everything the page shows at open.
     PageState {},
-    /// Namespaces, services and ports for the picker; an error means "let the user type".
-    Catalog {},
+    /// Namespaces, services and ports of a cluster (none: kubectl's) for the picker; an error
+    /// means "let the user type".
+    Catalog {
+        #[serde(default)]
+        cluster: Option<String>,
+    },
     SaveForward {
         replaces: Option<String>,
         draft: ForwardDraft,
@@ -120,9 +127,22 @@ pub enum Command {
     SetAutostart {
         enabled: bool,
     },
-    /// What importing `text` (a script, a kftray export) would add, and what it leaves out.
+    /// What importing `text` (a script, a kftray export) into a cluster (none: kubectl's)
+    /// would add, and what it leaves out.
     PreviewImport {
         text: String,
+        #[serde(default)]
+        cluster: Option<String>,
+    },
+    /// A cluster more, from one of the kubeconfig's contexts.
+    AddCluster {
+        context: String,
+        #[serde(default)]
+        name: Option<String>,
+    },
+    /// A cluster and its forwards (the page asks first).
+    RemoveCluster {
+        name: String,
     },
     /// Adds forwards chosen from a preview, in one edit.
     ImportForwards {
@@ -149,7 +169,13 @@ pub async fn call(app: &AppHandle, command: Command) -> Result<Value, CommandErr
     let shell = shell.inner();
     match command {
         Command::PageState {} => reply(page_state(app, shell).await?),
-        Command::Catalog {} => reply(shell.engine.catalog().map_err(CommandError::failed)?),
+        Command::Catalog { cluster } => reply(
+            shell
+                .engine
+                .catalog(cluster.as_deref().filter(|c| !c.is_empty()))
+                .await
+                .map_err(CommandError::failed)?,
+        ),
         Command::SaveForward { replaces, draft } => reply(save(shell, Edit::Forward { replaces, draft }).await?),
         Command::RemoveForward { name } => reply(save(shell, Edit::RemoveForward(name)).await?),
         Command::SetContext { context } => reply(save(shell, Edit::Context(context.filter(|c| !c.is_empty()))).await?),
@@ -169,7 +195,29 @@ pub async fn call(app: &AppHandle, command: Command) -> Result<Value, CommandErr
             reply(notifier.set_prefs(kept).map_err(CommandError::failed)?)
         }
         Command::SetAutostart { enabled } => reply(set_autostart(app, enabled)?),
-        Command::PreviewImport { text } => reply(preview_import(shell, &text).await?),
+        Command::PreviewImport { text, cluster } => reply(preview_import(shell, &text, cluster.as_deref()).await?),
+        Command::AddCluster { context, name } => {
+            // The contexts listed are those of the kubeconfig the cluster kubectl should point
+            // at reads: the new cluster reads the same.
+            let config = shell
+                .engine
+                .config()
+                .await
+                .ok_or_else(|| CommandError::failed("the engine has stopped"))?;
+            let kubeconfig = config.kubectl_cluster().kubeconfig.clone();
+            reply(
+                save(
+                    shell,
+                    Edit::AddCluster {
+                        context,
+                        name,
+                        kubeconfig,
+                    },
+                )
+                .await?,
+            )
+        }
+        Command::RemoveCluster { name } => reply(save(shell, Edit::RemoveCluster(name)).await?),
         Command::ImportForwards { drafts } => reply(save(shell, Edit::AddForwards(drafts)).await?),
     }
 }
@@ -190,9 +238,16 @@ async fn page_state(app: &AppHandle, shell: &Shell) -> Result<PageState, Command
     };
     Ok(PageState {
         snapshot: shell.engine.snapshot().borrow().clone(),
-        forwards: config.forwards.iter().map(|f| draft(f, config.cluster.mode)).collect(),
+        forwards: config
+            .forwards
+            .iter()
+            .map(|f| {
+                let mode = config.cluster(&f.cluster).map_or(Mode::Auto, |c| c.mode);
+                draft(f, mode, config.clusters.len() > 1)
+            })
+            .collect(),
         config_path: shell.config.path().map(|p| p.display().to_string()),
-        context: config.cluster.context.clone(),
+        context: config.kubectl_cluster().context.clone(),
         contexts,
         kubectl_context,
         contexts_error,
@@ -201,14 +256,25 @@ async fn page_state(app: &AppHandle, shell: &Shell) -> Result<PageState, Command
     })
 }
 
-/// [`porthole::import::preview`] against the config in effect (what `porthole import` shows).
-async fn preview_import(shell: &Shell, text: &str) -> Result<porthole::import::Plan, CommandError> {
+/// [`porthole::import::preview`] against the config in effect, into cluster `cluster` (none:
+/// kubectl's), as `porthole import --cluster` shows it.
+async fn preview_import(
+    shell: &Shell,
+    text: &str,
+    cluster: Option<&str>,
+) -> Result<porthole::import::Plan, CommandError> {
     let config = shell
         .engine
         .config()
         .await
         .ok_or_else(|| CommandError::failed("the engine has stopped"))?;
-    Ok(porthole::import::preview(text, &config).await)
+    let into = match cluster.filter(|c| !c.is_empty()) {
+        Some(name) => config
+            .cluster(name)
+            .ok_or_else(|| CommandError::failed(format!("no cluster is named `{name}`")))?,
+        None => config.kubectl_cluster(),
+    };
+    Ok(porthole::import::preview(text, &config, into).await)
 }
 
 /// The kubeconfig's contexts for the page's choice: local clusters first (kind's `kind-*`, then
@@ -348,6 +414,8 @@ mod tests {
                 "import_forwards",
                 serde_json::json!({ "drafts": [{ "name": "a", "enabled": true }] }),
             ),
+            ("add_cluster", serde_json::json!({ "context": "k3d-lab" })),
+            ("remove_cluster", serde_json::json!({ "name": "k3d-lab" })),
         ];
         let names: Vec<String> = samples.iter().map(|(n, _)| n.to_string()).collect();
         assert_eq!(names, listed(), "one sample per listed command, in the list's order");

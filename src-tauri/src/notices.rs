@@ -368,7 +368,7 @@ pub fn markup_escaped(body: &str) -> String {
 #[cfg(test)]
 mod tests {
     use porthole::cause::{CauseId, Health};
-    use porthole::engine::{ClusterStatusView, ForwardStatus};
+    use porthole::engine::{ClusterReport, ClusterStatusView, ForwardStatus};
 
     use super::*;
 
@@ -382,18 +382,23 @@ mod tests {
 
     fn snapshot(names: &[&str]) -> Snapshot {
         Snapshot {
-            context: Some("kind-a".into()),
             kubectl_context: Some("kind-a".into()),
             kubeconfig: None,
-            cluster: ClusterStatusView {
-                state: "connected".into(),
-                detail: None,
-            },
+            clusters: vec![ClusterReport {
+                name: "default".into(),
+                context: Some("kind-a".into()),
+                kubectl: true,
+                status: ClusterStatusView {
+                    state: "connected".into(),
+                    detail: None,
+                },
+            }],
             forwards: names
                 .iter()
                 .enumerate()
                 .map(|(i, n)| ForwardStatus {
                     name: n.to_string(),
+                    cluster: "default".into(),
                     namespace: "ns".into(),
                     service: n.to_string(),
                     local: Some(([127, 0, 0, 1], 3000 + i as u16).into()),
@@ -650,7 +655,7 @@ mod properties {
     use std::collections::BTreeMap;
 
     use porthole::cause::CauseId;
-    use porthole::engine::{ClusterStatusView, ForwardStatus};
+    use porthole::engine::{ClusterReport, ClusterStatusView, ForwardStatus};
     use proptest::prelude::*;
 
     use super::*;
@@ -714,18 +719,23 @@ mod properties {
     impl World {
         fn snapshot(&self) -> Snapshot {
             Snapshot {
-                context: None,
                 kubectl_context: None,
                 kubeconfig: None,
-                cluster: ClusterStatusView {
-                    state: "connected".into(),
-                    detail: None,
-                },
+                clusters: vec![ClusterReport {
+                    name: "default".into(),
+                    context: None,
+                    kubectl: true,
+                    status: ClusterStatusView {
+                        state: "connected".into(),
+                        detail: None,
+                    },
+                }],
                 forwards: self
                     .forwards
                     .iter()
                     .map(|(i, health)| ForwardStatus {
                         name: NAMES[*i].into(),
+                        cluster: "default".into(),
                         namespace: "ns".into(),
                         service: NAMES[*i].into(),
                         local: Some(([127, 0, 0, 1], 3000 + *i as u16).into()),

@@ -92,6 +92,17 @@ fn cause_words(forward: &ForwardStatus) -> Option<String> {
         .map(|c| format!("    {}", porthole::status::printable(&c.message)))
 }
 
+/// `kind-platform — connected`, `k3d-lab — unreachable: connection refused`; the cluster kubectl
+/// should point at says so when there are several.
+pub fn cluster_heading(cluster: &porthole::engine::ClusterReport) -> String {
+    let state = match &cluster.status.detail {
+        Some(detail) => format!("{}: {}", cluster.status.state, porthole::status::printable(detail)),
+        None => cluster.status.state.clone(),
+    };
+    let kubectl = if cluster.kubectl { " (kubectl)" } else { "" };
+    format!("{}{kubectl} — {state}", cluster.name)
+}
+
 /// The worst state decides; a wrong kubectl context shows unless a forward is down. With no
 /// forwards there is nothing to be wrong about: the neutral icon.
 pub fn aggregate(snapshot: &Snapshot) -> Aggregate {
@@ -117,7 +128,7 @@ impl TrayView {
     pub fn of(snapshot: &Snapshot) -> TrayView {
         let mut lines = Vec::new();
         let mut tooltip = vec!["Porthole".to_string()];
-        for forward in &snapshot.forwards {
+        let mut forward_lines = |forward: &ForwardStatus, lines: &mut Vec<Line>| {
             lines.push(Line::Forward {
                 name: forward.name.clone(),
                 label: forward_label(forward),
@@ -125,6 +136,22 @@ impl TrayView {
             });
             lines.extend(cause_words(forward).map(Line::Note));
             tooltip.push(format!("{} {} {}", forward.name, port(forward), forward.health.state));
+        };
+        if snapshot.clusters.len() > 1 {
+            // A section per cluster: its heading says its API's state; the icon aggregates all.
+            for (i, cluster) in snapshot.clusters.iter().enumerate() {
+                if i > 0 {
+                    lines.push(Line::Separator);
+                }
+                lines.push(Line::Note(cluster_heading(cluster)));
+                for forward in snapshot.forwards.iter().filter(|f| f.cluster == cluster.name) {
+                    forward_lines(forward, &mut lines);
+                }
+            }
+        } else {
+            for forward in &snapshot.forwards {
+                forward_lines(forward, &mut lines);
+            }
         }
         if snapshot.forwards.is_empty() {
             // A first run (or every forward removed): one way on, and no alarms.
@@ -151,7 +178,7 @@ impl TrayView {
             lines.push(Line::Separator);
             lines.push(Line::Note(report.sentence.clone()));
             let current = snapshot.kubectl_context.as_deref().unwrap_or("none");
-            let expected = snapshot.context.as_deref().unwrap_or("?");
+            let expected = snapshot.context().unwrap_or("?");
             lines.push(Line::Action {
                 id: ids::FIX_KUBECONFIG,
                 label: format!("Fix kubeconfig (current: {current} → {expected})"),
@@ -277,7 +304,7 @@ fn menu(app: &AppHandle, lines: &[Line]) -> tauri::Result<Menu<Wry>> {
 #[cfg(test)]
 mod tests {
     use porthole::cause::{Cause, CauseId, Health};
-    use porthole::engine::ClusterStatusView;
+    use porthole::engine::{ClusterReport, ClusterStatusView};
     use porthole::kubeconfig::state::KubeconfigState;
 
     use super::*;
@@ -285,6 +312,7 @@ mod tests {
     fn forward(name: &str, port: u16, state: State, cause: Option<Cause>) -> ForwardStatus {
         ForwardStatus {
             name: name.into(),
+            cluster: "default".into(),
             namespace: "wso2-amp".into(),
             service: name.into(),
             local: Some(([127, 0, 0, 1], port).into()),
@@ -298,15 +326,69 @@ mod tests {
 
     fn snapshot(forwards: Vec<ForwardStatus>, kubeconfig: Option<KubeconfigState>) -> Snapshot {
         Snapshot {
-            context: Some("kind-openchoreo-local".into()),
             kubectl_context: Some("rancher-desktop".into()),
             kubeconfig: kubeconfig.map(Into::into),
-            cluster: ClusterStatusView {
-                state: "connected".into(),
-                detail: None,
-            },
+            clusters: vec![ClusterReport {
+                name: "default".into(),
+                context: Some("kind-openchoreo-local".into()),
+                kubectl: true,
+                status: ClusterStatusView {
+                    state: "connected".into(),
+                    detail: None,
+                },
+            }],
             forwards,
         }
+    }
+
+    #[test]
+    fn several_clusters_get_a_section_each_with_the_state_of_their_api() {
+        let mut lab = forward("lab-api", 9000, State::Degraded, None);
+        lab.cluster = "k3d-lab".into();
+        let mut snap = snapshot(vec![forward("console", 3000, State::Healthy, None), lab], None);
+        snap.clusters.push(ClusterReport {
+            name: "k3d-lab".into(),
+            context: Some("k3d-lab".into()),
+            kubectl: false,
+            status: ClusterStatusView {
+                state: "unreachable".into(),
+                detail: Some("connection refused".into()),
+            },
+        });
+        let view = TrayView::of(&snap);
+        let notes: Vec<&str> = view
+            .lines
+            .iter()
+            .filter_map(|l| match l {
+                Line::Note(n) => Some(n.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            notes,
+            [
+                "default (kubectl) — connected",
+                "k3d-lab — unreachable: connection refused"
+            ]
+        );
+        let position = |wanted: &str| {
+            view.lines
+                .iter()
+                .position(|l| match l {
+                    Line::Note(n) => n.starts_with(wanted),
+                    Line::Forward { name, .. } => name == wanted,
+                    _ => false,
+                })
+                .unwrap()
+        };
+        assert!(position("default") < position("console"));
+        assert!(position("console") < position("k3d-lab"));
+        assert!(position("k3d-lab") < position("lab-api"));
+        // The icon still aggregates every forward.
+        assert_eq!(view.aggregate, Aggregate::Degraded);
+        // One cluster: no headings, as before.
+        let one = TrayView::of(&snapshot(vec![forward("console", 3000, State::Healthy, None)], None));
+        assert!(!one.lines.iter().any(|l| matches!(l, Line::Note(_))));
     }
 
     #[test]

@@ -10,14 +10,32 @@ use porthole::config::ConfigFile;
 use porthole::config::edit::{Edit, EditError};
 use porthole::import::{self, Plan};
 
-pub async fn run(config_arg: Option<&Path>, file: Option<&Path>, dry_run: bool) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    config_arg: Option<&Path>,
+    file: Option<&Path>,
+    cluster: Option<&str>,
+    dry_run: bool,
+) -> anyhow::Result<ExitCode> {
     let (source, text) = read(file)?;
     let (config_file, config) = ConfigFile::open(config_arg, porthole::kubeconfig::has_context);
     let config = config?;
-    let plan = import::preview(&text, &config).await;
-    let target = config_file
+    let into = match cluster {
+        Some(name) => config.cluster(name).with_context(|| {
+            let names: Vec<&str> = config.clusters.iter().map(|c| c.name.as_str()).collect();
+            format!(
+                "--cluster {name}: the config has no such cluster (its clusters: {})",
+                names.join(", ")
+            )
+        })?,
+        None => config.kubectl_cluster(),
+    };
+    let plan = import::preview(&text, &config, into).await;
+    let mut target = config_file
         .path()
         .map_or_else(|| "the config".to_string(), |p| p.display().to_string());
+    if config.clusters.len() > 1 {
+        target += &format!(", cluster {}", into.name);
+    }
     print_plan(&source, &target, &plan);
     if plan.add.is_empty() {
         println!("nothing to add");

@@ -42,6 +42,8 @@ impl EditError {
 #[serde(default)]
 pub struct ForwardDraft {
     pub name: String,
+    /// Its cluster's name; empty: the config's only cluster (the key is not written).
+    pub cluster: String,
     pub namespace: String,
     pub service: String,
     /// Empty: the service's first port. Digits: a port number. Otherwise a port name.
@@ -67,8 +69,20 @@ pub enum Edit {
     RemoveForward(String),
     /// New forwards appended in one write (an import).
     AddForwards(Vec<ForwardDraft>),
-    /// `[cluster] context`; `None` follows kubectl's current-context.
+    /// The context of the cluster kubectl should point at (`[cluster] context`); `None`
+    /// follows kubectl's current-context.
     Context(Option<String>),
+    /// A cluster more: a `[[cluster]]` with `context` (and `name`, else the context names it;
+    /// `kubeconfig`, the file whose context it is, when not kubectl's default). A lone
+    /// `[cluster]` becomes the first `[[cluster]]`, and its forwards say `cluster = "…"`, as
+    /// they must once there are two.
+    AddCluster {
+        context: String,
+        name: Option<String>,
+        kubeconfig: Option<PathBuf>,
+    },
+    /// A cluster and every forward in it; the last cluster cannot go.
+    RemoveCluster(String),
 }
 
 /// Applies `edit` to the config file at `path`, creating it from `base` (the config text in
@@ -158,11 +172,23 @@ pub fn apply(text: &str, edit: &Edit, path: &Path) -> Result<String, EditError> 
             forwards.remove(index);
         }
         Edit::Context(context) => {
-            let cluster = doc
-                .entry("cluster")
-                .or_insert_with(|| Item::Table(Table::new()))
-                .as_table_like_mut()
-                .ok_or_else(|| EditError::field("context", "`cluster` is not a table"))?;
+            let config = parsed(text, path)?;
+            let several = config.clusters.len() > 1;
+            let index = config.clusters.iter().position(|c| c.kubectl).unwrap_or(0);
+            let kubectl = config.kubectl_cluster();
+            let cluster: &mut dyn toml_edit::TableLike =
+                match doc.entry("cluster").or_insert_with(|| Item::Table(Table::new())) {
+                    Item::ArrayOfTables(clusters) => clusters
+                        .get_mut(index)
+                        .ok_or_else(|| EditError::field("context", "no such `[[cluster]]`"))?,
+                    item => item
+                        .as_table_like_mut()
+                        .ok_or_else(|| EditError::field("context", "`cluster` is not a table"))?,
+                };
+            // Its forwards name it: a name that came from the old context must stay.
+            if several && !cluster.contains_key("name") {
+                cluster.insert("name", value(kubectl.name.as_str()));
+            }
             match context {
                 Some(context) => set_keeping_comments(cluster, "context", value(context.as_str())),
                 None => {
@@ -170,8 +196,85 @@ pub fn apply(text: &str, edit: &Edit, path: &Path) -> Result<String, EditError> 
                 }
             }
         }
+        Edit::AddCluster {
+            context,
+            name,
+            kubeconfig,
+        } => {
+            let config = parsed(text, path)?;
+            let context = context.trim();
+            if context.is_empty() {
+                return Err(EditError::field("cluster", "choose the context of the cluster to add"));
+            }
+            let mut clusters = match doc.remove("cluster") {
+                Some(Item::ArrayOfTables(clusters)) => clusters,
+                Some(Item::Table(table)) => {
+                    let mut clusters = toml_edit::ArrayOfTables::new();
+                    clusters.push(table);
+                    clusters
+                }
+                None => {
+                    let mut clusters = toml_edit::ArrayOfTables::new();
+                    clusters.push(Table::new());
+                    clusters
+                }
+                Some(_) => return Err(EditError::field("cluster", "`cluster` is not a table")),
+            };
+            let mut table = Table::new();
+            if let Some(name) = name.as_deref().map(str::trim).filter(|n| !n.is_empty()) {
+                table.insert("name", value(name));
+            }
+            table.insert("context", value(context));
+            if let Some(kubeconfig) = kubeconfig {
+                table.insert("kubeconfig", value(kubeconfig.display().to_string()));
+            }
+            clusters.push(table);
+            doc.insert("cluster", Item::ArrayOfTables(clusters));
+            // Every forward must say its cluster once there are two.
+            if config.clusters.len() == 1
+                && let Some(Item::ArrayOfTables(forwards)) = doc.get_mut("forward")
+            {
+                for forward in forwards.iter_mut() {
+                    if !forward.contains_key("cluster") {
+                        forward.insert("cluster", value(config.clusters[0].name.as_str()));
+                    }
+                }
+            }
+        }
+        Edit::RemoveCluster(name) => {
+            let config = parsed(text, path)?;
+            let index = config
+                .clusters
+                .iter()
+                .position(|c| c.name == *name)
+                .ok_or_else(|| EditError::field("cluster", format!("no cluster is named `{name}`")))?;
+            if config.clusters.len() == 1 {
+                return Err(EditError::field(
+                    "cluster",
+                    "the last cluster cannot be removed: choose another context for it instead",
+                ));
+            }
+            let Some(Item::ArrayOfTables(clusters)) = doc.get_mut("cluster") else {
+                return Err(EditError::field(
+                    "cluster",
+                    "`cluster` is not written as [[cluster]] tables",
+                ));
+            };
+            clusters.remove(index);
+            if let Some(Item::ArrayOfTables(forwards)) = doc.get_mut("forward") {
+                // The parsed forwards are the tables, in order.
+                let mut theirs = config.forwards.iter().map(|f| f.cluster == *name);
+                forwards.retain(|_| !theirs.next().unwrap_or(false));
+            }
+        }
     }
     Ok(doc.to_string())
+}
+
+/// The config `text` says, for an edit that must know what it means (which forwards are in
+/// which cluster).
+fn parsed(text: &str, path: &Path) -> Result<Config, EditError> {
+    validate(text, &Source::File(path.to_path_buf()))
 }
 
 fn forwards(doc: &mut DocumentMut) -> Result<&mut toml_edit::ArrayOfTables, EditError> {
@@ -244,6 +347,10 @@ fn merge(old: &mut Table, new: Table) {
     if new.contains_key("service") {
         old.remove("selector");
     }
+    // A form that does not choose a cluster (a config with one) leaves the key as it is.
+    if let Some(cluster) = new.get("cluster") {
+        set_keeping_comments(old, "cluster", cluster.clone());
+    }
 }
 
 /// The `[[forward]]` table for a draft; errors name the field.
@@ -254,6 +361,9 @@ fn forward_table(draft: &ForwardDraft) -> Result<Table, EditError> {
         return Err(EditError::field("name", "a forward needs a name"));
     }
     table.insert("name", value(name));
+    if !draft.cluster.trim().is_empty() {
+        table.insert("cluster", value(draft.cluster.trim()));
+    }
     let namespace = draft.namespace.trim();
     if namespace.is_empty() {
         return Err(EditError::field("namespace", "choose or type a namespace"));
@@ -364,6 +474,69 @@ mod tests {
         assert_eq!(gateway.local_port, 8443);
         assert_eq!(gateway.probe, super::super::Probe::Http("/healthz".into()));
         assert_eq!(gateway.service_port, Some(super::super::PortRef::Name("https".into())));
+    }
+
+    #[test]
+    fn adding_a_second_cluster_names_the_first_and_its_forwards_say_which() {
+        let text = edited(&Edit::AddCluster {
+            context: "k3d-lab".into(),
+            name: Some("lab".into()),
+            kubeconfig: None,
+        });
+        // The comments and values stay; `[cluster]` became the first `[[cluster]]`, the new one
+        // follows it.
+        assert_eq!(
+            text,
+            "# my forwards\n[[cluster]]\ncontext = \"kind-a\"   # the cluster\n\n[[cluster]]\nname = \"lab\"\ncontext = \"k3d-lab\"\n\n[[forward]]\nname = \"console\"   # the UI\nnamespace = \"web\"\nservice = \"console\"\nlocal_port = 3000\ncluster = \"kind-a\"\n\n# the API\n[[forward]]\nname = \"api\"\nnamespace = \"web\"\nservice = \"api\"\nlocal_port = 8080\ncluster = \"kind-a\"\n"
+        );
+        let config = Config::parse(&text, &Source::Preset("t")).unwrap();
+        let names: Vec<&str> = config.clusters.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["kind-a", "lab"]);
+        assert_eq!(config.kubectl_cluster().name, "kind-a");
+
+        // A forward for the new cluster, then the page changes the kubectl context: the first
+        // cluster keeps its name, so its forwards still find it.
+        let mut d = draft("lab-api", "9000");
+        d.cluster = "lab".into();
+        let text = apply(
+            &text,
+            &Edit::Forward {
+                replaces: None,
+                draft: d,
+            },
+            Path::new("/c.toml"),
+        )
+        .unwrap();
+        let text = apply(&text, &Edit::Context(Some("kind-b".into())), Path::new("/c.toml")).unwrap();
+        let config = Config::parse(&text, &Source::Preset("t")).unwrap();
+        assert_eq!(config.clusters[0].name, "kind-a");
+        assert_eq!(config.clusters[0].context.as_deref(), Some("kind-b"));
+        assert_eq!(config.forward("lab-api").unwrap().cluster, "lab");
+
+        // Removing it takes its forwards, and only them.
+        let text = apply(&text, &Edit::RemoveCluster("lab".into()), Path::new("/c.toml")).unwrap();
+        let config = Config::parse(&text, &Source::Preset("t")).unwrap();
+        assert_eq!(config.clusters.len(), 1);
+        let names: Vec<&str> = config.forwards.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["console", "api"]);
+        assert!(text.contains("# the API\n") && text.contains("# the UI\n"), "{text}");
+        let last = apply(&text, &Edit::RemoveCluster("kind-a".into()), Path::new("/c.toml"));
+        assert!(matches!(last, Err(EditError::Invalid { .. })), "{last:?}");
+        // A name that is taken is refused by validation, naming both.
+        let taken = apply(
+            TEXT,
+            &Edit::AddCluster {
+                context: "kind-b".into(),
+                name: Some("kind-a".into()),
+                kubeconfig: Some("/home/me/.kube/other".into()),
+            },
+            Path::new("/c.toml"),
+        )
+        .and_then(|t| validate(&t, &Source::Preset("t")).map(|_| t));
+        assert!(
+            matches!(&taken, Err(EditError::Invalid { message, .. }) if message.contains("two clusters are named `kind-a`")),
+            "{taken:?}"
+        );
     }
 
     #[test]

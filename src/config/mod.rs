@@ -83,17 +83,42 @@ impl fmt::Display for Source {
     }
 }
 
-/// A validated config; the default has no forwards and follows kubectl's context.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+/// A validated config; the default has one cluster, kubectl's current one, and no forwards.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Config {
-    pub cluster: ClusterSpec,
+    /// One `[cluster]`, or several `[[cluster]]`: never empty, names unique, exactly one with
+    /// `kubectl` set.
+    pub clusters: Vec<ClusterSpec>,
+    /// Each names one of `clusters` (`ForwardSpec::cluster`); local ports are unique across all.
     pub forwards: Vec<ForwardSpec>,
 }
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            clusters: vec![ClusterSpec::named_default()],
+            forwards: Vec::new(),
+        }
+    }
+}
+
+/// The name of a cluster that names neither itself nor a context (it follows kubectl's
+/// current-context).
+pub const DEFAULT_CLUSTER: &str = "default";
 
 /// Which cluster to talk to, and how to reach its nodes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSpec {
+    /// What forwards call it (`cluster = "…"`), the tray's and the status's section title. In
+    /// the file it defaults to the context, else [`DEFAULT_CLUSTER`]; a parsed config always has
+    /// it set.
+    #[serde(default)]
+    pub name: String,
+    /// The cluster kubectl should point at: the kubeconfig guard, its notification and "Fix
+    /// kubeconfig" are about this one. Exactly one per config (by default the first).
+    #[serde(default)]
+    pub kubectl: bool,
     /// The context Porthole uses; `None` means kubectl's current-context.
     pub context: Option<String>,
     /// One kubeconfig file; `None` means `$KUBECONFIG` (a list) or `~/.kube/config`.
@@ -207,10 +232,33 @@ pub enum NodeAddressType {
     Hostname,
 }
 
+impl ClusterSpec {
+    /// The one cluster of a config that says nothing: kubectl's current-context, marked for
+    /// the kubeconfig guard.
+    pub fn named_default() -> ClusterSpec {
+        ClusterSpec {
+            name: DEFAULT_CLUSTER.into(),
+            kubectl: true,
+            ..ClusterSpec::default()
+        }
+    }
+
+    /// Equal but for `kubectl`, the mark that moves the kubeconfig guard: moving it reconnects
+    /// nothing.
+    pub fn same_connection(&self, other: &ClusterSpec) -> bool {
+        ClusterSpec {
+            kubectl: other.kubectl,
+            ..self.clone()
+        } == *other
+    }
+}
+
 /// One forward: a local port relayed to a service's nodePort.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ForwardSpec {
     pub name: String,
+    /// The name of its cluster in [`Config::clusters`].
+    pub cluster: String,
     pub namespace: String,
     pub target: ServiceTarget,
     /// 0 asks the OS for a free port (scripts and tests); the status shows the one bound.
@@ -291,15 +339,54 @@ pub enum Probe {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     #[serde(default)]
-    cluster: ClusterSpec,
+    cluster: RawClusters,
     #[serde(default)]
     forward: Vec<Spanned<RawForward>>,
+}
+
+/// `[cluster]` (a table) or `[[cluster]]` (an array of tables), as written.
+enum RawClusters {
+    One(ClusterSpec),
+    Many(Vec<Spanned<ClusterSpec>>),
+}
+
+impl Default for RawClusters {
+    fn default() -> RawClusters {
+        RawClusters::One(ClusterSpec::default())
+    }
+}
+
+impl<'de> Deserialize<'de> for RawClusters {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawClusters;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a `[cluster]` table or `[[cluster]]` tables")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawClusters, A::Error> {
+                ClusterSpec::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(RawClusters::One)
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<RawClusters, A::Error> {
+                let mut clusters = Vec::new();
+                while let Some(cluster) = seq.next_element()? {
+                    clusters.push(cluster);
+                }
+                Ok(RawClusters::Many(clusters))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawForward {
     name: Spanned<String>,
+    cluster: Option<Spanned<String>>,
     namespace: String,
     service: Option<String>,
     selector: Option<BTreeMap<String, String>>,
@@ -332,20 +419,16 @@ impl Config {
             text,
             names: HashMap::new(),
             ports: HashMap::new(),
-            mode: raw.cluster.mode,
-            hold: raw.cluster.hold,
-            tunnel_settle: raw.cluster.tunnel_settle,
-            max_connections: raw.cluster.max_connections,
+            clusters: Vec::new(),
         };
+        let clusters = validator.clusters(raw.cluster)?;
+        validator.clusters = clusters.clone();
         let forwards = raw
             .forward
             .into_iter()
             .map(|f| validator.forward(f))
             .collect::<Result<_, _>>()?;
-        Ok(Config {
-            cluster: raw.cluster,
-            forwards,
-        })
+        Ok(Config { clusters, forwards })
     }
 
     /// Reads and validates a config file.
@@ -383,7 +466,7 @@ impl Config {
             }
             _ => {
                 let preset = Config::preset(DEFAULT_PRESET)?;
-                if preset.cluster.context.as_deref().is_some_and(has_context) {
+                if preset.kubectl_cluster().context.as_deref().is_some_and(has_context) {
                     Ok((preset, Source::Preset(DEFAULT_PRESET)))
                 } else {
                     Ok((Config::parse(EMPTY, &Source::Empty)?, Source::Empty))
@@ -394,6 +477,32 @@ impl Config {
 
     pub fn forward(&self, name: &str) -> Option<&ForwardSpec> {
         self.forwards.iter().find(|f| f.name == name)
+    }
+
+    /// The cluster kubectl should point at (`kubectl = true`): the one the kubeconfig guard is
+    /// about.
+    pub fn kubectl_cluster(&self) -> &ClusterSpec {
+        static NONE: std::sync::LazyLock<ClusterSpec> = std::sync::LazyLock::new(ClusterSpec::named_default);
+        self.clusters
+            .iter()
+            .find(|c| c.kubectl)
+            .or(self.clusters.first())
+            .unwrap_or(&NONE)
+    }
+
+    /// The mutable [`Config::kubectl_cluster`] (tests and edits set its context).
+    pub fn kubectl_cluster_mut(&mut self) -> Option<&mut ClusterSpec> {
+        let index = self.clusters.iter().position(|c| c.kubectl).unwrap_or(0);
+        self.clusters.get_mut(index)
+    }
+
+    pub fn cluster(&self, name: &str) -> Option<&ClusterSpec> {
+        self.clusters.iter().find(|c| c.name == name)
+    }
+
+    /// The forwards of cluster `name`, in config order.
+    pub fn forwards_of<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a ForwardSpec> + 'a {
+        self.forwards.iter().filter(move |f| f.cluster == name)
     }
 }
 
@@ -417,19 +526,28 @@ pub fn preset_text(name: &str) -> Result<&'static str, ConfigError> {
         .ok_or_else(|| ConfigError::UnknownPreset(name.to_string()))
 }
 
-/// Checks forwards one by one, remembering names and ports to report duplicates.
+/// Checks the clusters, then forwards one by one, remembering names and ports to report
+/// duplicates.
 struct Validator<'t> {
     path: PathBuf,
     text: &'t str,
     /// Name → line of first use.
     names: HashMap<String, usize>,
-    ports: HashMap<(u16, IpAddr), String>,
-    /// `[cluster] mode`: the default of every forward.
-    mode: Mode,
-    /// `[cluster] hold`: the default of every forward.
-    hold: Option<Seconds>,
-    tunnel_settle: Option<Settle>,
-    max_connections: Option<MaxConnections>,
+    /// (port, address) → (forward, its line, its cluster).
+    ports: HashMap<(u16, IpAddr), (String, usize, String)>,
+    /// The clusters, validated: each forward takes its defaults (`mode`, `hold`,
+    /// `tunnel_settle`, `max_connections`) from its own.
+    clusters: Vec<ClusterSpec>,
+}
+
+/// Whether `name` may name a cluster. Names default to contexts, which may hold `:`, `/` and
+/// `@` (`arn:aws:eks:…/x`, `user@cluster`); nothing that could read as markup or a second line.
+fn cluster_name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/' | '@'))
 }
 
 impl Validator<'_> {
@@ -439,6 +557,115 @@ impl Validator<'_> {
             line: line_of(self.text, span.start),
             key: key.to_string(),
             message,
+        }
+    }
+
+    /// Names every cluster (its own, else its context, else [`DEFAULT_CLUSTER`]), refuses two
+    /// of one name and two marked `kubectl`, and marks the first when none is.
+    fn clusters(&self, raw: RawClusters) -> Result<Vec<ClusterSpec>, ConfigError> {
+        let spanned: Vec<(ClusterSpec, Range<usize>)> = match raw {
+            RawClusters::One(cluster) => {
+                let at = self.text.find("[cluster]").unwrap_or(0);
+                vec![(cluster, at..at)]
+            }
+            RawClusters::Many(clusters) => clusters
+                .into_iter()
+                .map(|c| {
+                    let span = c.span();
+                    (c.into_inner(), span)
+                })
+                .collect(),
+        };
+        if spanned.is_empty() {
+            return Err(self.invalid(
+                0..0,
+                "cluster",
+                "`cluster = []` names no cluster: give at least one".into(),
+            ));
+        }
+        let mut clusters: Vec<ClusterSpec> = Vec::new();
+        let mut lines: Vec<usize> = Vec::new();
+        for (mut cluster, span) in spanned {
+            let line = line_of(self.text, span.start);
+            let named = !cluster.name.is_empty();
+            if !named {
+                cluster.name = cluster.context.clone().unwrap_or_else(|| DEFAULT_CLUSTER.into());
+            }
+            if !cluster_name_ok(&cluster.name) {
+                let message = format!(
+                    "cluster name {:?} may hold only letters, digits, `.`, `_`, `-`, `:`, `/` and `@` (at most 253){}",
+                    cluster.name,
+                    if named {
+                        ""
+                    } else {
+                        "; the name comes from the context: give the cluster a `name = \"…\"`"
+                    }
+                );
+                return Err(self.invalid(span, "name", message));
+            }
+            if let Some(first) = clusters.iter().position(|c| c.name == cluster.name) {
+                let message = format!(
+                    "two clusters are named `{}` (lines {} and {line}); give one a `name = \"…\"`{}",
+                    cluster.name,
+                    lines[first],
+                    match cluster.context {
+                        None => " and a `context`: both follow kubectl's current-context",
+                        Some(_) => "",
+                    }
+                );
+                return Err(self.invalid(span, "name", message));
+            }
+            if cluster.kubectl
+                && let Some(first) = clusters.iter().position(|c| c.kubectl)
+            {
+                let message = format!(
+                    "clusters `{}` (line {}) and `{}` both say `kubectl = true`: kubectl points at one",
+                    clusters[first].name, lines[first], cluster.name
+                );
+                return Err(self.invalid(span, "kubectl", message));
+            }
+            clusters.push(cluster);
+            lines.push(line);
+        }
+        if !clusters.iter().any(|c| c.kubectl) {
+            clusters[0].kubectl = true;
+        }
+        Ok(clusters)
+    }
+
+    /// The cluster a forward names, or the only one.
+    fn cluster_of(
+        &self,
+        forward: &str,
+        named: Option<&Spanned<String>>,
+        span: Range<usize>,
+    ) -> Result<&ClusterSpec, ConfigError> {
+        let names = || {
+            self.clusters
+                .iter()
+                .map(|c| format!("`{}`", c.name))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match named {
+            Some(name) => self.clusters.iter().find(|c| c.name == *name.get_ref()).ok_or_else(|| {
+                let message = format!(
+                    "forward `{forward}`: no cluster is named `{}` (the clusters: {})",
+                    name.get_ref(),
+                    names()
+                );
+                self.invalid(name.span(), "cluster", message)
+            }),
+            None => match self.clusters.as_slice() {
+                [only] => Ok(only),
+                _ => {
+                    let message = format!(
+                        "forward `{forward}` must say which cluster it is in: `cluster = \"…\"`, one of {}",
+                        names()
+                    );
+                    Err(self.invalid(span, "cluster", message))
+                }
+            },
         }
     }
 
@@ -466,6 +693,7 @@ impl Validator<'_> {
             let message = format!("duplicate forward name `{name}` (first used on line {first})");
             return Err(self.invalid(raw.name.span(), "name", message));
         }
+        let cluster = self.cluster_of(&name, raw.cluster.as_ref(), span.clone())?.clone();
         let target = self.target(&name, span.clone(), raw.service, raw.selector)?;
         let port_span = raw.local_port.span();
         let local_port = u16::try_from(*raw.local_port.get_ref()).map_err(|_| {
@@ -483,13 +711,25 @@ impl Validator<'_> {
                 (ip, false)
             }
         };
+        let line = line_of(self.text, port_span.start);
         if local_port != 0
-            && let Some(other) = self.ports.insert((local_port, bind), name.clone())
+            && let Some((other, other_line, other_cluster)) = self
+                .ports
+                .insert((local_port, bind), (name.clone(), line, cluster.name.clone()))
         {
-            let message = format!("port {local_port} is used by forwards `{other}` and `{name}`");
+            let message = if other_cluster == cluster.name {
+                format!(
+                    "port {local_port} is used by forwards `{other}` (line {other_line}) and `{name}` (line {line})"
+                )
+            } else {
+                format!(
+                    "port {local_port} is used by forwards `{other}` (line {other_line}, cluster `{other_cluster}`) and `{name}` (line {line}, cluster `{}`): local ports are shared by every cluster",
+                    cluster.name
+                )
+            };
             return Err(self.invalid(port_span, "local_port", message));
         }
-        if raw.mode.unwrap_or(self.mode) == Mode::Watch && local_port == 0 {
+        if raw.mode.unwrap_or(cluster.mode) == Mode::Watch && local_port == 0 {
             let message = format!("forward `{name}`: `mode = \"watch\"` needs the port the cluster publishes, not 0");
             return Err(self.invalid(port_span, "local_port", message));
         }
@@ -510,6 +750,7 @@ impl Validator<'_> {
         }
         Ok(ForwardSpec {
             name,
+            cluster: cluster.name.clone(),
             namespace: raw.namespace,
             target,
             local_port,
@@ -518,12 +759,12 @@ impl Validator<'_> {
             ipv6_loopback,
             probe: raw.probe,
             enabled: raw.enabled,
-            mode: raw.mode.unwrap_or(self.mode),
-            hold: raw.hold.or(self.hold).map(|s| s.0),
-            tunnel_settle: self.tunnel_settle.map(|s| s.0),
+            mode: raw.mode.unwrap_or(cluster.mode),
+            hold: raw.hold.or(cluster.hold).map(|s| s.0),
+            tunnel_settle: cluster.tunnel_settle.map(|s| s.0),
             max_connections: raw
                 .max_connections
-                .or(self.max_connections)
+                .or(cluster.max_connections)
                 .map_or(MaxConnections::DEFAULT, |m| m.0),
         })
     }

@@ -8,16 +8,22 @@ use super::{ClusterSpec, Config, ForwardSpec, Mode};
 /// One step from a running config to a new one, in the order [`plan`] gives them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// The cluster settings changed: reconnect in a new generation of discovery.
-    Reconnect(ClusterSpec),
-    /// A forward's target changed (namespace, service, port, probe, mode, timings): its listener
-    /// and open connections stay, new connections follow the new target.
+    /// A cluster new to the config: its discovery starts before its forwards are added.
+    Connect(ClusterSpec),
+    /// A cluster's settings changed, or it was renamed (`from` is the name it ran under):
+    /// reconnect in a new generation of its discovery; its forwards stay.
+    Reconnect { from: String, to: ClusterSpec },
+    /// A forward's target changed (namespace, service, port, probe, mode, timings, its cluster's
+    /// name): its listener and open connections stay, new connections follow the new target.
     Retarget(ForwardSpec),
     /// A forward gone from the config: stop it, drain its connections, drop it from the status.
     Remove(String),
-    /// A forward whose listener changes (address, port, on or off): stopped and started anew,
-    /// its last health kept as where its next transition starts from.
+    /// A forward whose listener changes (address, port, on or off) or that moved to another
+    /// cluster: stopped and started anew, its last health kept as where its next transition
+    /// starts from.
     Restart(ForwardSpec),
+    /// A cluster gone from the config, once its forwards are stopped.
+    Disconnect(String),
     /// A forward new to the config.
     Add(ForwardSpec),
 }
@@ -33,20 +39,53 @@ pub fn needs_restart(old: &ForwardSpec, new: &ForwardSpec) -> bool {
         || (old.mode == Mode::Watch) != (new.mode == Mode::Watch)
 }
 
-/// The changes that take a running `old` config to `new`: a reconnect first (forwards then
-/// resolve against the new cluster), retargets, then removals and restarts (their ports are
-/// free before anything binds), then additions, in `new`'s order. Forwards are matched by name.
+/// Which cluster of `new` each cluster of `old` became: the one of the same name, else, when
+/// exactly one cluster went and one came (a context changed, and the name with it), that one.
+fn successors<'n>(old: &Config, new: &'n Config) -> HashMap<String, &'n ClusterSpec> {
+    let mut map: HashMap<String, &ClusterSpec> = HashMap::new();
+    for cluster in &old.clusters {
+        if let Some(same) = new.cluster(&cluster.name) {
+            map.insert(cluster.name.clone(), same);
+        }
+    }
+    let gone: Vec<&ClusterSpec> = old.clusters.iter().filter(|c| new.cluster(&c.name).is_none()).collect();
+    let came: Vec<&ClusterSpec> = new.clusters.iter().filter(|c| old.cluster(&c.name).is_none()).collect();
+    if let ([from], [to]) = (gone.as_slice(), came.as_slice()) {
+        map.insert(from.name.clone(), to);
+    }
+    map
+}
+
+/// The changes that take a running `old` config to `new`: clusters connected and reconnected
+/// first (forwards then resolve against them), retargets, then removals and restarts (their
+/// ports are free before anything binds), clusters disconnected, then additions, in `new`'s
+/// order. Forwards are matched by name, clusters by name or as one renamed.
 pub fn plan(old: &Config, new: &Config) -> Vec<Change> {
     let mut changes = Vec::new();
-    if old.cluster != new.cluster {
-        changes.push(Change::Reconnect(new.cluster.clone()));
+    let successors = successors(old, new);
+    for cluster in &new.clusters {
+        match old
+            .clusters
+            .iter()
+            .find(|c| successors.get(&c.name).is_some_and(|s| s.name == cluster.name))
+        {
+            None => changes.push(Change::Connect(cluster.clone())),
+            Some(was) if was.name != cluster.name || !was.same_connection(cluster) => changes.push(Change::Reconnect {
+                from: was.name.clone(),
+                to: cluster.clone(),
+            }),
+            Some(_) => {}
+        }
     }
+    // A forward whose cluster is another one (not the same one renamed) needs a new view.
+    let moved = |a: &ForwardSpec, b: &ForwardSpec| successors.get(&a.cluster).is_none_or(|s| s.name != b.cluster);
     let wanted: HashMap<&str, &ForwardSpec> = new.forwards.iter().map(|f| (f.name.as_str(), f)).collect();
     let running: HashMap<&str, &ForwardSpec> = old.forwards.iter().map(|f| (f.name.as_str(), f)).collect();
     for spec in &old.forwards {
         if let Some(new) = wanted.get(spec.name.as_str())
             && *new != spec
             && !needs_restart(spec, new)
+            && !moved(spec, new)
         {
             changes.push(Change::Retarget((*new).clone()));
         }
@@ -54,8 +93,13 @@ pub fn plan(old: &Config, new: &Config) -> Vec<Change> {
     for spec in &old.forwards {
         match wanted.get(spec.name.as_str()) {
             None => changes.push(Change::Remove(spec.name.clone())),
-            Some(new) if needs_restart(spec, new) => changes.push(Change::Restart((*new).clone())),
+            Some(new) if needs_restart(spec, new) || moved(spec, new) => changes.push(Change::Restart((*new).clone())),
             Some(_) => {}
+        }
+    }
+    for cluster in &old.clusters {
+        if !successors.contains_key(&cluster.name) {
+            changes.push(Change::Disconnect(cluster.name.clone()));
         }
     }
     for spec in &new.forwards {
@@ -67,11 +111,17 @@ pub fn plan(old: &Config, new: &Config) -> Vec<Change> {
 }
 
 /// Whether forward `a` of `old` and `b` of `new` are the same entry in the file: equal, or
-/// differing only in values each takes from its `[cluster]` default (`mode`, `hold`,
-/// `tunnel_settle`, `max_connections`), where that default changed.
+/// differing only in values each takes from its cluster's defaults (`mode`, `hold`,
+/// `tunnel_settle`, `max_connections`), where that default changed, or in the name of a config's
+/// only cluster (which follows its context).
 fn same_entry(old: &Config, a: &ForwardSpec, new: &Config, b: &ForwardSpec) -> bool {
-    let (was, now) = (&old.cluster, &new.cluster);
+    let (Some(was), Some(now)) = (old.cluster(&a.cluster), new.cluster(&b.cluster)) else {
+        return false;
+    };
     let mut b = b.clone();
+    if old.clusters.len() == 1 && new.clusters.len() == 1 {
+        b.cluster = a.cluster.clone();
+    }
     if a.mode == was.mode && b.mode == now.mode {
         b.mode = a.mode;
     }
@@ -217,7 +267,12 @@ mod tests {
                 .unwrap(),
                 expect: |new| {
                     vec![
-                        Change::Reconnect(new.cluster.clone()),
+                        Change::Reconnect {
+                            from: "kind-a".into(),
+                            to: new.clusters[0].clone(),
+                        },
+                        // Its cluster's name followed the context: retargeted in place.
+                        Change::Retarget(spec(new, "b").clone()),
                         Change::Restart(spec(new, "a").clone()),
                     ]
                 },
@@ -241,7 +296,10 @@ mod tests {
                 .unwrap(),
                 expect: |new| {
                     vec![
-                        Change::Reconnect(new.cluster.clone()),
+                        Change::Reconnect {
+                            from: "kind-a".into(),
+                            to: new.clusters[0].clone(),
+                        },
                         Change::Retarget(spec(new, "a").clone()),
                         Change::Restart(spec(new, "b").clone()),
                         Change::Add(spec(new, "c").clone()),
@@ -259,6 +317,57 @@ mod tests {
                 Change::Add(spec(&base, "b").clone())
             ],
             "from nothing: every forward added, in order"
+        );
+    }
+
+    #[test]
+    fn clusters_connect_first_and_disconnect_after_their_forwards_stop() {
+        let two = |extra: &str, forwards: &str| {
+            Config::parse(
+                &format!("[[cluster]]\ncontext = \"kind-a\"\n[[cluster]]\ncontext = \"k3d-b\"\n{extra}{forwards}"),
+                &Source::File("test.toml".into()),
+            )
+            .unwrap()
+        };
+        let a = forward("a", 3000, "cluster = \"kind-a\"\n");
+        let b = forward("b", 8080, "cluster = \"k3d-b\"\n");
+        let one = config(&forward("a", 3000, ""));
+        let both = two("", &format!("{a}{b}"));
+
+        // A second cluster comes with a forward: connected before the forward is added.
+        assert_eq!(
+            plan(&one, &both),
+            vec![
+                Change::Connect(both.clusters[1].clone()),
+                Change::Add(spec(&both, "b").clone())
+            ]
+        );
+        // It goes with its forward: the forward stops, then the cluster disconnects.
+        assert_eq!(
+            plan(&both, &one),
+            vec![Change::Remove("b".into()), Change::Disconnect("k3d-b".into())]
+        );
+        // A forward moved to the other cluster is restarted (it resolves against another view).
+        let moved = two("", &format!("{}{b}", forward("a", 3000, "cluster = \"k3d-b\"\n")));
+        assert_eq!(plan(&both, &moved), vec![Change::Restart(spec(&moved, "a").clone())]);
+        // Moving which cluster kubectl should point at reconnects nothing.
+        let marked = two("", &format!("{a}{b}")).clusters[1].clone();
+        let mut remarked = both.clone();
+        remarked.clusters[0].kubectl = false;
+        remarked.clusters[1] = ClusterSpec {
+            kubectl: true,
+            ..marked
+        };
+        assert_eq!(plan(&both, &remarked), vec![]);
+        // One cluster's settings change: only it reconnects.
+        let mut tuned = both.clone();
+        tuned.clusters[1].mode = Mode::Tunnel;
+        assert_eq!(
+            plan(&both, &tuned),
+            vec![Change::Reconnect {
+                from: "k3d-b".into(),
+                to: tuned.clusters[1].clone()
+            }]
         );
     }
 

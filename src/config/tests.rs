@@ -9,7 +9,10 @@ fn parse(text: &str) -> Result<Config, ConfigError> {
 fn every_preset_parses() {
     for (name, _, _) in PRESETS {
         let config = Config::preset(name).unwrap();
-        assert_eq!(config.cluster.context.as_deref(), Some("kind-openchoreo-local"));
+        assert_eq!(
+            config.kubectl_cluster().context.as_deref(),
+            Some("kind-openchoreo-local")
+        );
         assert_eq!(config.forwards.len(), 5, "{name}");
     }
 }
@@ -69,7 +72,7 @@ enabled = false
 "#,
     )
     .unwrap();
-    assert_eq!(config.cluster.node_address, NodeAddressType::Hostname);
+    assert_eq!(config.clusters[0].node_address, NodeAddressType::Hostname);
     let f = &config.forwards[0];
     assert_eq!(f.service_port, Some(PortRef::Name("otlp".into())));
     assert_eq!(f.probe, Probe::Http("/healthz".into()));
@@ -92,8 +95,40 @@ enabled = false
 #[case::duplicate_port(
     "[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 80\n[[forward]]\nname = \"b\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 80\n",
     ":10: `local_port`",
-    "port 80 is used by forwards `a` and `b`"
+    "port 80 is used by forwards `a` (line 5) and `b` (line 10)"
 )]
+#[case::duplicate_port_across_clusters(
+    "[[cluster]]\ncontext = \"kind-a\"\n[[cluster]]\ncontext = \"k3d-b\"\n[[forward]]\nname = \"a\"\ncluster = \"kind-a\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 80\n[[forward]]\nname = \"b\"\ncluster = \"k3d-b\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 80\n",
+    ":16: `local_port`",
+    "port 80 is used by forwards `a` (line 10, cluster `kind-a`) and `b` (line 16, cluster `k3d-b`)"
+)]
+#[case::two_clusters_of_one_name(
+    "[[cluster]]\ncontext = \"kind-a\"\n[[cluster]]\nname = \"kind-a\"\ncontext = \"kind-b\"\n",
+    ":3: `name`",
+    "two clusters are named `kind-a` (lines 1 and 3)"
+)]
+#[case::two_clusters_following_kubectl(
+    "[[cluster]]\nnode = \"x\"\n[[cluster]]\nmode = \"tunnel\"\n",
+    ":3: `name`",
+    "both follow kubectl's current-context"
+)]
+#[case::two_kubectl_clusters(
+    "[[cluster]]\ncontext = \"kind-a\"\nkubectl = true\n[[cluster]]\ncontext = \"kind-b\"\nkubectl = true\n",
+    ":4: `kubectl`",
+    "clusters `kind-a` (line 1) and `kind-b` both say `kubectl = true`"
+)]
+#[case::forward_without_its_cluster(
+    "[[cluster]]\ncontext = \"kind-a\"\n[[cluster]]\ncontext = \"kind-b\"\n[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 1\n",
+    ":5: `cluster`",
+    "forward `a` must say which cluster it is in: `cluster = \"…\"`, one of `kind-a`, `kind-b`"
+)]
+#[case::forward_in_an_unknown_cluster(
+    "[cluster]\ncontext = \"kind-a\"\n[[forward]]\nname = \"a\"\ncluster = \"kind-b\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 1\n",
+    ":5: `cluster`",
+    "no cluster is named `kind-b` (the clusters: `kind-a`)"
+)]
+#[case::no_cluster_at_all("cluster = []\n", "`cluster`", "names no cluster")]
+#[case::context_that_cannot_name("[[cluster]]\ncontext = \"my cluster\"\n", ":1: `name`", "give the cluster a `name")]
 #[case::port_range(
     "[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 70000\n",
     ":5: `local_port`",
@@ -153,6 +188,65 @@ fn invalid_configs_name_file_line_and_key(#[case] text: &str, #[case] place: &st
 }
 
 #[test]
+fn several_clusters_each_with_its_defaults_and_one_for_kubectl() {
+    let text = r#"
+[[cluster]]
+context = "kind-platform"
+mode = "nodeport"
+
+[[cluster]]
+name = "lab"
+context = "k3d-lab"
+mode = "tunnel"
+max_connections = 9
+kubectl = true
+
+[[forward]]
+name = "console"
+cluster = "kind-platform"
+namespace = "web"
+service = "console"
+local_port = 3000
+
+[[forward]]
+name = "api"
+cluster = "lab"
+namespace = "web"
+service = "api"
+local_port = 8080
+"#;
+    let config = parse(text).unwrap();
+    let names: Vec<&str> = config.clusters.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["kind-platform", "lab"], "a name defaults to the context");
+    assert_eq!(config.kubectl_cluster().name, "lab");
+    assert!(!config.clusters[0].kubectl);
+    let (console, api) = (config.forward("console").unwrap(), config.forward("api").unwrap());
+    assert_eq!(
+        (console.cluster.as_str(), console.mode),
+        ("kind-platform", Mode::Nodeport)
+    );
+    assert_eq!(
+        (api.cluster.as_str(), api.mode, api.max_connections),
+        ("lab", Mode::Tunnel, 9)
+    );
+    assert_eq!(
+        config.forwards_of("lab").map(|f| f.name.as_str()).collect::<Vec<_>>(),
+        ["api"]
+    );
+
+    // Without a mark, the first is kubectl's; a lone `[cluster]` takes its forwards.
+    let first = parse("[[cluster]]\ncontext = \"kind-a\"\n[[cluster]]\ncontext = \"kind-b\"\n").unwrap();
+    assert_eq!(first.kubectl_cluster().name, "kind-a");
+    let one =
+        parse("[cluster]\n[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 1\n").unwrap();
+    assert_eq!(
+        (one.clusters[0].name.as_str(), one.forwards[0].cluster.as_str()),
+        (DEFAULT_CLUSTER, DEFAULT_CLUSTER)
+    );
+    assert!(one.clusters[0].kubectl);
+}
+
+#[test]
 fn mode_defaults_to_the_clusters_and_a_forward_may_override_it() {
     let text = "[cluster]\nmode = \"tunnel\"\n[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 1\n[[forward]]\nname = \"b\"\nnamespace = \"n\"\nservice = \"s\"\nlocal_port = 2\nmode = \"nodeport\"\n";
     let config = parse(text).unwrap();
@@ -169,7 +263,10 @@ fn mode_defaults_to_the_clusters_and_a_forward_may_override_it() {
     );
     let err = parse("[cluster]\nmode = \"fast\"\n").unwrap_err().to_string();
     assert!(err.contains("unknown variant `fast`"), "{err}");
-    assert_eq!(parse("[cluster]\nmode = \"auto\"\n").unwrap().cluster.mode, Mode::Auto);
+    assert_eq!(
+        parse("[cluster]\nmode = \"auto\"\n").unwrap().clusters[0].mode,
+        Mode::Auto
+    );
 }
 
 #[test]

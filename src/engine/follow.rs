@@ -4,12 +4,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{Core, Event};
 use crate::config::ClusterSpec;
-use crate::discovery::ClusterStatus;
+use crate::discovery::{ClusterStatus, ClusterView};
 use crate::kubeconfig::tools::Tools;
 use crate::kubeconfig::{self, Loaded};
 use crate::status::ClusterStatusView;
@@ -29,32 +30,43 @@ pub(super) fn fingerprint(cluster: &ClusterSpec) -> Option<u64> {
 
 impl Core {
     /// Re-reads the kubeconfig when its files change: kubectl's current-context for the
-    /// snapshot, and a new client when the context's own entries changed (a re-created kind
-    /// cluster listens on a new port, with new certificates) or the context appeared.
-    pub(super) async fn follow_kubeconfig(self, files: Vec<PathBuf>, cluster: ClusterSpec, cancel: CancellationToken) {
+    /// snapshot (and the guard, when this is the cluster kubectl should point at), and a new
+    /// client when the context's own entries changed (a re-created kind cluster listens on a new
+    /// port, with new certificates) or the context appeared.
+    pub(super) async fn follow_kubeconfig(self, files: Vec<PathBuf>, name: String, cancel: CancellationToken) {
         let mut changes = match crate::watch::Files::new(&files, KUBECONFIG_SETTLE) {
             Ok(watching) => watching,
             Err(e) => return warn!(error = %e, "cannot watch the kubeconfig; changes are seen on `status` only"),
         };
-        self.refresh_kubeconfig_state(&cluster).await;
+        if let Some(cluster) = self.guarded(&name).await {
+            self.refresh_kubeconfig_state(&cluster).await;
+        }
         loop {
             // Tools write, rename and chmod in a burst: read once after it.
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 change = changes.changed() => if change.is_none() { return },
             }
-            let Some(cluster) = self.cluster().await else { return };
-            self.refresh_kubeconfig_state(&cluster).await;
+            if let Some(cluster) = self.guarded(&name).await {
+                self.refresh_kubeconfig_state(&cluster).await;
+            }
             let mut guard = self.running.lock().await;
             let Some(running) = guard.as_mut() else { return };
-            self.refresh_kubectl_context(&running.config.cluster);
-            if fingerprint(&cluster) != running.discovery.fingerprint {
+            self.refresh_kubectl_context(running.config.kubectl_cluster());
+            let Some(run) = running.cluster(&name) else { return };
+            let cluster = run.spec.clone();
+            if fingerprint(&cluster) != run.discovery.fingerprint {
                 info!("the kubeconfig entries of the context changed: reconnecting");
                 // This task belongs to the old generation: the new one has its own watcher.
                 self.restart_discovery(running, &cluster).await;
                 return;
             }
         }
+    }
+
+    /// Cluster `name`'s settings if it is the one kubectl should point at.
+    async fn guarded(&self, name: &str) -> Option<ClusterSpec> {
+        self.cluster().await.filter(|c| c.name == name)
     }
 
     /// Copies the connection counters into the snapshot, at most once per `STATS_PUSH` and only
@@ -91,23 +103,32 @@ impl Core {
         }
     }
 
-    /// Mirrors the cluster view into the snapshot and events.
-    pub(super) async fn follow_cluster(self) {
-        let mut view = self.view.subscribe();
+    /// Mirrors one cluster's view into its report in the snapshot, and its changes of state
+    /// into events. Ends with the cluster (its view's sender dropped) or the engine.
+    pub(super) async fn follow_cluster(self, mut view: watch::Receiver<ClusterView>) {
         let mut last: ClusterStatusView = (&ClusterStatus::Connecting).into();
         loop {
-            let (status, context) = {
+            let (status, context, name) = {
                 let v = view.borrow_and_update();
-                (ClusterStatusView::from(&v.status), v.context.clone())
+                (
+                    ClusterStatusView::from(&v.status),
+                    v.context.clone(),
+                    v.cluster.name.clone(),
+                )
             };
             if let Some(context) = context {
-                self.set_context(context);
+                self.set_context(&name, context);
             }
             if status != last {
-                self.hub.snapshot.send_modify(|s| s.cluster = status.clone());
+                self.hub.snapshot.send_modify(|s| {
+                    if let Some(report) = s.clusters.iter_mut().find(|c| c.name == name) {
+                        report.status = status.clone();
+                    }
+                });
                 // Only a change of state is news; a new wording of the same failure is not.
                 if status.state != last.state {
                     let _ = self.hub.events.send(Event::Cluster {
+                        name,
                         from: last.clone(),
                         to: status.clone(),
                     });
@@ -121,26 +142,33 @@ impl Core {
         }
     }
 
-    /// Reads kubectl's current-context; with a context configured, that is Porthole's (with
-    /// none, Porthole uses kubectl's: the one discovery reports).
+    /// Reads kubectl's current-context (through the kubeconfig of `cluster`, the one kubectl
+    /// should point at); with a context configured, that is the cluster's (with none, it uses
+    /// kubectl's: the one discovery reports).
     pub(super) fn refresh_kubectl_context(&self, cluster: &ClusterSpec) {
         let current = Loaded::for_cluster(cluster)
             .ok()
             .and_then(|l| l.current_context().map(String::from));
         // Both in one snapshot: none shows the new context beside kubectl's old one.
-        let context = cluster.context.clone();
+        let (name, context) = (cluster.name.clone(), cluster.context.clone());
         self.hub.snapshot.send_if_modified(|s| {
             let kubectl = replace(&mut s.kubectl_context, current);
-            let ours = context.is_some_and(|context| replace(&mut s.context, Some(context)));
+            let ours = match (context, s.clusters.iter_mut().find(|c| c.name == name)) {
+                (Some(context), Some(report)) => replace(&mut report.context, Some(context)),
+                _ => false,
+            };
             kubectl | ours
         });
     }
 
-    /// Porthole's context: the one configured, or the one discovery resolved.
-    pub(super) fn set_context(&self, context: String) {
+    /// Cluster `name`'s context: the one configured, or the one discovery resolved.
+    pub(super) fn set_context(&self, name: &str, context: String) {
         self.hub
             .snapshot
-            .send_if_modified(|s| replace(&mut s.context, Some(context)));
+            .send_if_modified(|s| match s.clusters.iter_mut().find(|c| c.name == name) {
+                Some(report) => replace(&mut report.context, Some(context)),
+                None => false,
+            });
     }
 
     /// Inspects the kubeconfig from Porthole's context and reports a change of state.

@@ -45,7 +45,13 @@ fn reasons(plan: &Plan) -> Vec<(usize, String)> {
 #[test]
 fn the_quick_starts_socat_script_gives_its_five_services() {
     let (found, skipped) = parse(QUICK_START);
-    let plan = plan(found, skipped, &empty(), Some("kind-openchoreo-local"), &unknown());
+    let plan = plan(
+        found,
+        skipped,
+        &empty(),
+        ("default", Some("kind-openchoreo-local")),
+        &unknown(),
+    );
     assert_eq!(
         rows(&plan),
         [
@@ -87,7 +93,13 @@ fn the_quick_starts_socat_script_gives_its_five_services() {
 fn the_quick_start_into_its_own_preset_adds_nothing_and_says_why() {
     let preset = Config::preset("openchoreo").unwrap();
     let (found, skipped) = parse(QUICK_START);
-    let plan = plan(found, skipped, &preset, Some("kind-openchoreo-local"), &unknown());
+    let plan = plan(
+        found,
+        skipped,
+        &preset,
+        ("kind-openchoreo-local", Some("kind-openchoreo-local")),
+        &unknown(),
+    );
     assert_eq!(rows(&plan), []);
     assert_eq!(
         reasons(&plan),
@@ -104,7 +116,7 @@ fn the_quick_start_into_its_own_preset_adds_nothing_and_says_why() {
 #[test]
 fn kubectl_port_forward_lines_in_their_many_forms() {
     let (found, skipped) = parse(KUBECTL);
-    let plan = plan(found, skipped, &empty(), Some("kind-dev"), &unknown());
+    let plan = plan(found, skipped, &empty(), ("default", Some("kind-dev")), &unknown());
     assert_eq!(
         rows(&plan),
         [
@@ -127,7 +139,7 @@ fn kubectl_port_forward_lines_in_their_many_forms() {
     assert!(reasons[1].1.starts_with("pod/debug-0"), "{}", reasons[1].1);
     assert_eq!(
         reasons[2].1,
-        "context `kind-other`: this config's cluster is `kind-dev`"
+        "context `kind-other` is no cluster of this config (here: `default`, context `kind-dev`): add it as a cluster (`[[cluster]]` with `context = \"kind-other\"`, or Add cluster in the settings page) and import again with `--cluster`"
     );
     assert!(reasons[3].1.contains("without ports"), "{}", reasons[3].1);
     assert!(
@@ -140,7 +152,7 @@ fn kubectl_port_forward_lines_in_their_many_forms() {
 #[test]
 fn a_kftray_export_gives_its_tcp_services_and_names_the_rest() {
     let (found, skipped) = parse(KFTRAY);
-    let plan = plan(found, skipped, &empty(), Some("kind-dev"), &unknown());
+    let plan = plan(found, skipped, &empty(), ("default", Some("kind-dev")), &unknown());
     assert_eq!(
         rows(&plan),
         [
@@ -163,7 +175,7 @@ fn a_kftray_export_gives_its_tcp_services_and_names_the_rest() {
 fn what_only_the_cluster_knows_is_asked_of_it_or_reported() {
     let script = "np=$(kubectl get svc api -n apps -o jsonpath='{.spec.ports[1].nodePort}')\nsocat TCP-LISTEN:9001,fork TCP:worker:$np &\nsocat TCP-LISTEN:9002,fork TCP:worker:31234 &\nsocat TCP-LISTEN:9003,fork TCP:worker:$nope &\n";
     let (found, skipped) = parse(script);
-    let without = plan(found.clone(), skipped.clone(), &empty(), None, &unknown());
+    let without = plan(found.clone(), skipped.clone(), &empty(), ("default", None), &unknown());
     assert_eq!(rows(&without), []);
     let why = reasons(&without);
     assert_eq!(why.len(), 3, "{why:#?}");
@@ -194,7 +206,7 @@ fn what_only_the_cluster_knows_is_asked_of_it_or_reported() {
             ports: vec![(None, 8080, Some(31234))],
         },
     ]);
-    let with = plan(found, skipped, &empty(), None, &services);
+    let with = plan(found, skipped, &empty(), ("default", None), &services);
     assert_eq!(
         rows(&with),
         [
@@ -214,7 +226,7 @@ fn names_stay_unique_and_valid() {
     )
     .unwrap()
     .forwards;
-    let plan = plan(found, skipped, &config, None, &unknown());
+    let plan = plan(found, skipped, &config, ("default", None), &unknown());
     let names: Vec<&str> = plan.add.iter().map(|a| a.draft.name.as_str()).collect();
     assert_eq!(names, ["web-2", "web-3"]);
     assert_eq!(clean_name("nginx pods/1"), "nginx-pods-1");

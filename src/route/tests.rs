@@ -75,7 +75,7 @@ fn forward(extra: &str) -> (ForwardSpec, ClusterSpec) {
     };
     let text = format!("[[forward]]\nname = \"f\"\nnamespace = \"apps\"\nlocal_port = 1\n{mode}{extra}\n");
     let config = Config::parse(&text, &Source::Preset("test")).unwrap();
-    (config.forwards[0].clone(), config.cluster)
+    (config.forwards[0].clone(), config.clusters[0].clone())
 }
 
 fn resolve_with(extra: &str) -> Result<Route, Cause> {

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use super::{ForwardStatus, Snapshot, printable};
+use super::{ClusterReport, ForwardStatus, Snapshot, printable};
 
 /// The status as `porthole status` prints it and the tray's "Copy status" copies it: a line
 /// about the cluster (and one about the kubeconfig when it is wrong), then the forwards' table.
@@ -15,14 +15,16 @@ impl fmt::Display for Snapshot {
 
 fn text(snapshot: &Snapshot) -> String {
     let mut out = String::new();
-    let context = snapshot.context.as_deref().unwrap_or("(kubectl's current)");
+    let context = snapshot.context().unwrap_or("(kubectl's current)");
     let kubectl = snapshot.kubectl_context.as_deref().unwrap_or("(none)");
-    let cluster = match &snapshot.cluster.detail {
-        Some(detail) => format!("{} ({detail})", snapshot.cluster.state),
-        None => snapshot.cluster.state.clone(),
-    };
-    out += &printable(&format!("context {context}: {cluster} (kubectl: {kubectl})"));
-    out.push('\n');
+    let several = snapshot.clusters.len() > 1;
+    if several {
+        out += &printable(&format!("kubectl: {kubectl}"));
+        out.push('\n');
+    } else if let Some(cluster) = snapshot.clusters.first() {
+        out += &printable(&format!("context {context}: {} (kubectl: {kubectl})", state(cluster)));
+        out.push('\n');
+    }
     match &snapshot.kubeconfig {
         Some(report) if !report.state.is_ok() => {
             out += &format!(
@@ -40,7 +42,35 @@ fn text(snapshot: &Snapshot) -> String {
         }
         None => {}
     }
-    out + &table(&snapshot.forwards.iter().collect::<Vec<_>>())
+    if !several {
+        return out + &table(&snapshot.forwards.iter().collect::<Vec<_>>());
+    }
+    // A section per cluster: its line, then its forwards.
+    for cluster in &snapshot.clusters {
+        let forwards: Vec<&ForwardStatus> = snapshot.forwards.iter().filter(|f| f.cluster == cluster.name).collect();
+        out.push('\n');
+        out += &printable(&format!(
+            "cluster {} (context {}{}): {}",
+            cluster.name,
+            cluster.context.as_deref().unwrap_or("kubectl's current"),
+            if cluster.kubectl { ", kubectl's" } else { "" },
+            state(cluster)
+        ));
+        out.push('\n');
+        out += &match forwards.is_empty() {
+            true => "(no forwards)\n".to_string(),
+            false => table(&forwards),
+        };
+    }
+    out
+}
+
+/// A cluster's API state in words: `connected`, `unreachable (connection refused)`.
+fn state(cluster: &ClusterReport) -> String {
+    match &cluster.status.detail {
+        Some(detail) => format!("{} ({detail})", cluster.status.state),
+        None => cluster.status.state.clone(),
+    }
 }
 
 /// The forwards' table: a header, a line each with columns sized to their contents, and the
@@ -159,6 +189,7 @@ mod tests {
     fn forward(name: &str, port: u16, route: Option<RouteView>, health: Health) -> ForwardStatus {
         ForwardStatus {
             name: name.into(),
+            cluster: "kind-a".into(),
             namespace: "ns".into(),
             service: name.into(),
             local: Some(([127, 0, 0, 1], port).into()),
@@ -168,6 +199,61 @@ mod tests {
             route,
             stats: Default::default(),
         }
+    }
+
+    fn cluster(name: &str, kubectl: bool, state: &str, detail: Option<&str>) -> ClusterReport {
+        ClusterReport {
+            name: name.into(),
+            context: Some(name.into()),
+            kubectl,
+            status: ClusterStatusView {
+                state: state.into(),
+                detail: detail.map(str::to_string),
+            },
+        }
+    }
+
+    #[test]
+    fn several_clusters_get_a_section_each_with_its_own_state() {
+        let healthy = Health::new(State::Healthy, None);
+        let down = Health::new(
+            State::Down,
+            Some(Cause::new(CauseId::ClusterUnreachable, "connection refused")),
+        );
+        let mut lab = forward("lab-api", 9000, None, down);
+        lab.cluster = "k3d-lab".into();
+        let snapshot = Snapshot {
+            kubectl_context: Some("kind-a".into()),
+            kubeconfig: None,
+            clusters: vec![
+                cluster("kind-a", true, "connected", None),
+                cluster("k3d-lab", false, "unreachable", Some("connection refused")),
+                cluster("k3d-empty", false, "connected", None),
+            ],
+            forwards: vec![forward("console", 3000, None, healthy), lab],
+        };
+        let text = snapshot.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "kubectl: kind-a", "{text}");
+        let at = |prefix: &str| {
+            lines
+                .iter()
+                .position(|l| l.starts_with(prefix))
+                .unwrap_or_else(|| panic!("{prefix}:\n{text}"))
+        };
+        let (a, lab, empty) = (at("cluster kind-a"), at("cluster k3d-lab"), at("cluster k3d-empty"));
+        assert_eq!(lines[a], "cluster kind-a (context kind-a, kubectl's): connected");
+        assert_eq!(
+            lines[lab],
+            "cluster k3d-lab (context k3d-lab): unreachable (connection refused)"
+        );
+        let console = at("console");
+        let lab_api = at("lab-api");
+        assert!(
+            a < console && console < lab && lab < lab_api && lab_api < empty,
+            "{text}"
+        );
+        assert_eq!(lines[empty + 1], "(no forwards)", "{text}");
     }
 
     fn route(path: Path, target: &str, pod: Option<&str>) -> RouteView {
@@ -188,13 +274,9 @@ mod tests {
     fn the_table_names_the_path_and_keeps_its_columns_aligned() {
         let healthy = Health::new(State::Healthy, None);
         let snapshot = Snapshot {
-            context: Some("kind-a".into()),
             kubectl_context: Some("kind-a".into()),
             kubeconfig: None,
-            cluster: ClusterStatusView {
-                state: "connected".into(),
-                detail: None,
-            },
+            clusters: vec![cluster("kind-a", true, "connected", None)],
             forwards: vec![
                 forward(
                     "a-rather-long-forward-name",

@@ -14,13 +14,13 @@ async fn unreachable_api_degrades_but_traffic_still_flows() {
     let degraded = wait_cause(&engine, "echo", State::Degraded, CauseId::ClusterUnreachable).await;
     assert!(degraded.route.is_some(), "the last known route is kept");
     let event = wait_event(&mut events, |e| matches!(e, Event::Cluster { .. })).await;
-    let Event::Cluster { from, to } = event else {
+    let Event::Cluster { from, to, .. } = event else {
         unreachable!()
     };
     assert_eq!((from.state.as_str(), to.state.as_str()), ("connected", "unreachable"));
     assert_eq!(echo_once(addr, b"no API needed").await.unwrap(), b"no API needed");
     round_trip(&mut open, b"open connection too").await.unwrap();
-    assert_eq!(engine.status().await.cluster.state, "unreachable");
+    assert_eq!(engine.status().await.clusters[0].status.state, "unreachable");
     cluster.set_api_reachable(true);
     wait_healthy(&engine, "echo").await;
     round_trip(&mut open, b"and after").await.unwrap();
@@ -60,7 +60,7 @@ async fn a_kubeconfig_with_the_wrong_certificates_is_a_credentials_problem() {
     let kubeconfig = dir.path().join("config");
     std::fs::write(&kubeconfig, text).unwrap();
     let mut config = config(&cluster, &forward("echo", NS, "echo"));
-    config.cluster.kubeconfig = Some(kubeconfig);
+    config.clusters[0].kubeconfig = Some(kubeconfig);
     let engine = Engine::start(config, tuning());
     let status = wait_cause(&engine, "echo", State::Down, CauseId::Unauthorized).await;
     let cause = status.health.cause.unwrap();
@@ -77,7 +77,7 @@ async fn kubectl_context_mismatch_is_reported_but_porthole_keeps_its_own() {
     wait_healthy(&engine, "echo").await;
     let snapshot = engine.status().await;
     assert_eq!(snapshot.kubectl_context.as_deref(), Some("rancher-desktop"));
-    assert_eq!(snapshot.context.as_deref(), Some("kind-mismatch"));
+    assert_eq!(snapshot.context(), Some("kind-mismatch"));
     assert!(snapshot.context_mismatch());
     engine.shutdown(Duration::from_secs(1)).await;
 }
@@ -87,7 +87,7 @@ async fn missing_context_is_named_with_the_kind_fix() {
     let (cluster, _backend) = echo_cluster("ctx", "NodePort").await;
     let text = config(&cluster, &forward("echo", NS, "echo"));
     let mut config = text;
-    config.cluster.context = Some("kind-openchoreo-local".into());
+    config.clusters[0].context = Some("kind-openchoreo-local".into());
     let engine = Engine::start(config, tuning());
     let status = wait_cause(&engine, "echo", State::Down, CauseId::ContextMissing).await;
     let cause = status.health.cause.unwrap();

@@ -168,7 +168,7 @@ async fn shutdown_closes_connections_that_outlive_the_drain() {
 async fn the_quick_start_preset_serves_all_five_ports() {
     let quick_start = FakeCluster::openchoreo().await;
     let mut config = porthole::Config::preset("openchoreo").unwrap();
-    config.cluster.kubeconfig = Some(quick_start.kubeconfig());
+    config.clusters[0].kubeconfig = Some(quick_start.kubeconfig());
     for f in &mut config.forwards {
         f.local_port = 0;
     }
@@ -277,14 +277,15 @@ async fn quick_successive_context_changes_end_connected_to_the_last() {
     let a = local(&wait_healthy(&engine, "a").await);
     let pinned = config(&cluster, &forward("a", NS, "echo"));
     let mut following = pinned.clone();
-    following.cluster.context = None;
+    following.clusters[0].context = None;
     // As from the settings page: "kubectl's current-context", then back, each a reconnect,
     // the second before the first has finished connecting.
     for round in 0..5 {
         engine.apply(following.clone()).await.unwrap();
         engine.apply(pinned.clone()).await.unwrap();
         wait_snapshot(&engine, "connected after the last change", |s| {
-            s.cluster.state == "connected" && s.forward("a").is_some_and(|f| f.health.state == State::Healthy)
+            s.clusters[0].status.state == "connected"
+                && s.forward("a").is_some_and(|f| f.health.state == State::Healthy)
         })
         .await;
         assert_eq!(

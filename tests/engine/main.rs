@@ -4,6 +4,7 @@
 mod api_and_kubeconfig;
 mod causes;
 mod cluster_changes;
+mod clusters;
 mod data_path;
 mod lifecycle;
 mod wake;

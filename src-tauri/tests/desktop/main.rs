@@ -715,8 +715,11 @@ async fn a_first_run_without_the_quick_start_is_neutral_and_opens_the_settings_o
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn forwards_imported_through_the_page_are_previewed_chosen_and_served() {
+async fn forwards_imported_through_the_page_are_previewed_chosen_and_served_and_a_cluster_added_and_removed() {
     let d = Desktop::start(&["console", "api"]).await;
+    // A second context in the kubeconfig (its server is dead), kubectl still on the first.
+    d.cluster.cluster.set_current_context("k3d-lab");
+    d.cluster.cluster.set_current_context(&d.cluster.cluster.context());
     let driver = webdriver::Driver::start(&d.home, &d.bus, &["--settings"]).await;
     let (port, other) = (app::free_port(), app::free_port());
     webdriver::import_scenario(&driver, &d.home, port, other).await;
@@ -725,6 +728,12 @@ async fn forwards_imported_through_the_page_are_previewed_chosen_and_served() {
             .is_some_and(|f| f.health.state == State::Healthy)
     })
     .await;
+    webdriver::clusters_scenario(&driver, &d.home, "k3d-lab").await;
+    let snapshot = wait_engine(&d.home.control(), "one cluster again", |s| s.clusters.len() == 1).await;
+    assert!(
+        snapshot.forwards.iter().all(|f| f.health.state == State::Healthy),
+        "{snapshot:#?}"
+    );
     driver.quit().await;
 }
 

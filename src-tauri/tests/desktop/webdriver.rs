@@ -105,7 +105,13 @@ impl Driver {
             }
         })
         .await;
-        found.unwrap_or_else(|_| panic!("{css} never showed the expected text"))
+        match found {
+            Ok(text) => text,
+            Err(_) => panic!(
+                "{css} never showed the expected text; it shows:\n{}",
+                self.text_of(css).await
+            ),
+        }
     }
 
     /// Waits until the page has loaded and nothing it started is in flight (`data-pending`,
@@ -557,4 +563,49 @@ fn base64(bytes: &[u8]) -> String {
         }
     }
     out
+}
+
+/// Adds a second cluster from the kubeconfig's context `context` (a dead server: its API is
+/// unreachable), sees it get a section of its own, then removes it (a first click asks, the
+/// second removes). The file says two clusters, then one; the forwards stay in the first.
+pub async fn clusters_scenario(driver: &Driver, home: &Home, context: &str) {
+    driver.settled().await;
+    driver.wait_text("#clusters", |t| !t.is_empty()).await;
+    // Chosen the way a user does, then the button.
+    driver
+        .client
+        .execute(
+            "document.getElementById('add-cluster-context').value = arguments[0]",
+            vec![serde_json::Value::String(context.into())],
+        )
+        .await
+        .unwrap();
+    driver.find("#add-cluster").await.click().await.unwrap();
+    driver.settled().await;
+    let text = std::fs::read_to_string(home.config()).unwrap();
+    assert_eq!(text.matches("[[cluster]]").count(), 2, "{text}");
+    assert!(text.contains(&format!("context = \"{context}\"")), "{text}");
+    // Its API answers nothing: its own section says so; the first cluster's forwards are fine.
+    let table = driver
+        .wait_text("#forwards tbody", |t| t.contains(&format!("{context} — unreachable")))
+        .await;
+    assert!(table.contains("(kubectl) — connected"), "{table}");
+    let clusters = driver.text_of("#clusters").await;
+    assert!(clusters.contains(context), "{clusters}");
+
+    let remove = format!("#clusters li[data-cluster='{context}'] button.remove-cluster");
+    driver.find(&remove).await.click().await.unwrap();
+    driver.settled().await;
+    assert!(driver.text_of(&remove).await.contains(&format!("Remove {context}")));
+    assert_eq!(
+        std::fs::read_to_string(home.config()).unwrap(),
+        text,
+        "the first click only asks"
+    );
+    driver.find(&remove).await.click().await.unwrap();
+    driver.settled().await;
+    let after = std::fs::read_to_string(home.config()).unwrap();
+    assert_eq!(after.matches("[[cluster]]").count(), 1, "{after}");
+    assert!(!after.contains(context), "{after}");
+    driver.wait_text("#forwards tbody", |t| !t.contains(context)).await;
 }

@@ -147,6 +147,7 @@ mod tests {
             ],
             nodes: vec![],
             endpoint_slices: vec![],
+            pods: vec![],
         };
         let catalog = Catalog::of(&world);
         let names: Vec<&str> = catalog.namespaces.iter().map(|n| n.name.as_str()).collect();

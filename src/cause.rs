@@ -49,6 +49,8 @@ pub enum CauseId {
     Unauthorized,
     NamespaceMissing,
     ServiceMissing,
+    /// No pod matches a forward to pods (`pods = {…}`, `pod = "…"`).
+    PodMissing,
     WrongServiceType,
     PortNotFound,
     NoReadyEndpoints,
@@ -86,6 +88,7 @@ impl CauseId {
             CauseId::Unauthorized => "unauthorized",
             CauseId::NamespaceMissing => "namespace-missing",
             CauseId::ServiceMissing => "service-missing",
+            CauseId::PodMissing => "pod-missing",
             CauseId::WrongServiceType => "wrong-service-type",
             CauseId::PortNotFound => "port-not-found",
             CauseId::NoReadyEndpoints => "no-ready-endpoints",

@@ -89,6 +89,7 @@ enum Command {
     /// List the forwards of the config file
     List,
     /// Add a forward to the config file (comments kept, a backup first, written atomically); a running engine applies it
+    #[command(group(clap::ArgGroup::new("target").required(true).multiple(false)))]
     Add {
         /// The forward's name: letters, digits, `.`, `_` and `-`
         name: String,
@@ -99,8 +100,15 @@ enum Command {
         #[arg(long, short = 'n')]
         namespace: String,
         /// The service's name
-        #[arg(long)]
-        service: String,
+        #[arg(long, group = "target")]
+        service: Option<String>,
+        /// Instead of a service: pods by their labels, `app=worker,tier=web` (a Deployment's;
+        /// through the API server)
+        #[arg(long, value_name = "LABELS", group = "target")]
+        pods: Option<String>,
+        /// Instead of a service: one pod by name (a StatefulSet's keeps its name)
+        #[arg(long, value_name = "NAME", group = "target")]
+        pod: Option<String>,
         /// The service port, by number or name [default: the service's first port]
         #[arg(long, value_name = "PORT")]
         port: Option<String>,
@@ -277,6 +285,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             cluster,
             namespace,
             service,
+            pods,
+            pod,
             port,
             local_port,
             mode,
@@ -291,7 +301,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 name,
                 cluster: cluster.unwrap_or_default(),
                 namespace,
-                service,
+                service: service.unwrap_or_default(),
+                pods: pods.unwrap_or_default(),
+                pod: pod.unwrap_or_default(),
                 service_port: port.unwrap_or_default(),
                 local_port: local_port.to_string(),
                 bind: bind.unwrap_or_default(),
@@ -407,7 +419,7 @@ fn edit_config(config_arg: Option<&Path>, edit: Edit) -> anyhow::Result<ExitCode
     match &edit {
         Edit::Forward { draft, .. } => println!("added {} to {path} ({} forwards)", draft.name, config.forwards.len()),
         Edit::RemoveForward(name) => println!("removed {name} from {path} ({} forwards left)", config.forwards.len()),
-        Edit::Context(_) | Edit::AddForwards(_) | Edit::AddCluster { .. } | Edit::RemoveCluster(_) => {}
+        Edit::Context(_) | Edit::AddForwards { .. } | Edit::AddCluster { .. } | Edit::RemoveCluster(_) => {}
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Node, Service};
+use k8s_openapi::api::core::v1::{Container, Namespace, Node, Pod, PodSpec, PodStatus, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::utils::Backoff;
@@ -187,10 +187,18 @@ enum Kind {
     Service,
     Node,
     EndpointSlice,
+    /// Watched only for a cluster with forwards to pods.
+    Pod,
 }
 
 impl Kind {
-    const ALL: [Kind; 4] = [Kind::Namespace, Kind::Service, Kind::Node, Kind::EndpointSlice];
+    const ALL: [Kind; 5] = [
+        Kind::Namespace,
+        Kind::Service,
+        Kind::Node,
+        Kind::EndpointSlice,
+        Kind::Pod,
+    ];
 
     /// Whether the API server lists this kind again (a cheap list of one object's metadata).
     async fn lists(self, client: &Client) -> Result<(), kube::Error> {
@@ -201,13 +209,14 @@ impl Kind {
             Kind::Service => Api::<Service>::all(client).list_metadata(&lp).await.map(drop),
             Kind::Node => Api::<Node>::all(client).list_metadata(&lp).await.map(drop),
             Kind::EndpointSlice => Api::<EndpointSlice>::all(client).list_metadata(&lp).await.map(drop),
+            Kind::Pod => Api::<Pod>::all(client).list_metadata(&lp).await.map(drop),
         }
     }
 }
 
 /// Something per [`Kind`].
 #[derive(Debug, Default)]
-struct PerKind<T>([T; 4]);
+struct PerKind<T>([T; 5]);
 
 impl<T> std::ops::Index<Kind> for PerKind<T> {
     type Output = T;
@@ -266,7 +275,7 @@ pub async fn run(
                     v.context = Some(clients.context);
                     v.client = Some(ApiClient(clients.tunnel));
                 });
-                match watch_cluster(clients.api, &view, &cancel, &mut wakes).await {
+                match watch_cluster(clients.api, cluster.watch_pods, &view, &cancel, &mut wakes).await {
                     Ended::Stopped => return,
                     Ended::Woken => {
                         info!("reconnecting to the cluster after a wake");
@@ -299,7 +308,12 @@ fn replace<T: PartialEq>(slot: &mut T, value: T) -> bool {
 
 /// A reflector of `K`; `refused` is set while the API server refuses the credentials (its
 /// backoff and every other watch's slow down) and cleared when the watch works.
-fn reflect<K>(api: Api<K>, kind: Kind, refused: Arc<AtomicBool>) -> (Store<K>, impl Stream<Item = Signal> + Send)
+fn reflect<K>(
+    api: Api<K>,
+    kind: Kind,
+    refused: Arc<AtomicBool>,
+    trim: fn(&mut K),
+) -> (Store<K>, impl Stream<Item = Signal> + Send)
 where
     K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + serde::de::DeserializeOwned + 'static,
 {
@@ -307,7 +321,10 @@ where
     let flag = refused.clone();
     let stream = watcher(api, watcher::Config::default())
         .backoff(Reconnect::new(refused))
-        .modify(|o: &mut K| o.managed_fields_mut().clear())
+        .modify(move |o: &mut K| {
+            o.managed_fields_mut().clear();
+            trim(o);
+        })
         .reflect(writer)
         .map(move |item| match item {
             Ok(event) => {
@@ -361,11 +378,40 @@ fn short_error(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// The four stores a [`World`] is read from.
+/// Keeps what a route to a pod needs (labels, node, container ports, phase, conditions): a
+/// pod's env, volumes and statuses are most of its size, and the store holds every pod.
+fn trim_pod(pod: &mut Pod) {
+    pod.metadata.annotations = None;
+    pod.metadata.owner_references = None;
+    pod.spec = pod.spec.take().map(|spec| PodSpec {
+        node_name: spec.node_name,
+        containers: spec
+            .containers
+            .into_iter()
+            .map(|c| Container {
+                name: c.name,
+                ports: c.ports,
+                ..Container::default()
+            })
+            .collect(),
+        ..PodSpec::default()
+    });
+    pod.status = pod.status.take().map(|status| PodStatus {
+        phase: status.phase,
+        conditions: status.conditions,
+        ..PodStatus::default()
+    });
+}
+
+fn keep<K>(_: &mut K) {}
+
 struct Stores {
     namespaces: Store<Namespace>,
     services: Store<Service>,
     nodes: Store<Node>,
     slices: Store<EndpointSlice>,
+    /// `None` when no forward of the cluster goes to pods.
+    pods: Option<Store<Pod>>,
 }
 
 impl Stores {
@@ -375,6 +421,7 @@ impl Stores {
             services: self.services.state(),
             nodes: self.nodes.state(),
             endpoint_slices: self.slices.state(),
+            pods: self.pods.as_ref().map(Store::state).unwrap_or_default(),
         }
     }
 }
@@ -437,27 +484,53 @@ enum Ended {
 
 async fn watch_cluster(
     client: Client,
+    pods: bool,
     view: &watch::Sender<ClusterView>,
     cancel: &CancellationToken,
     wakes: &mut watch::Receiver<u64>,
 ) -> Ended {
     let refused = Arc::new(AtomicBool::new(false));
-    let (namespaces, s0) = reflect(Api::<Namespace>::all(client.clone()), Kind::Namespace, refused.clone());
-    let (services, s1) = reflect(Api::<Service>::all(client.clone()), Kind::Service, refused.clone());
-    let (nodes, s2) = reflect(Api::<Node>::all(client.clone()), Kind::Node, refused.clone());
+    let (namespaces, s0) = reflect(
+        Api::<Namespace>::all(client.clone()),
+        Kind::Namespace,
+        refused.clone(),
+        keep,
+    );
+    let (services, s1) = reflect(
+        Api::<Service>::all(client.clone()),
+        Kind::Service,
+        refused.clone(),
+        keep,
+    );
+    let (nodes, s2) = reflect(Api::<Node>::all(client.clone()), Kind::Node, refused.clone(), keep);
     let (slices, s3) = reflect(
         Api::<EndpointSlice>::all(client.clone()),
         Kind::EndpointSlice,
         refused.clone(),
+        keep,
     );
+    let mut streams = vec![s0.boxed(), s1.boxed(), s2.boxed(), s3.boxed()];
+    let mut progress = Progress::default();
+    let pods = match pods {
+        true => {
+            let (pods, s4) = reflect(Api::<Pod>::all(client.clone()), Kind::Pod, refused.clone(), trim_pod);
+            streams.push(s4.boxed());
+            Some(pods)
+        }
+        // Not watched: nothing to wait for.
+        false => {
+            progress.synced[Kind::Pod] = true;
+            None
+        }
+    };
     let stores = Stores {
         namespaces,
         services,
         nodes,
         slices,
+        pods,
     };
-    let mut signals = futures::stream::select_all([s0.boxed(), s1.boxed(), s2.boxed(), s3.boxed()]);
-    let mut progress = Progress::default();
+    let mut signals = futures::stream::select_all(streams);
     let mut recheck = Reconnect::new(refused);
     // A deadline that survives other signals: a busy watch must not starve the recheck.
     let mut recheck_at: Option<tokio::time::Instant> = None;
@@ -537,7 +610,7 @@ async fn recover(client: &Client, failures: &mut PerKind<Option<ClusterStatus>>)
 }
 
 /// Lists everything once (for `doctor`): the same [`World`] the engine builds from its watches.
-pub async fn list_world(client: &Client) -> Result<World, kube::Error> {
+pub async fn list_world(client: &Client, pods: bool) -> Result<World, kube::Error> {
     let lp = kube::api::ListParams::default();
     let (ns_api, svc_api) = (
         Api::<Namespace>::all(client.clone()),
@@ -553,11 +626,16 @@ pub async fn list_world(client: &Client) -> Result<World, kube::Error> {
         node_api.list(&lp),
         slice_api.list(&lp)
     )?;
+    let pods = match pods {
+        true => arcs(Api::<Pod>::all(client.clone()).list(&lp).await?.items),
+        false => Vec::new(),
+    };
     Ok(World {
         namespaces: arcs(namespaces.items),
         services: arcs(services.items),
         nodes: arcs(nodes.items),
         endpoint_slices: arcs(slices.items),
+        pods,
     })
 }
 

@@ -122,7 +122,7 @@ async fn reach_cluster(cluster: &ClusterSpec, timeout: Duration, checks: &mut Ve
         Ok(clients) => clients.api,
         Err(e) => return fail(checks, "API server", e.cause()),
     };
-    let failure = match tokio::time::timeout(timeout, list_world(&client)).await {
+    let failure = match tokio::time::timeout(timeout, list_world(&client, cluster.watch_pods)).await {
         Ok(Ok(world)) => {
             checks.push(Check::pass("API server", format!("{context} answers")));
             return Some(world);

@@ -106,11 +106,11 @@ impl Inputs {
             }
         };
         if route.ready_endpoints == 0 {
-            let cause = Cause::new(
-                CauseId::NoReadyEndpoints,
-                format!("service {} has no ready endpoints", route.service),
-            )
-            .with_fix(format!(
+            let what = match route.service_type.as_str() {
+                "Pod" => format!("no pod of {} is ready", route.service),
+                _ => format!("service {} has no ready endpoints", route.service),
+            };
+            let cause = Cause::new(CauseId::NoReadyEndpoints, what).with_fix(format!(
                 "check its pods: kubectl get pods -n {} (a restarting pod comes back by itself)",
                 route.namespace
             ));

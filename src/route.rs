@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Service, ServicePort};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Serialize;
 use tokio::net::TcpStream;
@@ -29,6 +29,8 @@ pub struct World {
     pub services: Vec<Arc<Service>>,
     pub nodes: Vec<Arc<Node>>,
     pub endpoint_slices: Vec<Arc<EndpointSlice>>,
+    /// Only for a cluster with forwards to pods (`ClusterSpec::watch_pods`); else empty.
+    pub pods: Vec<Arc<Pod>>,
 }
 
 /// Where a node is reached.
@@ -369,6 +371,9 @@ pub fn resolve(spec: &ForwardSpec, cluster: &ClusterSpec, world: &World) -> Resu
             )),
         );
     }
+    if spec.target.is_pods() {
+        return resolve_pods(spec, world);
+    }
     let service = find_service(spec, world)?;
     let name = format!("{ns}/{}", service.metadata.name.as_deref().unwrap_or_default());
     let svc_spec = service.spec.as_ref();
@@ -465,6 +470,107 @@ pub fn resolve(spec: &ForwardSpec, cluster: &ClusterSpec, world: &World) -> Resu
     })
 }
 
+/// A forward to pods (`pods = {…}`, `pod = "…"`): a tunnel to each ready one, on the port
+/// asked for (a container port's name or any number), else the first container port.
+fn resolve_pods(spec: &ForwardSpec, world: &World) -> Result<Route, Cause> {
+    let ns = spec.namespace.as_str();
+    let matching: Vec<&Pod> = world
+        .pods
+        .iter()
+        .map(|p| p.as_ref())
+        .filter(|p| p.metadata.namespace.as_deref() == Some(ns))
+        .filter(|p| match &spec.target {
+            ServiceTarget::Pods(selector) => {
+                let labels = p.metadata.labels.as_ref();
+                selector.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+            }
+            ServiceTarget::Pod(name) => p.metadata.name.as_deref() == Some(name),
+            _ => false,
+        })
+        .collect();
+    let what = format!("{ns}/{}", spec.target);
+    if matching.is_empty() {
+        let listing = match &spec.target {
+            ServiceTarget::Pods(selector) => {
+                format!("kubectl get pods -n {ns} -l {}", crate::config::labels_text(selector))
+            }
+            _ => format!("kubectl get pods -n {ns}"),
+        };
+        return Err(
+            Cause::new(CauseId::PodMissing, format!("no pod matches {what}")).with_fix(format!(
+                "check `{listing}`; install the release, or correct forward `{}`",
+                spec.name
+            )),
+        );
+    }
+    // The port each pod is reached on: by name from its containers, a number as given.
+    let port_of = |pod: &Pod| -> Option<(u16, Option<String>)> {
+        let ports = pod
+            .spec
+            .iter()
+            .flat_map(|s| &s.containers)
+            .flat_map(|c| c.ports.iter().flatten());
+        let mut ports = ports.filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP");
+        match &spec.service_port {
+            Some(PortRef::Number(n)) => Some((*n, None)),
+            Some(PortRef::Name(name)) => ports
+                .find(|p| p.name.as_deref() == Some(name))
+                .and_then(|p| Some((u16::try_from(p.container_port).ok()?, p.name.clone()))),
+            None => ports
+                .next()
+                .and_then(|p| Some((u16::try_from(p.container_port).ok()?, p.name.clone()))),
+        }
+    };
+    let Some((number, port_name)) = matching.iter().find_map(|p| port_of(p)) else {
+        let wanted = spec
+            .service_port
+            .as_ref()
+            .map_or("a container port".to_string(), |p| format!("a container port `{p}`"));
+        return Err(
+            Cause::new(CauseId::PortNotFound, format!("no pod of {what} declares {wanted}")).with_fix(format!(
+                "set `service_port` of forward `{}` to a port number",
+                spec.name
+            )),
+        );
+    };
+    let mut pods: Vec<PodTarget> = matching
+        .iter()
+        .filter(|p| pod_ready(p))
+        .filter_map(|p| {
+            Some(PodTarget {
+                name: p.metadata.name.clone()?,
+                port: port_of(p)?.0,
+                node: p.spec.as_ref().and_then(|s| s.node_name.clone()),
+            })
+        })
+        .collect();
+    pods.sort_by(|a, b| a.name.cmp(&b.name));
+    let port = ServicePort {
+        name: port_name,
+        port: i32::from(number),
+        ..ServicePort::default()
+    };
+    Ok(Route {
+        namespace: ns.to_string(),
+        service: what,
+        service_type: "Pod".into(),
+        port: describe_port(&port),
+        protocol: Protocol::of(&port),
+        ready_endpoints: pods.len(),
+        path: RoutePath::Tunnel(pods),
+    })
+}
+
+/// Running, Ready and not being deleted: what the endpoint controller would count as ready.
+fn pod_ready(pod: &Pod) -> bool {
+    let status = pod.status.as_ref();
+    pod.metadata.deletion_timestamp.is_none()
+        && status.and_then(|s| s.phase.as_deref()) == Some("Running")
+        && status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
 /// The ready pods behind a service port, from its EndpointSlices: each pod with the port number
 /// the endpoint controller resolved for that service port (named targetPorts included).
 fn ready_pods(ns: &str, service: &str, port: &ServicePort, world: &World) -> Vec<PodTarget> {
@@ -516,6 +622,7 @@ fn find_service<'w>(spec: &ForwardSpec, world: &'w World) -> Result<&'w Service,
         .filter(|s| s.metadata.namespace.as_deref() == Some(ns));
     let found = match &spec.target {
         ServiceTarget::Name(name) => in_ns.into_iter().find(|s| s.metadata.name.as_deref() == Some(name)),
+        ServiceTarget::Pods(_) | ServiceTarget::Pod(_) => None,
         ServiceTarget::Selector(selector) => in_ns
             .filter(|s| {
                 let labels = s.metadata.labels.as_ref();
@@ -526,7 +633,7 @@ fn find_service<'w>(spec: &ForwardSpec, world: &'w World) -> Result<&'w Service,
     found.map(|s| s.as_ref()).ok_or_else(|| {
         let what = match &spec.target {
             ServiceTarget::Name(name) => format!("service {ns}/{name} does not exist"),
-            ServiceTarget::Selector(_) => format!("no service in namespace {ns} matches {}", spec.target),
+            other => format!("no service in namespace {ns} matches {other}"),
         };
         Cause::new(CauseId::ServiceMissing, what).with_fix(format!(
             "check `kubectl get svc -n {ns}`; install the release, or correct forward `{}`",

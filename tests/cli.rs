@@ -276,6 +276,52 @@ async fn doctor_passes_on_a_healthy_cluster_and_names_each_failure() {
 }
 
 #[tokio::test]
+async fn doctor_checks_every_cluster_and_names_each_checks_cluster() {
+    let (a, _backend_a) = support::porthole::echo_cluster("docta", "NodePort").await;
+    let (b, _backend_b) = support::porthole::echo_cluster("doctb", "NodePort").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("porthole.toml");
+    let mut toml = String::new();
+    for cluster in [&a, &b] {
+        toml += &format!(
+            "[[cluster]]\ncontext = \"{}\"\nkubeconfig = \"{}\"\nmode = \"nodeport\"\n\n",
+            cluster.context(),
+            cluster.kubeconfig().display()
+        );
+    }
+    for (name, cluster) in [("a-echo", &a), ("b-echo", &b)] {
+        toml += &format!(
+            "[[forward]]\nname = \"{name}\"\ncluster = \"{}\"\nnamespace = \"apps\"\nservice = \"echo\"\nlocal_port = 0\n",
+            cluster.context()
+        );
+    }
+    std::fs::write(&config, toml).unwrap();
+    let ok = run(&["--config", path(&config), "doctor"]).await;
+    assert!(ok.status.success(), "{}", text(&ok.stdout));
+
+    // B's API goes away and kubectl of B's kubeconfig points elsewhere: B's API fails, its
+    // forward's port is still checked; kubectl's context is A's business only.
+    b.set_api_reachable(false);
+    b.set_current_context("rancher-desktop");
+    let failed = run(&["--config", path(&config), "doctor", "--json"]).await;
+    assert_eq!(failed.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&failed.stdout).unwrap();
+    let checks: Vec<(String, bool)> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["check"].as_str().unwrap().to_string(), c["ok"].as_bool().unwrap()))
+        .collect();
+    let failures: Vec<&str> = checks.iter().filter(|(_, ok)| !ok).map(|(c, _)| c.as_str()).collect();
+    assert_eq!(failures, ["kind-doctb: API server"], "{checks:#?}");
+    let names: Vec<&str> = checks.iter().map(|(c, _)| c.as_str()).collect();
+    assert!(names.contains(&"kind-docta: kubectl context"), "{names:?}");
+    assert!(!names.contains(&"kind-doctb: kubectl context"), "{names:?}");
+    assert!(names.contains(&"kind-docta: a-echo: node"), "{names:?}");
+    assert!(names.contains(&"kind-doctb: b-echo: local port"), "{names:?}");
+}
+
+#[tokio::test]
 async fn bad_config_names_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bad.toml");
@@ -990,13 +1036,14 @@ async fn import_shows_then_adds_a_scripts_forwards_keeping_the_file_byte_for_byt
     assert!(dry.status.success(), "{}", text(&dry.stderr));
     let shown = text(&dry.stdout);
     for expected in [
-        "5 forwards to add",
+        "6 forwards to add",
         "api-9000",
         "shop/api:metrics",
         "0.0.0.0 (reachable from other machines)",
         "line 2: local port 8080 is `web`'s already",
-        "line 7: deploy/worker: Porthole forwards services",
-        "line 11: context `kind-other` is no cluster of this config (here: `kind-dev`, context `kind-dev`): add it as a cluster",
+        "shop/pod/debug-0:5005",
+        "line 7: deploy/worker: which pods are its own, only the cluster can tell, and",
+        "line 11: context `kind-other` is in no kubeconfig file",
         "not forwards: line 13",
         "(--dry-run: nothing written)",
     ] {
@@ -1011,7 +1058,7 @@ async fn import_shows_then_adds_a_scripts_forwards_keeping_the_file_byte_for_byt
     let done = run_in(home.path(), &["--config", path(&config), "import", &script]).await;
     assert!(done.status.success(), "{}", text(&done.stderr));
     assert!(
-        text(&done.stdout).contains("added 5 forwards"),
+        text(&done.stdout).contains("added 6 forwards"),
         "{}",
         text(&done.stdout)
     );
@@ -1019,7 +1066,7 @@ async fn import_shows_then_adds_a_scripts_forwards_keeping_the_file_byte_for_byt
     assert!(after.starts_with(original), "the file is kept byte for byte:\n{after}");
     assert_eq!(
         forward_names(&after[original.len()..]),
-        ["api-9000", "api-9001", "postgres", "redis", "grafana"]
+        ["api-9000", "api-9001", "postgres", "redis", "grafana", "debug-0"]
     );
     porthole::Config::load(&config).unwrap();
 
@@ -1111,10 +1158,13 @@ async fn import_asks_the_cluster_whose_service_a_literal_node_port_is() {
             "socat TCP-LISTEN:18080,fork,reuseaddr TCP:openchoreo-local-worker:{api} &\n\
              NP=$(kubectl get svc opentelemetry-collector -n openchoreo-observability-plane -o jsonpath='{{.spec.ports[1].nodePort}}')\n\
              socat TCP-LISTEN:14317,fork TCP:openchoreo-local-worker:$NP &\n\
-             socat TCP-LISTEN:18081,fork TCP:openchoreo-local-worker:1 &\n"
+             socat TCP-LISTEN:18081,fork TCP:openchoreo-local-worker:1 &\n\
+             kubectl port-forward -n wso2-amp deploy/amp-worker 17000:7000 &\n"
         ),
     )
     .unwrap();
+    // A Deployment, asked for the labels of its pods.
+    cluster.apply_deployment("wso2-amp", "amp-worker", &[("app", "amp-worker")]);
     let out = run_in(
         home.path(),
         &["--config", path(&preset.config), "import", "--dry-run", path(&script)],
@@ -1129,6 +1179,12 @@ async fn import_asks_the_cluster_whose_service_a_literal_node_port_is() {
     );
     assert!(
         shown.contains("line 4: nodePort 1: no service of the cluster has it"),
+        "{shown}"
+    );
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.contains(":17000") && l.contains("wso2-amp/pods -l app=amp-worker:7000")),
         "{shown}"
     );
 }

@@ -449,3 +449,55 @@ async fn a_pod_that_refuses_after_its_stream_opened_is_passed_over_for_the_next(
     }
     engine.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn a_forward_to_pods_needs_no_service_and_follows_its_pods() {
+    let (cluster, _backend) = echo_cluster("tunpods", "NodePort").await;
+    // No service at all: the pods stay (a Deployment's without a Service).
+    cluster.delete_service(NS, "echo");
+    let forwards = format!(
+        "[[forward]]\nname = \"workers\"\nnamespace = \"{NS}\"\npods = {{ \"app.kubernetes.io/name\" = \"echo\" }}\nlocal_port = 0\n\
+         [[forward]]\nname = \"one\"\nnamespace = \"{NS}\"\npod = \"echo-1\"\nlocal_port = 0\n"
+    );
+    // The cluster's mode is nodeport: a forward to pods tunnels all the same.
+    let engine = Engine::start(config(&cluster, &forwards), tuning());
+    let status = wait_healthy(&engine, "workers").await;
+    let route = status.route.clone().unwrap();
+    assert_eq!(route.path, Path::Tunnel);
+    assert_eq!(route.service_type, "Pod");
+    assert_eq!(
+        route.pod.as_deref(),
+        Some(format!("{NS}/echo-0:{}", _backend.addr().port()).as_str())
+    );
+    assert_eq!(echo_once(local(&status), b"to a pod").await.unwrap(), b"to a pod");
+    // The named pod does not exist yet: said so.
+    let missing = wait_cause(&engine, "one", State::Down, CauseId::PodMissing).await;
+    assert_eq!(
+        missing.health.cause.unwrap().message,
+        format!("no pod matches {NS}/pod/echo-1")
+    );
+
+    // A second pod comes, the first goes: the forward follows, on the new pod's port.
+    let next = support::Backend::echo().await;
+    cluster.add_endpoint(NS, "echo", "echo-1", next.addr(), true);
+    let one = wait_healthy(&engine, "one").await;
+    assert_eq!(echo_once(local(&one), b"by name").await.unwrap(), b"by name");
+    cluster.remove_endpoint(NS, "echo-0");
+    let moved = format!("{NS}/echo-1:{}", next.addr().port());
+    let status = wait_for(&engine, "workers", "on echo-1", |f| {
+        f.route.as_ref().and_then(|r| r.pod.as_deref()) == Some(moved.as_str())
+    })
+    .await;
+    assert_eq!(echo_once(local(&status), b"replaced").await.unwrap(), b"replaced");
+
+    // Not ready: named; gone: named.
+    cluster.set_endpoint_ready(NS, "echo-1", false);
+    let down = wait_cause(&engine, "workers", State::Down, CauseId::NoReadyEndpoints).await;
+    assert_eq!(
+        down.health.cause.unwrap().message,
+        format!("no pod of {NS}/pods -l app.kubernetes.io/name=echo is ready")
+    );
+    cluster.remove_endpoint(NS, "echo-1");
+    wait_cause(&engine, "workers", State::Down, CauseId::PodMissing).await;
+    engine.shutdown(Duration::from_secs(1)).await;
+}

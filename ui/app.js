@@ -9,6 +9,7 @@ const $ = (id) => document.getElementById(id);
 let page = null;       // the last page_state
 let catalog = null;    // namespaces → services → ports, or null when listing is not possible
 let editing = null;    // null: adding; a name: editing that forward
+let editingDraft = null; // the draft being edited (a forward to pods keeps its target)
 
 // Work in flight (a command and the re-render after it): `<body data-pending="0">` once the page
 // has settled. The WebDriver tests wait on it before their next step.
@@ -210,7 +211,8 @@ function fillClusters(select, row, current) {
 async function openEditor(name) {
   editing = name;
   clearErrors();
-  const draft = name ? page.forwards.find((f) => f.name === name) : { name: "", cluster: "", namespace: "", service: "", service_port: "", local_port: "", bind: "", probe: "auto", mode: "", enabled: true };
+  const draft = name ? page.forwards.find((f) => f.name === name) : { name: "", cluster: "", namespace: "", service: "", pods: "", pod: "", service_port: "", local_port: "", bind: "", probe: "auto", mode: "", enabled: true };
+  editingDraft = draft;
   $("editor-title").textContent = name ? `Edit ${name}` : "Add forward";
   fillClusters($("f-cluster"), $("f-cluster-row"), draft.cluster);
   await loadCatalog();
@@ -266,11 +268,16 @@ async function save(event) {
     return;
   }
   const probe = $("f-probe").value === "http" ? "http:" + $("f-probe-path").value : $("f-probe").value;
+  const service = pick("service");
+  // A forward to pods (written in the file) keeps its pods while no service is chosen.
+  const keep = !service && editingDraft && (editingDraft.pods || editingDraft.pod);
   const draft = {
     name: $("f-name").value,
     cluster: editorCluster(),
     namespace: pick("namespace"),
-    service: pick("service"),
+    service,
+    pods: keep ? editingDraft.pods : "",
+    pod: keep ? editingDraft.pod : "",
     service_port: pick("service_port"),
     local_port: $("f-local_port").value,
     bind,
@@ -326,11 +333,17 @@ async function previewImport() {
     cell.append(pick);
     const port = d.service_port ? `:${d.service_port}` : "";
     const bind = d.bind ? ` (on ${d.bind}: reachable from other machines)` : "";
+    const target = d.service || (d.pods ? `pods -l ${d.pods}` : `pod/${d.pod}`);
+    const where = d.cluster ? `${d.cluster}: ` : "";
     const row = el("tr");
     row.dataset.name = d.name;
-    row.append(cell, el("td", String(addition.line)), el("td", d.name), el("td", `:${d.local_port}${bind}`), el("td", `${d.namespace}/${d.service}${port}`));
+    row.append(cell, el("td", String(addition.line)), el("td", d.name), el("td", `:${d.local_port}${bind}`), el("td", `${where}${d.namespace}/${target}${port}`));
     body.append(row);
   });
+  $("import-clusters").hidden = importPlan.clusters.length === 0;
+  $("import-clusters").textContent = importPlan.clusters.length
+    ? `New cluster${importPlan.clusters.length === 1 ? "" : "s"} for the forwards of other contexts: ${importPlan.clusters.join(", ")} (added with the first of their forwards you keep).`
+    : "";
   const none = importPlan.add.length === 0;
   $("import-found").hidden = none;
   $("import-add").hidden = none;
@@ -355,7 +368,8 @@ async function addImported() {
     return;
   }
   try {
-    await invoke("import_forwards", { drafts });
+    const cluster = $("import-cluster-row").hidden ? null : $("import-cluster").value;
+    await invoke("import_forwards", { drafts, cluster });
   } catch (e) {
     showError({ field: "import", message: e.message || String(e) });
     return;

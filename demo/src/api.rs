@@ -174,15 +174,16 @@ fn route<'a>(segments: &[&'a str]) -> Option<Target<'a>> {
     let rest = match segments {
         ["api", "v1", rest @ ..] => rest,
         ["apis", "discovery.k8s.io", "v1", rest @ ..] => rest,
+        ["apis", "apps", "v1", rest @ ..] => rest,
         _ => return None,
     };
-    let core = segments[0] == "api";
+    // Each kind is served under its own group only.
+    let group = match segments[0] {
+        "api" => "v1",
+        _ => segments[1],
+    };
     let target = |kind: Kind, namespace, name| {
-        let served = if core {
-            kind != Kind::EndpointSlice
-        } else {
-            kind == Kind::EndpointSlice
-        };
+        let served = kind.api_version().split('/').next() == Some(group);
         served.then_some(Target { kind, namespace, name })
     };
     match rest {
@@ -205,6 +206,7 @@ fn kind_of(plural: &str) -> Option<Kind> {
         Kind::Service,
         Kind::EndpointSlice,
         Kind::Pod,
+        Kind::Deployment,
     ]
     .into_iter()
     .find(|k| k.plural() == plural)

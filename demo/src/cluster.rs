@@ -341,7 +341,7 @@ impl FakeCluster {
             ns.metadata.deletion_timestamp = Some(now());
             ns.status.get_or_insert_default().phase = Some("Terminating".to_string());
             state.store.put(Kind::Namespace, to_value(&ns));
-            for kind in [Kind::Service, Kind::EndpointSlice, Kind::Pod] {
+            for kind in [Kind::Service, Kind::EndpointSlice, Kind::Pod, Kind::Deployment] {
                 for object in state.store.list(kind, Some(namespace)) {
                     let name = object["metadata"]["name"].as_str().unwrap_or_default();
                     state.store.delete(kind, namespace, name);

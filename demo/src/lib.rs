@@ -23,6 +23,7 @@ pub mod selector;
 pub mod services;
 pub mod store;
 pub mod watch;
+pub mod workloads;
 
 pub use backend::Backend;
 pub use cluster::FakeCluster;

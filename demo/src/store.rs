@@ -16,6 +16,7 @@ pub enum Kind {
     Service,
     EndpointSlice,
     Pod,
+    Deployment,
 }
 
 impl Kind {
@@ -26,12 +27,14 @@ impl Kind {
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
             Kind::Pod => "Pod",
+            Kind::Deployment => "Deployment",
         }
     }
 
     pub fn api_version(self) -> &'static str {
         match self {
             Kind::EndpointSlice => "discovery.k8s.io/v1",
+            Kind::Deployment => "apps/v1",
             _ => "v1",
         }
     }
@@ -43,11 +46,12 @@ impl Kind {
             Kind::Service => "services",
             Kind::EndpointSlice => "endpointslices",
             Kind::Pod => "pods",
+            Kind::Deployment => "deployments",
         }
     }
 
     pub fn namespaced(self) -> bool {
-        matches!(self, Kind::Service | Kind::EndpointSlice | Kind::Pod)
+        matches!(self, Kind::Service | Kind::EndpointSlice | Kind::Pod | Kind::Deployment)
     }
 }
 

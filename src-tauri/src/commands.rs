@@ -3,7 +3,7 @@
 
 use porthole::Snapshot;
 use porthole::config::edit::{Edit, EditError, ForwardDraft};
-use porthole::config::{Mode, Probe, ServiceTarget};
+use porthole::config::{ClusterSpec, Mode, Probe, ServiceTarget};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tauri::{AppHandle, Manager};
@@ -63,7 +63,15 @@ fn draft(spec: &porthole::config::ForwardSpec, default_mode: Mode, several: bool
         namespace: spec.namespace.clone(),
         service: match &spec.target {
             ServiceTarget::Name(name) => name.clone(),
-            ServiceTarget::Selector(_) => String::new(),
+            _ => String::new(),
+        },
+        pods: match &spec.target {
+            ServiceTarget::Pods(labels) => porthole::config::labels_text(labels),
+            _ => String::new(),
+        },
+        pod: match &spec.target {
+            ServiceTarget::Pod(name) => name.clone(),
+            _ => String::new(),
         },
         service_port: spec.service_port.as_ref().map(|p| p.to_string()).unwrap_or_default(),
         local_port: spec.local_port.to_string(),
@@ -94,6 +102,8 @@ fn draft(spec: &porthole::config::ForwardSpec, default_mode: Mode, several: bool
 
 /// One of the page's commands (the names of `commands.list`) with its arguments, as the
 /// window's process passes them: `{"command": "set_enabled", "args": {"name": …, "enabled": …}}`.
+// One is decoded per call of the page and run at once: a box would save nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "command", content = "args", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Command {
@@ -144,9 +154,12 @@ pub enum Command {
     RemoveCluster {
         name: String,
     },
-    /// Adds forwards chosen from a preview, in one edit.
+    /// Adds forwards chosen from a preview into a cluster (none: kubectl's), in one edit,
+    /// with the new clusters they name.
     ImportForwards {
         drafts: Vec<ForwardDraft>,
+        #[serde(default)]
+        cluster: Option<String>,
     },
 }
 
@@ -218,7 +231,15 @@ pub async fn call(app: &AppHandle, command: Command) -> Result<Value, CommandErr
             )
         }
         Command::RemoveCluster { name } => reply(save(shell, Edit::RemoveCluster(name)).await?),
-        Command::ImportForwards { drafts } => reply(save(shell, Edit::AddForwards(drafts)).await?),
+        Command::ImportForwards { drafts, cluster } => {
+            let config = shell
+                .engine
+                .config()
+                .await
+                .ok_or_else(|| CommandError::failed("the engine has stopped"))?;
+            let into = destination(&config, cluster.as_deref())?;
+            reply(save(shell, porthole::import::edit(&config, into, drafts)).await?)
+        }
     }
 }
 
@@ -268,13 +289,18 @@ async fn preview_import(
         .config()
         .await
         .ok_or_else(|| CommandError::failed("the engine has stopped"))?;
-    let into = match cluster.filter(|c| !c.is_empty()) {
+    let into = destination(&config, cluster)?;
+    Ok(porthole::import::preview(text, &config, into).await)
+}
+
+/// The cluster an import goes into: the one named, else kubectl's.
+fn destination<'c>(config: &'c porthole::Config, cluster: Option<&str>) -> Result<&'c ClusterSpec, CommandError> {
+    match cluster.filter(|c| !c.is_empty()) {
         Some(name) => config
             .cluster(name)
-            .ok_or_else(|| CommandError::failed(format!("no cluster is named `{name}`")))?,
-        None => config.kubectl_cluster(),
-    };
-    Ok(porthole::import::preview(text, &config, into).await)
+            .ok_or_else(|| CommandError::failed(format!("no cluster is named `{name}`"))),
+        None => Ok(config.kubectl_cluster()),
+    }
 }
 
 /// The kubeconfig's contexts for the page's choice: local clusters first (kind's `kind-*`, then

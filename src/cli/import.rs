@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use porthole::config::ConfigFile;
-use porthole::config::edit::{Edit, EditError};
+use porthole::config::edit::EditError;
 use porthole::import::{self, Plan};
 
 pub async fn run(
@@ -46,13 +46,12 @@ pub async fn run(
         return Ok(ExitCode::SUCCESS);
     }
     let drafts = plan.add.iter().map(|a| a.draft.clone()).collect();
+    let edit = import::edit(&config, into, drafts);
     let backups = porthole::write::Backups::private()?;
-    let saved = config_file
-        .save(&Edit::AddForwards(drafts), &backups)
-        .map_err(|e| match e {
-            EditError::Invalid { message, .. } => anyhow::anyhow!("{message}"),
-            other => anyhow::anyhow!(other),
-        })?;
+    let saved = config_file.save(&edit, &backups).map_err(|e| match e {
+        EditError::Invalid { message, .. } => anyhow::anyhow!("{message}"),
+        other => anyhow::anyhow!(other),
+    })?;
     println!(
         "added {} forwards to {target} ({} in all); a running Porthole applies them now",
         plan.add.len(),
@@ -91,11 +90,16 @@ fn print_plan(source: &str, target: &str, plan: &Plan) {
                 } else {
                     format!(":{}", d.service_port)
                 };
+                let cluster = if d.cluster.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}: ", d.cluster)
+                };
                 [
                     a.line.to_string(),
                     d.name.clone(),
                     format!(":{}", d.local_port),
-                    format!("{}/{}{port}", d.namespace, d.service),
+                    format!("{cluster}{}/{}{port}", d.namespace, d.target_text()),
                     if d.bind.is_empty() {
                         "localhost".into()
                     } else {
@@ -104,8 +108,14 @@ fn print_plan(source: &str, target: &str, plan: &Plan) {
                 ]
             })
             .collect();
-        let header = ["LINE", "NAME", "LOCAL", "SERVICE", "LISTENS ON"].map(String::from);
+        let header = ["LINE", "NAME", "LOCAL", "TO", "LISTENS ON"].map(String::from);
         print!("{}", porthole::status::columns(&header, &rows));
+    }
+    if !plan.clusters.is_empty() {
+        println!(
+            "new clusters, for the lines of their contexts (the kubeconfig has them): {}",
+            plan.clusters.join(", ")
+        );
     }
     let left_out: Vec<_> = plan.skipped.iter().filter(|s| !s.plumbing).collect();
     if !left_out.is_empty() {

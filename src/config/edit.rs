@@ -46,6 +46,10 @@ pub struct ForwardDraft {
     pub cluster: String,
     pub namespace: String,
     pub service: String,
+    /// Instead of `service`: pods by their labels, `k=v,k2=v2` (a Deployment's).
+    pub pods: String,
+    /// Instead of `service`: one pod by name.
+    pub pod: String,
     /// Empty: the service's first port. Digits: a port number. Otherwise a port name.
     pub service_port: String,
     pub local_port: String,
@@ -58,7 +62,28 @@ pub struct ForwardDraft {
     pub enabled: bool,
 }
 
+impl ForwardDraft {
+    /// What it goes to, as the status shows it: `web`, `pods -l app=worker`, `pod/debug-0`.
+    pub fn target_text(&self) -> String {
+        match (self.service.trim(), self.pods.trim(), self.pod.trim()) {
+            ("", "", pod) if !pod.is_empty() => format!("pod/{pod}"),
+            ("", pods, _) if !pods.is_empty() => format!("pods -l {pods}"),
+            (service, _, _) => service.to_string(),
+        }
+    }
+}
+
+/// A cluster an import adds: a context of the kubeconfig `kubeconfig` (kubectl's when `None`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewCluster {
+    pub context: String,
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+}
+
 /// One change to the config file.
+// One is made per user action and consumed at once: a box would save nothing worth its noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Edit {
     /// Replaces the forward named `replaces` (when given) or appends a new one.
@@ -67,8 +92,12 @@ pub enum Edit {
         draft: ForwardDraft,
     },
     RemoveForward(String),
-    /// New forwards appended in one write (an import).
-    AddForwards(Vec<ForwardDraft>),
+    /// New forwards appended in one write (an import), after the new clusters they name
+    /// (each named by its context).
+    AddForwards {
+        clusters: Vec<NewCluster>,
+        forwards: Vec<ForwardDraft>,
+    },
     /// The context of the cluster kubectl should point at (`[cluster] context`); `None`
     /// follows kubectl's current-context.
     Context(Option<String>),
@@ -130,6 +159,25 @@ fn validate(text: &str, source: &Source) -> Result<Config, EditError> {
 
 /// The text of the config after `edit`; comments and untouched tables are kept byte for byte.
 pub fn apply(text: &str, edit: &Edit, path: &Path) -> Result<String, EditError> {
+    // An import's new clusters first: its forwards name them.
+    if let Edit::AddForwards { clusters, forwards } = edit
+        && !clusters.is_empty()
+    {
+        let mut text = text.to_string();
+        for cluster in clusters {
+            let add = Edit::AddCluster {
+                context: cluster.context.clone(),
+                name: None,
+                kubeconfig: cluster.kubeconfig.clone(),
+            };
+            text = apply(&text, &add, path)?;
+        }
+        let forwards = Edit::AddForwards {
+            clusters: Vec::new(),
+            forwards: forwards.clone(),
+        };
+        return apply(&text, &forwards, path);
+    }
     let mut doc: DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| EditError::Unreadable {
         path: path.to_path_buf(),
         message: e.message().to_string(),
@@ -150,7 +198,7 @@ pub fn apply(text: &str, edit: &Edit, path: &Path) -> Result<String, EditError> 
                 }
             }
         }
-        Edit::AddForwards(drafts) => {
+        Edit::AddForwards { forwards: drafts, .. } => {
             let tables = drafts
                 .iter()
                 .map(|draft| {
@@ -325,10 +373,12 @@ fn set_keeping_comments(table: &mut dyn toml_edit::TableLike, key: &str, item: I
 /// Sets the form's keys on an existing table, so its comments and the keys the form does not
 /// show (a selector, say) stay; keys the form leaves empty are removed.
 fn merge(old: &mut Table, new: Table) {
-    const FORM_KEYS: [&str; 9] = [
+    const FORM_KEYS: [&str; 11] = [
         "name",
         "namespace",
         "service",
+        "pods",
+        "pod",
         "service_port",
         "local_port",
         "bind",
@@ -344,7 +394,7 @@ fn merge(old: &mut Table, new: Table) {
             }
         }
     }
-    if new.contains_key("service") {
+    if new.contains_key("service") || new.contains_key("pods") || new.contains_key("pod") {
         old.remove("selector");
     }
     // A form that does not choose a cluster (a config with one) leaves the key as it is.
@@ -369,11 +419,32 @@ fn forward_table(draft: &ForwardDraft) -> Result<Table, EditError> {
         return Err(EditError::field("namespace", "choose or type a namespace"));
     }
     table.insert("namespace", value(namespace));
-    let service = draft.service.trim();
-    if service.is_empty() {
-        return Err(EditError::field("service", "choose or type a service"));
+    match (draft.service.trim(), draft.pods.trim(), draft.pod.trim()) {
+        (service, "", "") if !service.is_empty() => {
+            table.insert("service", value(service));
+        }
+        ("", pods, "") if !pods.is_empty() => {
+            let mut labels = toml_edit::InlineTable::new();
+            for pair in pods.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                let (k, v) = pair
+                    .split_once('=')
+                    .filter(|(k, _)| !k.trim().is_empty())
+                    .ok_or_else(|| EditError::field("pods", format!("`{pair}` is not `label=value`")))?;
+                labels.insert(k.trim(), v.trim().into());
+            }
+            table.insert("pods", value(labels));
+        }
+        ("", "", pod) if !pod.is_empty() => {
+            table.insert("pod", value(pod));
+        }
+        ("", "", "") => return Err(EditError::field("service", "choose or type a service")),
+        _ => {
+            return Err(EditError::field(
+                "service",
+                "a forward goes to a service, pods or a pod: keep one",
+            ));
+        }
     }
-    table.insert("service", value(service));
     match draft.service_port.trim() {
         "" => {}
         port => match port.parse::<i64>() {
@@ -555,7 +626,10 @@ mod tests {
         assert!(one[text.len()..].starts_with("\n[[forward]]\nname = \"a\""), "{one}");
         let two = apply(
             &one,
-            &Edit::AddForwards(vec![draft("b", "2"), draft("c", "3")]),
+            &Edit::AddForwards {
+                clusters: Vec::new(),
+                forwards: vec![draft("b", "2"), draft("c", "3")],
+            },
             Path::new("/c.toml"),
         )
         .unwrap();
@@ -564,7 +638,10 @@ mod tests {
         // A bad one among several: nothing is applied, and its name is said.
         let error = apply(
             &one,
-            &Edit::AddForwards(vec![draft("b", "2"), draft("d", "x")]),
+            &Edit::AddForwards {
+                clusters: Vec::new(),
+                forwards: vec![draft("b", "2"), draft("d", "x")],
+            },
             Path::new("/c.toml"),
         )
         .unwrap_err();

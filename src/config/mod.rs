@@ -140,6 +140,10 @@ pub struct ClusterSpec {
     /// The most connections a forward holds open at once (held ones included), unless a forward
     /// says otherwise; past it new ones are refused and counted. `None`: 1024.
     pub max_connections: Option<MaxConnections>,
+    /// Whether a forward of this cluster goes to pods rather than a service (`pods`, `pod`):
+    /// then its discovery watches pods too. Derived when the config is parsed, never written.
+    #[serde(skip)]
+    pub watch_pods: bool,
 }
 
 /// `max_connections`: 1 to 1,000,000 (each connection costs two descriptors).
@@ -281,22 +285,40 @@ pub struct ForwardSpec {
     pub max_connections: u32,
 }
 
-/// How a forward finds its service.
+/// What a forward goes to: a service (by name or labels), or pods (by labels or name) for what
+/// no service covers, as `kubectl port-forward deploy/x` or `pod/x` does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ServiceTarget {
     Name(String),
     Selector(BTreeMap<String, String>),
+    /// `pods = { app = "worker" }`: any ready pod with these labels (a Deployment's, a
+    /// StatefulSet's), through the API server.
+    Pods(BTreeMap<String, String>),
+    /// `pod = "debug-0"`: that pod (a StatefulSet's keeps its name across restarts).
+    Pod(String),
+}
+
+impl ServiceTarget {
+    /// Whether this goes to pods rather than a service: always through a tunnel.
+    pub fn is_pods(&self) -> bool {
+        matches!(self, ServiceTarget::Pods(_) | ServiceTarget::Pod(_))
+    }
+}
+
+/// `k=v,k2=v2`, as `kubectl -l` takes it.
+pub fn labels_text(labels: &BTreeMap<String, String>) -> String {
+    let parts: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    parts.join(",")
 }
 
 impl fmt::Display for ServiceTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ServiceTarget::Name(name) => f.write_str(name),
-            ServiceTarget::Selector(labels) => {
-                let parts: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                write!(f, "-l {}", parts.join(","))
-            }
+            ServiceTarget::Selector(labels) => write!(f, "-l {}", labels_text(labels)),
+            ServiceTarget::Pods(labels) => write!(f, "pods -l {}", labels_text(labels)),
+            ServiceTarget::Pod(name) => write!(f, "pod/{name}"),
         }
     }
 }
@@ -390,6 +412,8 @@ struct RawForward {
     namespace: String,
     service: Option<String>,
     selector: Option<BTreeMap<String, String>>,
+    pods: Option<BTreeMap<String, String>>,
+    pod: Option<String>,
     local_port: Spanned<i64>,
     service_port: Option<PortRef>,
     bind: Option<Spanned<String>>,
@@ -423,11 +447,15 @@ impl Config {
         };
         let clusters = validator.clusters(raw.cluster)?;
         validator.clusters = clusters.clone();
-        let forwards = raw
+        let forwards: Vec<ForwardSpec> = raw
             .forward
             .into_iter()
             .map(|f| validator.forward(f))
             .collect::<Result<_, _>>()?;
+        let mut clusters = clusters;
+        for cluster in &mut clusters {
+            cluster.watch_pods = forwards.iter().any(|f| f.cluster == cluster.name && f.target.is_pods());
+        }
         Ok(Config { clusters, forwards })
     }
 
@@ -694,7 +722,7 @@ impl Validator<'_> {
             return Err(self.invalid(raw.name.span(), "name", message));
         }
         let cluster = self.cluster_of(&name, raw.cluster.as_ref(), span.clone())?.clone();
-        let target = self.target(&name, span.clone(), raw.service, raw.selector)?;
+        let target = self.target(&name, span.clone(), raw.service, raw.selector, raw.pods, raw.pod)?;
         let port_span = raw.local_port.span();
         let local_port = u16::try_from(*raw.local_port.get_ref()).map_err(|_| {
             let message = format!("forward `{name}`: {} is not a port (0-65535)", raw.local_port.get_ref());
@@ -729,7 +757,22 @@ impl Validator<'_> {
             };
             return Err(self.invalid(port_span, "local_port", message));
         }
-        if raw.mode.unwrap_or(cluster.mode) == Mode::Watch && local_port == 0 {
+        // Pods are reached through the API server only: no nodePort leads to them.
+        let mode = match (raw.mode, target.is_pods()) {
+            (Some(mode @ (Mode::Nodeport | Mode::Watch)), true) => {
+                let message = format!(
+                    "forward `{name}` goes to pods ({target}), which only a tunnel reaches: `mode = \"tunnel\"` (or leave `mode` out), or forward a service for `{}`",
+                    serde_json::to_value(mode)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default()
+                );
+                return Err(self.invalid(span, "mode", message));
+            }
+            (_, true) => Mode::Tunnel,
+            (mode, false) => mode.unwrap_or(cluster.mode),
+        };
+        if mode == Mode::Watch && local_port == 0 {
             let message = format!("forward `{name}`: `mode = \"watch\"` needs the port the cluster publishes, not 0");
             return Err(self.invalid(port_span, "local_port", message));
         }
@@ -759,7 +802,7 @@ impl Validator<'_> {
             ipv6_loopback,
             probe: raw.probe,
             enabled: raw.enabled,
-            mode: raw.mode.unwrap_or(cluster.mode),
+            mode,
             hold: raw.hold.or(cluster.hold).map(|s| s.0),
             tunnel_settle: cluster.tunnel_settle.map(|s| s.0),
             max_connections: raw
@@ -775,22 +818,36 @@ impl Validator<'_> {
         span: Range<usize>,
         service: Option<String>,
         selector: Option<BTreeMap<String, String>>,
+        pods: Option<BTreeMap<String, String>>,
+        pod: Option<String>,
     ) -> Result<ServiceTarget, ConfigError> {
-        match (service, selector) {
-            (Some(service), None) => Ok(ServiceTarget::Name(service)),
-            (None, Some(selector)) if !selector.is_empty() => Ok(ServiceTarget::Selector(selector)),
-            (None, Some(_)) => Err(self.invalid(
-                span,
-                "selector",
-                format!("forward `{name}`: selector must not be empty"),
-            )),
-            (Some(_), Some(_)) => {
-                let message = format!("forward `{name}` has both `service` and `selector`; keep one");
-                Err(self.invalid(span, "service", message))
-            }
-            (None, None) => {
-                let message =
-                    format!("forward `{name}` needs `service = \"NAME\"` or `selector = {{ label = \"value\" }}`");
+        let given: Vec<&str> = [
+            ("service", service.is_some()),
+            ("selector", selector.is_some()),
+            ("pods", pods.is_some()),
+            ("pod", pod.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(key, set)| set.then_some(key))
+        .collect();
+        if given.len() > 1 {
+            let keys: Vec<String> = given.iter().map(|k| format!("`{k}`")).collect();
+            let message = format!("forward `{name}` has {}; keep one", keys.join(" and "));
+            return Err(self.invalid(span, given[0], message));
+        }
+        let empty = |key: &str| self.invalid(span.clone(), key, format!("forward `{name}`: {key} must not be empty"));
+        match (service, selector, pods, pod) {
+            (Some(service), ..) => Ok(ServiceTarget::Name(service)),
+            (_, Some(selector), ..) if selector.is_empty() => Err(empty("selector")),
+            (_, Some(selector), ..) => Ok(ServiceTarget::Selector(selector)),
+            (_, _, Some(pods), _) if pods.is_empty() => Err(empty("pods")),
+            (_, _, Some(pods), _) => Ok(ServiceTarget::Pods(pods)),
+            (_, _, _, Some(pod)) if pod.is_empty() => Err(empty("pod")),
+            (_, _, _, Some(pod)) => Ok(ServiceTarget::Pod(pod)),
+            (None, None, None, None) => {
+                let message = format!(
+                    "forward `{name}` needs `service = \"NAME\"`, `selector = {{ label = \"value\" }}`, or for pods no service covers `pods = {{ label = \"value\" }}` or `pod = \"NAME\"`"
+                );
                 Err(self.invalid(span, "service", message))
             }
         }

@@ -142,7 +142,22 @@ enabled = false
 #[case::both_targets(
     "[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\nselector = { app = \"x\" }\nlocal_port = 1\n",
     ":1: `service`",
-    "has both `service` and `selector`"
+    "has `service` and `selector`; keep one"
+)]
+#[case::pods_and_a_service(
+    "[[forward]]\nname = \"a\"\nnamespace = \"n\"\nservice = \"s\"\npods = { app = \"x\" }\nlocal_port = 1\n",
+    ":1: `service`",
+    "has `service` and `pods`; keep one"
+)]
+#[case::pods_through_a_nodeport(
+    "[[forward]]\nname = \"a\"\nnamespace = \"n\"\npods = { app = \"x\" }\nlocal_port = 1\nmode = \"nodeport\"\n",
+    ":1: `mode`",
+    "goes to pods (pods -l app=x), which only a tunnel reaches"
+)]
+#[case::empty_pods(
+    "[[forward]]\nname = \"a\"\nnamespace = \"n\"\npods = {}\nlocal_port = 1\n",
+    ":1: `pods`",
+    "pods must not be empty"
 )]
 #[case::no_target(
     "\n[[forward]]\nname = \"a\"\nnamespace = \"n\"\nlocal_port = 1\n",
@@ -244,6 +259,32 @@ local_port = 8080
         (DEFAULT_CLUSTER, DEFAULT_CLUSTER)
     );
     assert!(one.clusters[0].kubectl);
+}
+
+#[test]
+fn a_forward_to_pods_tunnels_and_its_cluster_watches_pods() {
+    let text = "[[cluster]]\ncontext = \"kind-a\"\nmode = \"nodeport\"\n[[cluster]]\ncontext = \"kind-b\"\n\
+                [[forward]]\nname = \"worker\"\ncluster = \"kind-a\"\nnamespace = \"n\"\npods = { app = \"worker\" }\nlocal_port = 7000\n\
+                [[forward]]\nname = \"debug\"\ncluster = \"kind-a\"\nnamespace = \"n\"\npod = \"debug-0\"\nlocal_port = 5005\nservice_port = 5005\n\
+                [[forward]]\nname = \"web\"\ncluster = \"kind-b\"\nnamespace = \"n\"\nservice = \"web\"\nlocal_port = 80\n";
+    let config = parse(text).unwrap();
+    let worker = config.forward("worker").unwrap();
+    assert_eq!(worker.target.to_string(), "pods -l app=worker");
+    assert_eq!(
+        worker.mode,
+        Mode::Tunnel,
+        "not the cluster's nodeport: pods are tunnelled"
+    );
+    assert_eq!(
+        config.forward("debug").unwrap().target,
+        ServiceTarget::Pod("debug-0".into())
+    );
+    let watching: Vec<bool> = config.clusters.iter().map(|c| c.watch_pods).collect();
+    assert_eq!(
+        watching,
+        [true, false],
+        "only the cluster with forwards to pods watches them"
+    );
 }
 
 #[test]

@@ -42,7 +42,7 @@ fn certificate_failures_are_credentials_not_outages() {
 #[test]
 fn unauthorized_wins_over_unreachable() {
     let mut progress = Progress {
-        synced: PerKind([true, true, true, false]),
+        synced: PerKind([true, true, true, false, true]),
         ..Default::default()
     };
     assert_eq!(progress.status(), ClusterStatus::Connecting);

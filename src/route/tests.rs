@@ -63,7 +63,85 @@ fn world() -> World {
             svc("apps", "db", "ClusterIP", json!([{"port": 5432}])),
         ],
         endpoint_slices: vec![slice("apps", "web", true), slice("apps", "gw", false)],
+        pods: vec![
+            pod("worker-0", "worker", true, false),
+            pod("worker-1", "worker", false, false),
+            pod("worker-2", "worker", true, true),
+            pod("debug-0", "debug", true, false),
+        ],
     }
+}
+
+/// A pod of `app` in `apps`, on kind-worker, Running, with container port `http` 8080 (none
+/// for `debug`); `ready` its Ready condition, `deleting` a deletionTimestamp.
+fn pod(name: &str, app: &str, ready: bool, deleting: bool) -> Arc<Pod> {
+    let ports = if app == "debug" {
+        json!([])
+    } else {
+        json!([{"name": "http", "containerPort": 8080}, {"name": "dns", "containerPort": 53, "protocol": "UDP"}])
+    };
+    let mut object = json!({
+        "metadata": {"name": name, "namespace": "apps", "labels": {"app": app}},
+        "spec": {"nodeName": "kind-worker", "containers": [{"name": "main", "ports": ports}]},
+        "status": {
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]
+        }
+    });
+    if deleting {
+        object["metadata"]["deletionTimestamp"] = json!("2026-11-30T07:00:00Z");
+    }
+    Arc::new(serde_json::from_value::<Pod>(object).unwrap())
+}
+
+#[test]
+fn a_forward_to_pods_tunnels_to_the_ready_ones_on_their_container_port() {
+    let (spec, cluster) = forward("pods = { app = \"worker\" }\nmode = \"tunnel\"\n");
+    let route = resolve(&spec, &cluster, &world()).unwrap();
+    assert_eq!(route.service, "apps/pods -l app=worker");
+    assert_eq!(
+        (route.service_type.as_str(), route.port.as_str()),
+        ("Pod", "http 8080/TCP")
+    );
+    assert_eq!(route.protocol, Protocol::Http);
+    // Not the unready one, nor the one being deleted.
+    assert_eq!(
+        route.pods(),
+        [PodTarget {
+            name: "worker-0".into(),
+            port: 8080,
+            node: Some("kind-worker".into())
+        }]
+    );
+    assert_eq!(route.ready_endpoints, 1);
+
+    // A pod by name, on a port it does not declare (kubectl takes any number).
+    let (spec, cluster) = forward("pod = \"debug-0\"\nservice_port = 5005\nmode = \"tunnel\"\n");
+    let route = resolve(&spec, &cluster, &world()).unwrap();
+    assert_eq!(
+        route
+            .pods()
+            .iter()
+            .map(|p| (p.name.as_str(), p.port))
+            .collect::<Vec<_>>(),
+        [("debug-0", 5005)]
+    );
+
+    // Named causes: no pod, no such port.
+    let (spec, cluster) = forward("pods = { app = \"nope\" }\nmode = \"tunnel\"\n");
+    let cause = resolve(&spec, &cluster, &world()).unwrap_err();
+    assert_eq!(cause.id, CauseId::PodMissing);
+    assert_eq!(cause.message, "no pod matches apps/pods -l app=nope");
+    assert!(cause.fix.unwrap().contains("kubectl get pods -n apps -l app=nope"));
+    let (spec, cluster) = forward("pod = \"debug-0\"\nmode = \"tunnel\"\n");
+    let cause = resolve(&spec, &cluster, &world()).unwrap_err();
+    assert_eq!(cause.id, CauseId::PortNotFound, "no container port and none asked for");
+    let (spec, cluster) = forward("pods = { app = \"worker\" }\nservice_port = \"dns\"\nmode = \"tunnel\"\n");
+    assert_eq!(
+        resolve(&spec, &cluster, &world()).unwrap_err().id,
+        CauseId::PortNotFound,
+        "UDP is not relayed"
+    );
 }
 
 fn forward(extra: &str) -> (ForwardSpec, ClusterSpec) {

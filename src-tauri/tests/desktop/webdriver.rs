@@ -68,13 +68,23 @@ impl Driver {
         }
     }
 
+    /// The element, scrolled to the middle of the window: WebKitGTK's driver scrolls an
+    /// element below the fold into view but clicks where it was, so a click there misses.
     async fn find(&self, css: &str) -> Element {
-        self.client
+        let element = self
+            .client
             .wait()
             .at_most(WAIT)
             .for_element(Locator::Css(css))
             .await
-            .unwrap_or_else(|e| panic!("{css}: {e}"))
+            .unwrap_or_else(|e| panic!("{css}: {e}"));
+        let arg = serde_json::to_value(&element).unwrap();
+        // An element gone meanwhile (a re-render) is the caller's to meet.
+        let _ = self
+            .client
+            .execute("arguments[0].scrollIntoView({block: 'center'})", vec![arg])
+            .await;
+        element
     }
 
     async fn visible(&self, css: &str) -> Element {
@@ -299,7 +309,7 @@ pub async fn import_scenario(driver: &Driver, home: &Home, port: u16, other: u16
     driver.visible("#importer").await;
     let script = format!(
         "kubectl port-forward -n openchoreo-data-plane svc/gateway-external {port}:https &\n\
-         kubectl port-forward pod/debug-0 5005\n\
+         kubectl port-forward rs/amp-console-7d9f 5005\n\
          kubectl port-forward -n wso2-amp svc/amp-console {other}:http &\n\
          sleep 1\n"
     );
@@ -322,7 +332,7 @@ pub async fn import_scenario(driver: &Driver, home: &Home, port: u16, other: u16
         .await;
     assert!(found.contains(&format!(":{port}")), "{found}");
     let left_out = driver.text_of("#import-left-out").await;
-    assert!(left_out.contains("line 2: pod/debug-0"), "{left_out}");
+    assert!(left_out.contains("line 2: rs/amp-console-7d9f"), "{left_out}");
     assert!(left_out.contains("not forwards: line 4"), "{left_out}");
     assert_eq!(
         std::fs::read_to_string(home.config()).unwrap(),

@@ -23,11 +23,13 @@ const CONNECT_SECONDS: f64 = 1.5;
 const CONNECT_THREADS: usize = 4;
 const IDLE_TARGET: usize = 10_000;
 
-/// Which parts to run: `cargo bench --bench relay -- [bulk] [latency] [connect] [idle]` (default: all).
+/// Which parts to run: `cargo bench --bench relay -- [bulk] [latency] [connect] [ttfb] [idle]`
+/// (default: all).
 struct Parts {
     bulk: bool,
     latency: bool,
     connect: bool,
+    ttfb: bool,
     idle: bool,
 }
 
@@ -39,6 +41,7 @@ impl Parts {
             bulk: on("bulk"),
             latency: on("latency"),
             connect: on("connect"),
+            ttfb: on("ttfb"),
             idle: on("idle"),
         }
     }
@@ -78,10 +81,19 @@ struct Row {
     p50_us: f64,
     p99_us: f64,
     conns_per_s: f64,
+    /// Time to first byte of a new connection, ms: one at a time (p50, p99), and in bursts of
+    /// [`BURST`] at once (p50, p99).
+    ttfb_ms: [f64; 4],
 }
 
+/// New connections made one after another, per round.
+const SINGLE: usize = 30;
+/// Connections made at once (a browser opening a page), and bursts per round.
+const BURST: usize = 20;
+const BURSTS: usize = 3;
+
 fn measure(paths: &[(&'static str, SocketAddr)], parts: &Parts) -> Vec<Row> {
-    let mut samples: Vec<[Vec<f64>; 4]> = paths.iter().map(|_| Default::default()).collect();
+    let mut samples: Vec<[Vec<f64>; 8]> = paths.iter().map(|_| Default::default()).collect();
     for round in 0..ROUNDS {
         eprintln!("round {}/{ROUNDS}", round + 1);
         for (i, (_, addr)) in paths.iter().enumerate() {
@@ -97,17 +109,23 @@ fn measure(paths: &[(&'static str, SocketAddr)], parts: &Parts) -> Vec<Row> {
             if parts.connect {
                 s[3].push(connection_rate(*addr));
             }
+            if parts.ttfb {
+                for (slot, value) in s[4..].iter_mut().zip(ttfb(*addr)) {
+                    slot.push(value);
+                }
+            }
         }
     }
     paths
         .iter()
         .zip(samples)
-        .map(|((path, _), [g, p50, p99, c])| Row {
+        .map(|((path, _), [g, p50, p99, c, t1, t2, t3, t4])| Row {
             path,
             gib_per_s: median(g),
             p50_us: median(p50),
             p99_us: median(p99),
             conns_per_s: median(c),
+            ttfb_ms: [median(t1), median(t2), median(t3), median(t4)],
         })
         .collect()
 }
@@ -186,6 +204,50 @@ fn connection_rate(addr: SocketAddr) -> f64 {
     total as f64 / start.elapsed().as_secs_f64()
 }
 
+/// One new connection: connect, ask for one byte, read it; milliseconds until it came.
+fn first_byte(addr: SocketAddr) -> f64 {
+    let start = Instant::now();
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_nodelay(true).unwrap();
+    s.write_all(b"Ex").unwrap();
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).unwrap();
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+    ms
+}
+
+fn percentiles(mut samples: Vec<f64>) -> (f64, f64) {
+    samples.sort_by(f64::total_cmp);
+    let at = |q: usize| samples[(samples.len() * q / 100).min(samples.len() - 1)];
+    (at(50), at(99))
+}
+
+/// Time to first byte of new connections: [single p50, p99, burst p50, p99] in ms. Bursts are
+/// a second apart, as a page's connections come: the tunnel's pool has refilled between them.
+fn ttfb(addr: SocketAddr) -> [f64; 4] {
+    std::thread::sleep(Duration::from_secs(1));
+    let single: Vec<f64> = (0..SINGLE).map(|_| first_byte(addr)).collect();
+    let mut burst = Vec::new();
+    for _ in 0..BURSTS {
+        std::thread::sleep(Duration::from_secs(1));
+        let start = std::sync::Arc::new(std::sync::Barrier::new(BURST));
+        let threads: Vec<_> = (0..BURST)
+            .map(|_| {
+                let start = start.clone();
+                std::thread::spawn(move || {
+                    start.wait();
+                    first_byte(addr)
+                })
+            })
+            .collect();
+        burst.extend(threads.into_iter().map(|t| t.join().unwrap()));
+    }
+    let (s50, s99) = percentiles(single);
+    let (b50, b99) = percentiles(burst);
+    [s50, s99, b50, b99]
+}
+
 fn print_table(rows: &[Row]) {
     let direct = &rows[0];
     let socat = rows.iter().find(|r| r.path == "socat");
@@ -206,6 +268,13 @@ fn print_table(rows: &[Row]) {
             r.conns_per_s,
             vs_socat(r.conns_per_s, socat.map(|s| s.conns_per_s)),
         );
+    }
+    println!();
+    println!("| path | first byte p50 | p99 | in a burst of {BURST}: p50 | p99 |");
+    println!("|---|---|---|---|---|");
+    for r in rows {
+        let [s50, s99, b50, b99] = r.ttfb_ms;
+        println!("| {} | {s50:.2} ms | {s99:.2} ms | {b50:.2} ms | {b99:.2} ms |", r.path);
     }
     println!();
 }

@@ -109,6 +109,18 @@ fn path_reason(both: &Route, nodes_answer: Option<bool>) -> String {
     }
 }
 
+/// The engine's pool settings with the forward's own floor and ceiling.
+fn pool_settings(spec: &ForwardSpec, tuning: &Tuning) -> crate::tuning::PoolSettings {
+    match spec.tunnel_pool {
+        Some(pool) => crate::tuning::PoolSettings {
+            floor: usize::from(pool.min),
+            ceiling: usize::from(pool.max),
+            ..tuning.pool
+        },
+        None => tuning.pool,
+    }
+}
+
 /// A running forward. Dropping it does not stop it: call [`ForwardHandle::stop`].
 pub(crate) struct ForwardHandle {
     pub spec: ForwardSpec,
@@ -145,6 +157,7 @@ impl ForwardHandle {
             stats: stats.clone(),
             preferred: AtomicUsize::new(0),
             api: std::sync::Mutex::new(None),
+            pool: crate::tunnel::Pool::new(pool_settings(&spec, &parent.hub.tuning)),
             cancel: cancel.clone(),
             cut: cut.clone(),
         };
@@ -197,6 +210,8 @@ struct Forward {
     preferred: AtomicUsize,
     /// The API client, for tunnels; follows the cluster view.
     api: std::sync::Mutex<Option<kube::Client>>,
+    /// Streams opened ahead of need, while the route is a tunnel.
+    pool: crate::tunnel::Pool,
     cancel: CancellationToken,
     /// Cuts this forward's open connections.
     cut: CancellationToken,
@@ -235,6 +250,16 @@ impl Forward {
         if this.spec.enabled {
             if !watch {
                 helpers.spawn(this.clone().listen(bind_tx, route_rx.clone()).in_current_span());
+                // Streams ahead of need, while the route is a tunnel.
+                let (forward, routes, cancel) = (this.clone(), route_rx.clone(), this.cancel.clone());
+                let timeout = this.hub.tuning.connect_timeout;
+                helpers.spawn(
+                    async move {
+                        let client = || forward.client();
+                        forward.pool.fill(routes, client, timeout, cancel).await;
+                    }
+                    .in_current_span(),
+                );
             }
             let (live, tuning, forward) = (this.live.clone(), this.hub.tuning.clone(), this.clone());
             let check = move |route: Arc<Route>| {
@@ -316,6 +341,8 @@ impl Forward {
                 changed = view.changed() => if changed.is_err() { break },
                 changed = live.changed() => {
                     if changed.is_err() { break }
+                    let settings = pool_settings(&live.borrow(), &this.hub.tuning);
+                    this.pool.set_bounds(settings.floor, settings.ceiling);
                     // Whatever was probed before says nothing of the new target or probe:
                     // start over, and have the schedule probe at once (a route published anew,
                     // so that outcomes of probes under way are not taken for it).

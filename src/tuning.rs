@@ -30,6 +30,37 @@ pub struct Tuning {
     pub api_read_timeout: Duration,
     /// How often the engine looks whether the machine slept or its network changed.
     pub wake_tick: Duration,
+    /// The streams each tunnelled forward opens ahead of need (floor and ceiling also per
+    /// forward or cluster: `tunnel_pool`).
+    pub pool: PoolSettings,
+}
+
+/// How a tunnelled forward's pool of ready streams sizes itself (`tunnel::Pool`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// Streams held while nobody connects (0: none, every connection opens its own).
+    pub floor: usize,
+    /// The most held at once, however large a burst (0: no pool).
+    pub ceiling: usize,
+    /// The most being opened at once.
+    pub max_opening: usize,
+    /// A held stream older than this is replaced: servers close a connection that has said
+    /// nothing after a while (Node's headersTimeout and nginx's client_header_timeout: 60 s).
+    pub max_age: Duration,
+    /// With no stream taken for this long, the pool holds half as many, down to `floor`.
+    pub idle: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> PoolSettings {
+        PoolSettings {
+            floor: 1,
+            ceiling: 8,
+            max_opening: 4,
+            max_age: Duration::from_secs(30),
+            idle: Duration::from_secs(10),
+        }
+    }
 }
 
 impl Default for Tuning {
@@ -48,6 +79,7 @@ impl Default for Tuning {
             tunnel_settle: Duration::from_secs(3),
             api_read_timeout: Duration::from_secs(300),
             wake_tick: Duration::from_secs(2),
+            pool: PoolSettings::default(),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! ready pod (WebSocket `v4.channel.k8s.io`), for hosts where node addresses do not answer and
 //! for ClusterIP services.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -14,36 +15,82 @@ use tokio::net::TcpStream;
 use crate::cause::{Cause, CauseId};
 use crate::route::{PodTarget, Route};
 
+mod pool;
+
+pub use crate::tuning::PoolSettings;
+pub use pool::Pool;
+
+/// The far side's verdict on a stream: a message from the API server or the kubelet that it
+/// failed (`None`: it ended without a word).
+type Verdict = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
+
 /// An open stream to one pod's port.
 pub struct Tunnel {
     pub io: DuplexStream,
     /// Kept for the stream's life: it owns the WebSocket and reports the kubelet's errors.
     forwarder: Portforwarder,
+    /// Taken when the stream opens, so that a stream held ahead of need can be checked.
+    verdict: Verdict,
+    /// What the pod said while the stream was held ([`Tunnel::usable`]): the first bytes the
+    /// client gets.
+    pub prefix: Vec<u8>,
     /// The pod it goes to.
     pub pod: PodTarget,
     /// `namespace/pod:port`, for logs and status.
     pub target: String,
 }
 
+/// The most a held stream keeps of what its pod says before a client takes it.
+const PREFIX_MAX: usize = 64 * 1024;
+
 impl Tunnel {
-    /// The stream, what must live as long as it is used, and the verdict of the far side: a
-    /// message from the API server or the kubelet that the stream failed (`None`: it ended
-    /// without a word).
-    pub fn split(
-        mut self,
-    ) -> (
-        DuplexStream,
-        Portforwarder,
-        impl Future<Output = Option<String>> + use<>,
-    ) {
-        let error = self.forwarder.take_error(self.pod.port);
-        let verdict = async move {
+    fn new(io: DuplexStream, mut forwarder: Portforwarder, pod: PodTarget, target: String) -> Tunnel {
+        let error = forwarder.take_error(pod.port);
+        let verdict: Verdict = Box::pin(async move {
             match error {
                 Some(error) => error.await,
                 None => std::future::pending().await,
             }
-        };
-        (self.io, self.forwarder, verdict)
+        });
+        Tunnel {
+            io,
+            forwarder,
+            verdict,
+            prefix: Vec::new(),
+            pod,
+            target,
+        }
+    }
+
+    /// The stream, what must live as long as it is used, and the verdict of the far side.
+    pub fn split(self) -> (DuplexStream, Portforwarder, Verdict) {
+        (self.io, self.forwarder, self.verdict)
+    }
+
+    /// Whether a stream held ahead of need can still be handed out: neither the API server nor
+    /// the kubelet has reported a failure on it, and the pod has not closed it. What the pod
+    /// said meanwhile (a server that greets first) is kept for the client, up to
+    /// [`PREFIX_MAX`]. Never waits.
+    pub fn usable(&mut self) -> bool {
+        use futures::FutureExt;
+        use tokio::io::AsyncReadExt;
+        if self.verdict.as_mut().now_or_never().is_some() {
+            return false;
+        }
+        let mut buf = [0u8; 4096];
+        while self.prefix.len() < PREFIX_MAX {
+            match self.io.read(&mut buf).now_or_never() {
+                None => return true,
+                Some(Ok(0)) | Some(Err(_)) => return false,
+                Some(Ok(n)) => self.prefix.extend_from_slice(&buf[..n]),
+            }
+        }
+        true
+    }
+
+    /// Ends the stream and its WebSocket at once.
+    pub fn close(&self) {
+        self.forwarder.abort();
     }
 }
 
@@ -69,15 +116,7 @@ pub async fn open(
         let target = format!("{}/{}:{}", route.namespace, pod.name, pod.port);
         match tokio::time::timeout(timeout, pods.portforward(&pod.name, &[pod.port])).await {
             Ok(Ok(mut forwarder)) => match forwarder.take_stream(pod.port) {
-                Some(io) => {
-                    let tunnel = Tunnel {
-                        io,
-                        forwarder,
-                        pod: pod.clone(),
-                        target,
-                    };
-                    return Ok((tunnel, index));
-                }
+                Some(io) => return Ok((Tunnel::new(io, forwarder, pod.clone(), target), index)),
                 None => failures.push(format!("{target} (no stream)")),
             },
             Ok(Err(e)) if crate::descriptors::exhausted_in(&e) => {
@@ -193,13 +232,25 @@ const HALF_CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// [`pump`]).
 pub async fn relay(
     mut client: TcpStream,
-    tunnel: Tunnel,
+    mut tunnel: Tunnel,
     settle: Duration,
     up: &AtomicU64,
     down: &AtomicU64,
 ) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
     let _ = client.set_nodelay(true);
+    // What the pod said while the stream was held comes first.
+    let prefix = std::mem::take(&mut tunnel.prefix);
     let (io, forwarder, verdict) = tunnel.split();
+    if !prefix.is_empty() {
+        if let Err(e) = client.write_all(&prefix).await {
+            forwarder.abort();
+            return Err(e);
+        }
+        down.fetch_add(prefix.len() as u64, Ordering::Relaxed);
+    }
+    // A pod that has spoken is past the settling: its far side was reached.
+    let settle = if prefix.is_empty() { settle } else { Duration::ZERO };
     let outcome = {
         let pump = pump(&mut client, io, settle, up, down);
         tokio::pin!(pump);

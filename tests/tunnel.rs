@@ -501,3 +501,152 @@ async fn a_forward_to_pods_needs_no_service_and_follows_its_pods() {
     wait_cause(&engine, "workers", State::Down, CauseId::PodMissing).await;
     engine.shutdown(Duration::from_secs(1)).await;
 }
+
+// ---- the pool of streams opened ahead of need ----
+
+/// Probes once, at the start: every probe through a tunnel opens a stream of its own, which
+/// would blur the count of the streams the pool holds.
+fn quiet() -> porthole::Tuning {
+    porthole::Tuning {
+        probe_interval: Duration::from_secs(3600),
+        ..tuning()
+    }
+}
+
+/// Waits until the fake cluster holds exactly `count` port-forward streams.
+async fn streams(cluster: &FakeCluster, count: usize, what: &str) {
+    let waited = tokio::time::timeout(WAIT, cluster.until_port_forward_streams(count)).await;
+    assert!(
+        waited.is_ok(),
+        "{what}: {} streams, not {count}",
+        cluster.port_forward_streams()
+    );
+}
+
+#[tokio::test]
+async fn a_burst_of_fifty_is_served_intact_and_the_pool_shrinks_back_to_its_floor() {
+    let (cluster, _backend) = echo_cluster("poolburst", "ClusterIP").await;
+    let engine = Engine::start(config(&cluster, &tunnel_forward()), quiet());
+    let addr = local(&wait_healthy(&engine, "echo").await);
+    // At rest: the one stream of the default floor (probes open theirs and close them).
+    streams(&cluster, 1, "at rest").await;
+    let clients: Vec<_> = (0..50u8)
+        .map(|n| {
+            tokio::spawn(async move {
+                let payload: Vec<u8> = (0..32 * 1024).map(|i| (i as u8).wrapping_mul(n | 1)).collect();
+                let mut s = TcpStream::connect(addr).await.unwrap();
+                s.write_all(&payload).await.unwrap();
+                let mut back = vec![0u8; payload.len()];
+                tokio::time::timeout(WAIT, s.read_exact(&mut back))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                back == payload
+            })
+        })
+        .collect();
+    for client in clients {
+        assert!(client.await.unwrap(), "a connection's bytes came back changed");
+    }
+    // The burst raised the target: more streams are held for a while...
+    let status = wait_for(&engine, "echo", "counted", |f| f.stats.total >= 50).await;
+    assert_eq!(status.stats.failed, 0);
+    // ...and nobody connects any more: back to the floor, and held streams count as no
+    // connection.
+    streams(&cluster, 1, "idle again").await;
+    let status = engine.status().await;
+    assert_eq!(status.forward("echo").unwrap().stats.active, 0);
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_held_stream_to_a_pod_that_left_is_never_handed_out() {
+    let (cluster, _echo) = echo_cluster("poolleft", "ClusterIP").await;
+    // Two HTTP pods that say who they are; web-0 first.
+    let first = support::Backend::http("from web-0").await;
+    let second = support::Backend::http("from web-1").await;
+    cluster.apply_service(support::service(
+        NS,
+        "web",
+        "ClusterIP",
+        vec![support::port("http", 80)],
+    ));
+    cluster.add_endpoint(NS, "web", "web-0", first.addr(), true);
+    let forward = format!("{}mode = \"tunnel\"\n", forward("web", NS, "web"));
+    let engine = Engine::start(config(&cluster, &forward), quiet());
+    let addr = local(&wait_healthy(&engine, "web").await);
+    streams(&cluster, 1, "one held to web-0").await;
+    // web-0 is replaced by web-1 (its Deployment rolled): its held stream is still connected
+    // to web-0, which still runs.
+    cluster.add_endpoint(NS, "web", "web-1", second.addr(), true);
+    cluster.remove_endpoint(NS, "web-0");
+    let pod = format!("{NS}/web-1:{}", second.addr().port());
+    wait_for(&engine, "web", "on web-1", |f| {
+        f.route.as_ref().and_then(|r| r.pod.as_deref()) == Some(pod.as_str())
+    })
+    .await;
+    for _ in 0..5 {
+        let answer = http_get(addr).await;
+        assert!(
+            answer.ends_with("from web-1"),
+            "a connection reached the pod that left: {answer}"
+        );
+    }
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+async fn http_get(addr: std::net::SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn a_held_stream_whose_kubelet_reported_an_error_is_never_handed_out() {
+    let (cluster, broken) = echo_cluster("poolerror", "ClusterIP").await;
+    let working = support::Backend::echo().await;
+    cluster.add_endpoint(NS, "echo", "echo-1", working.addr(), true);
+    // echo-0 stays ready, but nothing listens behind it: every stream to it gets the kubelet's
+    // refusal on its error channel, after it opened. The pool holds four, spread over both pods.
+    broken.stop().await;
+    let forward = format!("{}tunnel_pool = {{ min = 4, max = 8 }}\n", tunnel_forward());
+    let engine = Engine::start(config(&cluster, &forward), tuning());
+    let addr = local(&wait_healthy(&engine, "echo").await);
+    for n in 0..20 {
+        let msg = format!("through a sound stream, {n}");
+        assert_eq!(
+            echo_once(addr, msg.as_bytes()).await.unwrap(),
+            msg.as_bytes(),
+            "connection {n} was handed a stream that had failed"
+        );
+    }
+    assert_eq!(engine.status().await.forward("echo").unwrap().stats.failed, 0);
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_forward_turned_off_closes_its_pool_and_no_pool_holds_nothing() {
+    let (cluster, _backend) = echo_cluster("pooloff", "ClusterIP").await;
+    let engine = Engine::start(config(&cluster, &tunnel_forward()), quiet());
+    wait_healthy(&engine, "echo").await;
+    streams(&cluster, 1, "held").await;
+    engine.set_enabled("echo", false).await.unwrap();
+    streams(&cluster, 0, "turned off").await;
+
+    // `max = 0`: every connection opens its own stream, and nothing is held.
+    let mut config = engine.config().await.unwrap();
+    config.forwards[0].enabled = true;
+    config.forwards[0].tunnel_pool = Some(porthole::config::TunnelPool { min: 0, max: 0 });
+    engine.apply(config).await.unwrap();
+    let addr = local(&wait_healthy(&engine, "echo").await);
+    assert_eq!(echo_once(addr, b"fresh").await.unwrap(), b"fresh");
+    streams(&cluster, 0, "no pool").await;
+    engine.shutdown(Duration::from_secs(1)).await;
+}

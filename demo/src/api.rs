@@ -39,6 +39,9 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Sha
             drop(tcp);
             continue;
         }
+        // Go's net package sets TCP_NODELAY on every connection, kube-apiserver's included: small
+        // writes (an upgrade's answer, a WebSocket frame) leave at once, never held by Nagle.
+        let _ = tcp.set_nodelay(true);
         let (epoch, silence) = (shared.epoch(), shared.silence());
         let acceptor = acceptor.clone();
         let shared = shared.clone();

@@ -395,6 +395,8 @@ async fn relay(target: Target, mut input: mpsc::Receiver<Bytes>, out: mpsc::Send
         Ok(Err(error)) => return report(&target, &out, &go_error(&error)).await,
         Err(_) => return report(&target, &out, "i/o timeout").await,
     };
+    // The kubelet's and containerd's dials are Go's: TCP_NODELAY, as for the API server.
+    let _ = backend.set_nodelay(true);
     let (mut from_pod, mut to_pod) = backend.into_split();
     let mut stalled_up = controls.stalled.subscribe();
     let mut stalled_down = controls.stalled.subscribe();

@@ -140,10 +140,48 @@ pub struct ClusterSpec {
     /// The most connections a forward holds open at once (held ones included), unless a forward
     /// says otherwise; past it new ones are refused and counted. `None`: 1024.
     pub max_connections: Option<MaxConnections>,
+    /// How many port-forward streams a tunnelled forward keeps open ahead of need, unless a
+    /// forward says otherwise; `None`: the engine's default (1 to 8).
+    pub tunnel_pool: Option<TunnelPool>,
     /// Whether a forward of this cluster goes to pods rather than a service (`pods`, `pod`):
     /// then its discovery watches pods too. Derived when the config is parsed, never written.
     #[serde(skip)]
     pub watch_pods: bool,
+}
+
+/// `tunnel_pool = { min = 1, max = 8 }`: the streams a tunnelled forward holds ready while idle
+/// (`min`, 0 for none) and at most, under a burst of new connections (`max`, 0 for no pool).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TunnelPool {
+    pub min: u16,
+    pub max: u16,
+}
+
+impl TunnelPool {
+    /// Each held stream is a WebSocket to the API server and a connection to a pod.
+    const MAX: u16 = 64;
+}
+
+impl<'de> Deserialize<'de> for TunnelPool {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Raw {
+            min: i64,
+            max: i64,
+        }
+        let raw = Raw::deserialize(deserializer)?;
+        let fits = |n: i64| u16::try_from(n).ok().filter(|n| *n <= TunnelPool::MAX);
+        match (fits(raw.min), fits(raw.max)) {
+            (Some(min), Some(max)) if min <= max => Ok(TunnelPool { min, max }),
+            _ => Err(serde::de::Error::custom(format!(
+                "min = {}, max = {} is not a pool of 0 to {} streams with min at most max",
+                raw.min,
+                raw.max,
+                TunnelPool::MAX
+            ))),
+        }
+    }
 }
 
 /// `max_connections`: 1 to 1,000,000 (each connection costs two descriptors).
@@ -283,6 +321,8 @@ pub struct ForwardSpec {
     pub tunnel_settle: Option<std::time::Duration>,
     /// This forward's `max_connections`, else the cluster's, else [`MaxConnections::DEFAULT`].
     pub max_connections: u32,
+    /// This forward's `tunnel_pool`, else the cluster's; `None`: the engine's default.
+    pub tunnel_pool: Option<TunnelPool>,
 }
 
 /// What a forward goes to: a service (by name or labels), or pods (by labels or name) for what
@@ -424,6 +464,7 @@ struct RawForward {
     mode: Option<Mode>,
     hold: Option<Seconds>,
     max_connections: Option<MaxConnections>,
+    tunnel_pool: Option<TunnelPool>,
 }
 
 fn enabled_by_default() -> bool {
@@ -809,6 +850,7 @@ impl Validator<'_> {
                 .max_connections
                 .or(cluster.max_connections)
                 .map_or(MaxConnections::DEFAULT, |m| m.0),
+            tunnel_pool: raw.tunnel_pool.or(cluster.tunnel_pool),
         })
     }
 

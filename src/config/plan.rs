@@ -130,6 +130,9 @@ fn same_entry(old: &Config, a: &ForwardSpec, new: &Config, b: &ForwardSpec) -> b
         b.hold = a.hold;
     }
     b.tunnel_settle = a.tunnel_settle;
+    if a.tunnel_pool == was.tunnel_pool && b.tunnel_pool == now.tunnel_pool {
+        b.tunnel_pool = a.tunnel_pool;
+    }
     let max = |c: &ClusterSpec| c.max_connections.map_or(super::MaxConnections::DEFAULT, |m| m.0);
     if a.max_connections == max(was) && b.max_connections == max(now) {
         b.max_connections = a.max_connections;

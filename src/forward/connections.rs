@@ -197,12 +197,20 @@ impl Forward {
             stats.failed.fetch_add(1, Ordering::Relaxed);
             return debug!("no API connection yet: closing");
         };
-        let (tunnel, index) = match tunnel::open(&api, route, first, self.hub.tuning.connect_timeout).await {
-            Ok(opened) => opened,
-            Err(cause) => {
-                stats.failed.fetch_add(1, Ordering::Relaxed);
-                return debug!(%cause, "closing");
-            }
+        // A stream held ahead of need, else one of its own.
+        let pooled = self.pool.take(route).map(|tunnel| {
+            let index = route.pods().iter().position(|p| *p == tunnel.pod).unwrap_or(first);
+            (tunnel, index)
+        });
+        let (tunnel, index) = match pooled {
+            Some(taken) => taken,
+            None => match tunnel::open(&api, route, first, self.hub.tuning.connect_timeout).await {
+                Ok(opened) => opened,
+                Err(cause) => {
+                    stats.failed.fetch_add(1, Ordering::Relaxed);
+                    return debug!(%cause, "closing");
+                }
+            },
         };
         if index != first {
             self.preferred.store(index, Ordering::Relaxed);

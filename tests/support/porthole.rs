@@ -49,6 +49,11 @@ pub fn tuning() -> Tuning {
         tunnel_settle: Duration::from_millis(500),
         api_read_timeout: Duration::from_secs(300),
         wake_tick: Duration::from_millis(100),
+        // The default pool, shrinking after a short idle so tests see it.
+        pool: porthole::tuning::PoolSettings {
+            idle: Duration::from_millis(300),
+            ..porthole::tuning::PoolSettings::default()
+        },
     }
 }
 

@@ -1,0 +1,239 @@
+//! Port-forward streams opened ahead of need, per tunnelled forward: a new connection takes a
+//! ready stream at once instead of waiting for a TCP connect, a TLS handshake, a WebSocket
+//! upgrade and the kubelet's dial to the pod; the pool refills behind it.
+//!
+//! A held stream already holds a connection to its pod (the kubelet dials when the stream is
+//! created), so a stream is only handed out while it is sound: its pod still in the route, its
+//! error channel silent, the pod not having closed it, and younger than `max_age` (well under the
+//! idle timeouts servers put on a connection that says nothing). The pool grows under bursts
+//! (a take that finds it empty raises its target), up to `ceiling`, and shrinks back to `floor`
+//! once nobody has taken a stream for `idle`. Held streams are not connections: they are in no
+//! connection count.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::Tunnel;
+use crate::cause::Cause;
+use crate::route::Route;
+use crate::tuning::PoolSettings;
+
+/// After an opening failed, the next one waits this long.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// The streams of one forward. Cheap to clone; clones share the streams.
+#[derive(Clone)]
+pub struct Pool {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    settings: PoolSettings,
+    held: Mutex<Held>,
+    /// A take: refill now.
+    wake: Notify,
+}
+
+struct Held {
+    /// `settings`' floor and ceiling, as the forward's config says now.
+    floor: usize,
+    ceiling: usize,
+    ready: VecDeque<Ready>,
+    /// How many to hold, between `floor` and `ceiling`.
+    target: usize,
+    last_take: Instant,
+}
+
+/// A held stream; dropping it ends its WebSocket.
+struct Ready {
+    tunnel: Option<Tunnel>,
+    opened: Instant,
+}
+
+impl Drop for Ready {
+    fn drop(&mut self) {
+        if let Some(tunnel) = &self.tunnel {
+            tunnel.close();
+        }
+    }
+}
+
+/// Whether `tunnel` goes to one of `route`'s ready pods, on the port the route says.
+fn in_route(tunnel: &Tunnel, route: &Route) -> bool {
+    route.pods().contains(&tunnel.pod)
+}
+
+impl Pool {
+    pub fn new(settings: PoolSettings) -> Pool {
+        let settings = PoolSettings {
+            ceiling: settings.ceiling.max(settings.floor),
+            max_opening: settings.max_opening.max(1),
+            ..settings
+        };
+        Pool {
+            shared: Arc::new(Shared {
+                settings,
+                held: Mutex::new(Held {
+                    floor: settings.floor,
+                    ceiling: settings.ceiling,
+                    ready: VecDeque::new(),
+                    target: settings.floor,
+                    last_take: Instant::now(),
+                }),
+                wake: Notify::new(),
+            }),
+        }
+    }
+
+    /// New bounds from the forward's config: the target moves into them at once.
+    pub fn set_bounds(&self, floor: usize, ceiling: usize) {
+        let ceiling = ceiling.max(floor);
+        let mut held = self.held();
+        held.floor = floor;
+        held.ceiling = ceiling;
+        held.target = held.target.clamp(floor, ceiling);
+        drop(held);
+        self.shared.wake.notify_one();
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.shared.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A sound held stream to one of `route`'s pods, or `None` (the caller opens its own, and
+    /// the pool holds more from now on).
+    pub fn take(&self, route: &Route) -> Option<Tunnel> {
+        let max_age = self.shared.settings.max_age;
+        let mut held = self.held();
+        if held.ceiling == 0 {
+            return None;
+        }
+        held.last_take = Instant::now();
+        while let Some(mut ready) = held.ready.pop_front() {
+            let sound = ready
+                .tunnel
+                .as_mut()
+                .is_some_and(|t| ready.opened.elapsed() < max_age && in_route(t, route) && t.usable());
+            if sound {
+                self.shared.wake.notify_one();
+                return ready.tunnel.take();
+            }
+            // Dropped here: its WebSocket ends.
+        }
+        // Empty: a burst, or a first connection. Hold more from now on.
+        held.target = (held.target.max(1) * 2).min(held.ceiling);
+        self.shared.wake.notify_one();
+        None
+    }
+
+    /// How many streams are held now (for tests and the log).
+    pub fn len(&self) -> usize {
+        self.held().ready.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keeps the pool filled for the route `routes` publishes while it is a tunnel, until
+    /// `cancel`; then every held stream is closed. `client` gives the API client of the moment,
+    /// `timeout` bounds each opening.
+    pub async fn fill(
+        &self,
+        mut routes: watch::Receiver<Option<Arc<Route>>>,
+        client: impl Fn() -> Option<kube::Client>,
+        timeout: Duration,
+        cancel: CancellationToken,
+    ) {
+        let settings = self.shared.settings;
+        let mut opening: JoinSet<Result<Tunnel, Cause>> = JoinSet::new();
+        let mut next_pod = 0usize;
+        let mut retry_at: Option<Instant> = None;
+        loop {
+            let route = routes.borrow_and_update().clone().filter(|r| r.is_tunnel());
+            let deadline = {
+                let mut held = self.held();
+                let now = Instant::now();
+                // Sound streams only: their pod still ready, young enough, not failed.
+                held.ready.retain_mut(|ready| {
+                    let opened = ready.opened;
+                    match (&route, ready.tunnel.as_mut()) {
+                        (Some(route), Some(t)) => now - opened < settings.max_age && in_route(t, route) && t.usable(),
+                        _ => false,
+                    }
+                });
+                if now - held.last_take >= settings.idle && held.target > held.floor {
+                    held.target = (held.target / 2).max(held.floor);
+                    held.last_take = now;
+                    debug!(target = held.target, "idle: holding fewer streams");
+                }
+                while held.ready.len() > held.target {
+                    held.ready.pop_front();
+                }
+                let retry_passed = retry_at.is_none_or(|at| now >= at);
+                if let (Some(route), Some(client), true) = (&route, client(), retry_passed) {
+                    let count = route.pods().len();
+                    while count > 0
+                        && held.ready.len() + opening.len() < held.target
+                        && opening.len() < settings.max_opening
+                    {
+                        let (route, client) = (route.clone(), client.clone());
+                        // Spread across the ready pods.
+                        let first = next_pod % count;
+                        next_pod = next_pod.wrapping_add(1);
+                        opening
+                            .spawn(async move { super::open(&client, &route, first, timeout).await.map(|(t, _)| t) });
+                    }
+                }
+                // Wake for the oldest stream's replacement, the next decay, or the retry.
+                let oldest = held.ready.iter().map(|r| r.opened + settings.max_age).min();
+                let decay = (held.target > held.floor).then_some(held.last_take + settings.idle);
+                [oldest, decay, retry_at.filter(|_| !retry_passed)]
+                    .into_iter()
+                    .flatten()
+                    .min()
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                changed = routes.changed() => if changed.is_err() { break },
+                _ = self.shared.wake.notified() => {}
+                Some(done) = opening.join_next() => {
+                    let Ok(opened) = done else { continue };
+                    match opened {
+                        Ok(tunnel) => {
+                            let current = routes.borrow().clone();
+                            // Opened for a route that changed meanwhile: only if its pod is still in.
+                            let fits = current.as_deref().is_some_and(|r| r.is_tunnel() && in_route(&tunnel, r));
+                            let ready = Ready { tunnel: Some(tunnel), opened: Instant::now() };
+                            if fits {
+                                retry_at = None;
+                                self.held().ready.push_back(ready);
+                            }
+                        }
+                        Err(cause) => {
+                            debug!(%cause, "opening a stream ahead of need failed");
+                            retry_at = Some(Instant::now() + RETRY);
+                        }
+                    }
+                }
+                _ = sleep_until(deadline) => {}
+            }
+        }
+        opening.abort_all();
+        self.held().ready.clear();
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -60,15 +60,18 @@ fn main() {
     let target = server.addr;
     let porthole = Spawned::porthole(target);
     let socat = Spawned::socat(target);
-    let tunnel = Tunnel::start(target);
+    let tunnel = Tunnel::start(target, None);
+    // Every connection opening its own stream, as before the pool: what the pool saves.
+    let unpooled = Tunnel::start(target, Some("{ min = 0, max = 0 }"));
     let mut paths = vec![("direct", target), ("porthole", porthole.addr)];
     match &socat {
         Some(socat) => paths.push(("socat", socat.addr)),
         None => eprintln!("socat is not installed: its row is left out (apt-get install socat)"),
     }
     paths.push(("tunnel", tunnel.addr));
+    paths.push(("tunnel, no pool", unpooled.addr));
     print_table(&measure(&paths, &parts));
-    drop((porthole, socat, tunnel));
+    drop((porthole, socat, tunnel, unpooled));
     if parts.idle {
         idle_memory(target);
     }
@@ -408,7 +411,8 @@ struct Tunnel {
 }
 
 impl Tunnel {
-    fn start(target: SocketAddr) -> Tunnel {
+    /// `pool`: a `tunnel_pool` table for the forward (`None`: the default pool).
+    fn start(target: SocketAddr, pool: Option<&str>) -> Tunnel {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let cluster = runtime.block_on(async {
             let cluster = support::FakeCluster::start("bench").await;
@@ -423,9 +427,10 @@ impl Tunnel {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let config = dir.path().join("porthole.toml");
         let text = format!(
-            "[cluster]\ncontext = \"{}\"\nkubeconfig = \"{}\"\n\n[[forward]]\nname = \"server\"\nnamespace = \"bench\"\nservice = \"server\"\nlocal_port = {port}\nmode = \"tunnel\"\n",
+            "[cluster]\ncontext = \"{}\"\nkubeconfig = \"{}\"\n\n[[forward]]\nname = \"server\"\nnamespace = \"bench\"\nservice = \"server\"\nlocal_port = {port}\nmode = \"tunnel\"\n{}",
             cluster.context(),
-            cluster.kubeconfig().display()
+            cluster.kubeconfig().display(),
+            pool.map(|p| format!("tunnel_pool = {p}\n")).unwrap_or_default()
         );
         std::fs::write(&config, text).unwrap();
         let control = dir.path().join("control.sock");

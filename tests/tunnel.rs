@@ -650,3 +650,25 @@ async fn a_forward_turned_off_closes_its_pool_and_no_pool_holds_nothing() {
     streams(&cluster, 0, "no pool").await;
     engine.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn new_streams_resume_the_tls_session_with_the_api_server() {
+    let (cluster, _backend) = echo_cluster("poolresume", "ClusterIP").await;
+    // No pool: every connection opens its own stream, on a connection of its own.
+    let forward = format!("{}tunnel_pool = {{ min = 0, max = 0 }}\n", tunnel_forward());
+    let engine = Engine::start(config(&cluster, &forward), quiet());
+    let addr = local(&wait_healthy(&engine, "echo").await);
+    let (full_before, resumed_before) = cluster.tls_handshakes();
+    for n in 0..10 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        round_trip(&mut s, format!("resumed {n}").as_bytes()).await.unwrap();
+    }
+    let (full, resumed) = cluster.tls_handshakes();
+    assert_eq!(
+        resumed - resumed_before,
+        10,
+        "every stream's connection resumed a session"
+    );
+    assert_eq!(full, full_before, "no full handshake for them");
+    engine.shutdown(Duration::from_secs(1)).await;
+}

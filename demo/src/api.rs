@@ -50,6 +50,11 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Sha
                 let Ok(tls) = acceptor.accept(Silenceable { io: tcp, silence }).await else {
                     return;
                 };
+                let (full, resumed) = &shared.handshakes;
+                match tls.get_ref().1.handshake_kind() {
+                    Some(rustls::HandshakeKind::Resumed) => resumed.fetch_add(1, Ordering::SeqCst),
+                    _ => full.fetch_add(1, Ordering::SeqCst),
+                };
                 let service = service_fn(move |req| {
                     let shared = shared.clone();
                     async move { respond(&shared, req) }

@@ -58,6 +58,8 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     pub runtime: tokio::runtime::Handle,
     pub port_forwards: portforward::Controls,
+    /// TLS handshakes completed: (full, resumed).
+    pub handshakes: (std::sync::atomic::AtomicUsize, std::sync::atomic::AtomicUsize),
 }
 
 impl Shared {
@@ -145,6 +147,7 @@ impl FakeCluster {
             shutdown: shutdown.clone(),
             runtime: tokio::runtime::Handle::current(),
             port_forwards: portforward::Controls::new(&shutdown),
+            handshakes: Default::default(),
         });
         tokio::spawn(super::api::serve(listener, acceptor, shared.clone()));
         tokio::spawn(tick_bookmarks(shared.clone()));
@@ -268,6 +271,12 @@ impl FakeCluster {
     /// The current global resourceVersion.
     pub fn resource_version(&self) -> u64 {
         self.shared().lock().store.rv()
+    }
+
+    /// TLS handshakes the API server completed: (full, resumed from an earlier session).
+    pub fn tls_handshakes(&self) -> (usize, usize) {
+        let (full, resumed) = &self.shared().handshakes;
+        (full.load(Ordering::SeqCst), resumed.load(Ordering::SeqCst))
     }
 
     // ---- kubeconfig ----

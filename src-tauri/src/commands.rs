@@ -212,11 +212,7 @@ pub async fn call(app: &AppHandle, command: Command) -> Result<Value, CommandErr
         Command::AddCluster { context, name } => {
             // The contexts listed are those of the kubeconfig the cluster kubectl should point
             // at reads: the new cluster reads the same.
-            let config = shell
-                .engine
-                .config()
-                .await
-                .ok_or_else(|| CommandError::failed("the engine has stopped"))?;
+            let config = config(shell).await?;
             let kubeconfig = config.kubectl_cluster().kubeconfig.clone();
             reply(
                 save(
@@ -232,15 +228,20 @@ pub async fn call(app: &AppHandle, command: Command) -> Result<Value, CommandErr
         }
         Command::RemoveCluster { name } => reply(save(shell, Edit::RemoveCluster(name)).await?),
         Command::ImportForwards { drafts, cluster } => {
-            let config = shell
-                .engine
-                .config()
-                .await
-                .ok_or_else(|| CommandError::failed("the engine has stopped"))?;
+            let config = config(shell).await?;
             let into = destination(&config, cluster.as_deref())?;
             reply(save(shell, porthole::import::edit(&config, into, drafts)).await?)
         }
     }
+}
+
+/// The config in effect.
+async fn config(shell: &Shell) -> Result<porthole::Config, CommandError> {
+    shell
+        .engine
+        .config()
+        .await
+        .ok_or_else(|| CommandError::failed("the engine has stopped"))
 }
 
 fn reply(value: impl Serialize) -> Result<Value, CommandError> {
@@ -248,11 +249,7 @@ fn reply(value: impl Serialize) -> Result<Value, CommandError> {
 }
 
 async fn page_state(app: &AppHandle, shell: &Shell) -> Result<PageState, CommandError> {
-    let config = shell
-        .engine
-        .config()
-        .await
-        .ok_or_else(|| CommandError::failed("the engine has stopped"))?;
+    let config = config(shell).await?;
     let (contexts, kubectl_context, contexts_error) = match shell.engine.contexts().await {
         Ok((names, current)) => (local_first(names), current, None),
         Err(e) => (Vec::new(), None, Some(e.to_string())),
@@ -284,11 +281,7 @@ async fn preview_import(
     text: &str,
     cluster: Option<&str>,
 ) -> Result<porthole::import::Plan, CommandError> {
-    let config = shell
-        .engine
-        .config()
-        .await
-        .ok_or_else(|| CommandError::failed("the engine has stopped"))?;
+    let config = config(shell).await?;
     let into = destination(&config, cluster)?;
     Ok(porthole::import::preview(text, &config, into).await)
 }

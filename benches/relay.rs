@@ -60,7 +60,8 @@ fn main() {
     let target = server.addr;
     let porthole = Spawned::porthole(target);
     let socat = Spawned::socat(target);
-    let tunnel = Tunnel::start(target, None);
+    // The bench server speaks plain TCP, for which only a pool the config asks for is held.
+    let tunnel = Tunnel::start(target, Some("{ min = 1, max = 8 }"));
     // Every connection opening its own stream, as before the pool: what the pool saves.
     let unpooled = Tunnel::start(target, Some("{ min = 0, max = 0 }"));
     let mut paths = vec![("direct", target), ("porthole", porthole.addr)];
@@ -411,7 +412,7 @@ struct Tunnel {
 }
 
 impl Tunnel {
-    /// `pool`: a `tunnel_pool` table for the forward (`None`: the default pool).
+    /// `pool`: a `tunnel_pool` table for the forward (`None`: the default).
     fn start(target: SocketAddr, pool: Option<&str>) -> Tunnel {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let cluster = runtime.block_on(async {

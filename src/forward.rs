@@ -109,12 +109,14 @@ fn path_reason(both: &Route, nodes_answer: Option<bool>) -> String {
     }
 }
 
-/// The engine's pool settings with the forward's own floor and ceiling.
+/// The engine's pool settings with the forward's own floor and ceiling: a pool the config asks
+/// for is held whatever the port speaks.
 fn pool_settings(spec: &ForwardSpec, tuning: &Tuning) -> crate::tuning::PoolSettings {
     match spec.tunnel_pool {
         Some(pool) => crate::tuning::PoolSettings {
             floor: usize::from(pool.min),
             ceiling: usize::from(pool.max),
+            any_protocol: true,
             ..tuning.pool
         },
         None => tuning.pool,
@@ -342,7 +344,7 @@ impl Forward {
                 changed = live.changed() => {
                     if changed.is_err() { break }
                     let settings = pool_settings(&live.borrow(), &this.hub.tuning);
-                    this.pool.set_bounds(settings.floor, settings.ceiling);
+                    this.pool.set_bounds(settings.floor, settings.ceiling, settings.any_protocol);
                     // Whatever was probed before says nothing of the new target or probe:
                     // start over, and have the schedule probe at once (a route published anew,
                     // so that outcomes of probes under way are not taken for it).

@@ -45,10 +45,18 @@ pub struct PoolSettings {
     /// The most being opened at once.
     pub max_opening: usize,
     /// A held stream older than this is replaced: servers close a connection that has said
-    /// nothing after a while (Node's headersTimeout and nginx's client_header_timeout: 60 s).
+    /// nothing after a while (Apache's RequestReadTimeout: 20 s; Node's headersTimeout and
+    /// nginx's client_header_timeout: 60 s), and one closed just as it is handed out would fail
+    /// its client.
     pub max_age: Duration,
     /// With no stream taken for this long, the pool holds half as many, down to `floor`.
     pub idle: Duration,
+    /// Whether streams are held for a port whose protocol is not known to be HTTP, TLS or
+    /// gRPC. A held stream is a connection the pod's server sees open and then closed unused:
+    /// web servers expect that (browsers preconnect), a database counts it as an aborted
+    /// handshake (MySQL blocks a host after 100 in a row). Set by a `tunnel_pool` of the
+    /// forward's or cluster's own.
+    pub any_protocol: bool,
 }
 
 impl Default for PoolSettings {
@@ -57,8 +65,9 @@ impl Default for PoolSettings {
             floor: 1,
             ceiling: 8,
             max_opening: 4,
-            max_age: Duration::from_secs(30),
+            max_age: Duration::from_secs(15),
             idle: Duration::from_secs(10),
+            any_protocol: false,
         }
     }
 }

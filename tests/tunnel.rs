@@ -513,6 +513,12 @@ fn quiet() -> porthole::Tuning {
     }
 }
 
+/// The echo service's port is plain TCP, for which only a pool the config asks for holds
+/// streams (a database would count unused connections as aborted handshakes).
+fn pooled_forward() -> String {
+    format!("{}tunnel_pool = {{ min = 1, max = 8 }}\n", tunnel_forward())
+}
+
 /// Waits until the fake cluster holds exactly `count` port-forward streams.
 async fn streams(cluster: &FakeCluster, count: usize, what: &str) {
     let waited = tokio::time::timeout(WAIT, cluster.until_port_forward_streams(count)).await;
@@ -526,7 +532,7 @@ async fn streams(cluster: &FakeCluster, count: usize, what: &str) {
 #[tokio::test]
 async fn a_burst_of_fifty_is_served_intact_and_the_pool_shrinks_back_to_its_floor() {
     let (cluster, _backend) = echo_cluster("poolburst", "ClusterIP").await;
-    let engine = Engine::start(config(&cluster, &tunnel_forward()), quiet());
+    let engine = Engine::start(config(&cluster, &pooled_forward()), quiet());
     let addr = local(&wait_healthy(&engine, "echo").await);
     // At rest: the one stream of the default floor (probes open theirs and close them).
     streams(&cluster, 1, "at rest").await;
@@ -562,7 +568,7 @@ async fn a_burst_of_fifty_is_served_intact_and_the_pool_shrinks_back_to_its_floo
 #[tokio::test]
 async fn a_held_stream_to_a_pod_that_left_is_never_handed_out() {
     let (cluster, _echo) = echo_cluster("poolleft", "ClusterIP").await;
-    // Two HTTP pods that say who they are; web-0 first.
+    // Two HTTP pods that say who they are; web-0 first. An `http` port: pooled by default.
     let first = support::Backend::http("from web-0").await;
     let second = support::Backend::http("from web-1").await;
     cluster.apply_service(support::service(
@@ -634,7 +640,7 @@ async fn a_held_stream_whose_kubelet_reported_an_error_is_never_handed_out() {
 #[tokio::test]
 async fn a_forward_turned_off_closes_its_pool_and_no_pool_holds_nothing() {
     let (cluster, _backend) = echo_cluster("pooloff", "ClusterIP").await;
-    let engine = Engine::start(config(&cluster, &tunnel_forward()), quiet());
+    let engine = Engine::start(config(&cluster, &pooled_forward()), quiet());
     wait_healthy(&engine, "echo").await;
     streams(&cluster, 1, "held").await;
     engine.set_enabled("echo", false).await.unwrap();
@@ -670,5 +676,33 @@ async fn new_streams_resume_the_tls_session_with_the_api_server() {
         "every stream's connection resumed a session"
     );
     assert_eq!(full, full_before, "no full handshake for them");
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn by_default_streams_are_held_for_web_ports_only() {
+    let (cluster, _echo) = echo_cluster("poolproto", "ClusterIP").await;
+    let web = support::Backend::http("hello").await;
+    cluster.apply_service(support::service(
+        NS,
+        "web",
+        "ClusterIP",
+        vec![support::port("http", 80)],
+    ));
+    cluster.add_endpoint(NS, "web", "web-0", web.addr(), true);
+    // Plain TCP (a database, say): no stream held, every connection opens its own.
+    let engine = Engine::start(config(&cluster, &tunnel_forward()), quiet());
+    let addr = local(&wait_healthy(&engine, "echo").await);
+    streams(&cluster, 0, "a tcp port at rest").await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    round_trip(&mut s, b"its own stream").await.unwrap();
+    drop(s);
+    streams(&cluster, 0, "a tcp port after a connection").await;
+    engine.shutdown(Duration::from_secs(1)).await;
+    // HTTP: one held.
+    let forward = format!("{}mode = \"tunnel\"\n", forward("web", NS, "web"));
+    let engine = Engine::start(config(&cluster, &forward), quiet());
+    wait_healthy(&engine, "web").await;
+    streams(&cluster, 1, "an http port at rest").await;
     engine.shutdown(Duration::from_secs(1)).await;
 }

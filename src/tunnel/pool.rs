@@ -8,7 +8,8 @@
 //! idle timeouts servers put on a connection that says nothing). The pool grows under bursts
 //! (a take that finds it empty raises its target), up to `ceiling`, and shrinks back to `floor`
 //! once nobody has taken a stream for `idle`. Held streams are not connections: they are in no
-//! connection count.
+//! connection count. Unless the config asks for a pool, streams are held only for ports that
+//! speak HTTP, TLS or gRPC (see [`PoolSettings::any_protocol`]).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -42,9 +43,10 @@ struct Shared {
 }
 
 struct Held {
-    /// `settings`' floor and ceiling, as the forward's config says now.
+    /// `settings`' floor, ceiling and `any_protocol`, as the forward's config says now.
     floor: usize,
     ceiling: usize,
+    any_protocol: bool,
     ready: VecDeque<Ready>,
     /// How many to hold, between `floor` and `ceiling`.
     target: usize,
@@ -65,6 +67,12 @@ impl Drop for Ready {
     }
 }
 
+/// Whether the pool holds streams for `route`: a tunnel, to a port that speaks HTTP, TLS or gRPC
+/// unless the config asked for a pool.
+fn serves(held: &Held, route: &Route) -> bool {
+    route.is_tunnel() && (held.any_protocol || route.protocol != crate::route::Protocol::Tcp)
+}
+
 /// Whether `tunnel` goes to one of `route`'s ready pods, on the port the route says.
 fn in_route(tunnel: &Tunnel, route: &Route) -> bool {
     route.pods().contains(&tunnel.pod)
@@ -83,6 +91,7 @@ impl Pool {
                 held: Mutex::new(Held {
                     floor: settings.floor,
                     ceiling: settings.ceiling,
+                    any_protocol: settings.any_protocol,
                     ready: VecDeque::new(),
                     target: settings.floor,
                     last_take: Instant::now(),
@@ -93,11 +102,12 @@ impl Pool {
     }
 
     /// New bounds from the forward's config: the target moves into them at once.
-    pub fn set_bounds(&self, floor: usize, ceiling: usize) {
+    pub fn set_bounds(&self, floor: usize, ceiling: usize, any_protocol: bool) {
         let ceiling = ceiling.max(floor);
         let mut held = self.held();
         held.floor = floor;
         held.ceiling = ceiling;
+        held.any_protocol = any_protocol;
         held.target = held.target.clamp(floor, ceiling);
         drop(held);
         self.shared.wake.notify_one();
@@ -112,7 +122,7 @@ impl Pool {
     pub fn take(&self, route: &Route) -> Option<Tunnel> {
         let max_age = self.shared.settings.max_age;
         let mut held = self.held();
-        if held.ceiling == 0 {
+        if held.ceiling == 0 || !serves(&held, route) {
             return None;
         }
         held.last_take = Instant::now();
@@ -157,9 +167,10 @@ impl Pool {
         let mut next_pod = 0usize;
         let mut retry_at: Option<Instant> = None;
         loop {
-            let route = routes.borrow_and_update().clone().filter(|r| r.is_tunnel());
+            let route = routes.borrow_and_update().clone();
             let deadline = {
                 let mut held = self.held();
+                let route = route.filter(|r| serves(&held, r));
                 let now = Instant::now();
                 // Sound streams only: their pod still ready, young enough, not failed.
                 held.ready.retain_mut(|ready| {
@@ -210,7 +221,7 @@ impl Pool {
                         Ok(tunnel) => {
                             let current = routes.borrow().clone();
                             // Opened for a route that changed meanwhile: only if its pod is still in.
-                            let fits = current.as_deref().is_some_and(|r| r.is_tunnel() && in_route(&tunnel, r));
+                            let fits = current.as_deref().is_some_and(|r| serves(&self.held(), r) && in_route(&tunnel, r));
                             let ready = Ready { tunnel: Some(tunnel), opened: Instant::now() };
                             if fits {
                                 retry_at = None;

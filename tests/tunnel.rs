@@ -706,3 +706,46 @@ async fn by_default_streams_are_held_for_web_ports_only() {
     streams(&cluster, 1, "an http port at rest").await;
     engine.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn what_a_pod_says_while_its_stream_is_held_reaches_the_client() {
+    let (cluster, _echo) = echo_cluster("poolgreet", "ClusterIP").await;
+    // A server that speaks first (SMTP, MySQL, SSH do): its greeting arrives while the stream
+    // is held, and must be the client's first bytes.
+    let greeter = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = greeter.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = greeter.accept().await {
+            tokio::spawn(async move {
+                let _ = s.write_all(b"220 hello\r\n").await;
+                let mut rest = Vec::new();
+                let _ = s.read_to_end(&mut rest).await;
+            });
+        }
+    });
+    cluster.apply_service(support::service(
+        NS,
+        "mail",
+        "ClusterIP",
+        vec![support::port("smtp", 25)],
+    ));
+    cluster.add_endpoint(NS, "mail", "mail-0", at, true);
+    let forward = format!(
+        "{}mode = \"tunnel\"\ntunnel_pool = {{ min = 1, max = 8 }}\n",
+        forward("mail", NS, "mail")
+    );
+    let engine = Engine::start(config(&cluster, &forward), quiet());
+    let addr = local(&wait_healthy(&engine, "mail").await);
+    streams(&cluster, 1, "one held").await;
+    // Several in a row: the later ones take streams whose greeting was read while held.
+    for n in 0..5 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut greeting = [0u8; 11];
+        tokio::time::timeout(WAIT, s.read_exact(&mut greeting))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&greeting, b"220 hello\r\n", "connection {n}");
+    }
+    engine.shutdown(Duration::from_secs(1)).await;
+}

@@ -47,12 +47,17 @@ impl Core {
                 _ = cancel.cancelled() => return,
                 change = changes.changed() => if change.is_none() { return },
             }
-            if let Some(cluster) = self.guarded(&name).await {
-                self.refresh_kubeconfig_state(&cluster).await;
+            let guarded = self.guarded(&name).await;
+            if let Some(cluster) = &guarded {
+                self.refresh_kubeconfig_state(cluster).await;
             }
             let mut guard = self.running.lock().await;
             let Some(running) = guard.as_mut() else { return };
-            self.refresh_kubectl_context(running.config.kubectl_cluster());
+            // kubectl's context is read from the marked cluster's kubeconfig, which its own
+            // follower watches: the other clusters' followers need not read it again.
+            if let Some(cluster) = &guarded {
+                self.refresh_kubectl_context(cluster);
+            }
             let Some(run) = running.cluster(&name) else { return };
             let cluster = run.spec.clone();
             if fingerprint(&cluster) != run.discovery.fingerprint {

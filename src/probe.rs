@@ -221,31 +221,34 @@ async fn through_tunnel(
     timeout: Duration,
     settle: Duration,
 ) -> Result<(), Cause> {
-    let (via, pod) = (tunnel.target.clone(), tunnel.pod.clone());
-    // The forwarder is kept while the probe talks: dropping it ends the stream.
-    let (io, _forwarder, verdict) = tunnel.split();
-    let talk = async {
-        match conversation {
-            Conversation::Tcp => first_word(io, settle).await,
-            other => match tokio::time::timeout(timeout + settle, other.run(io)).await {
-                Ok(outcome) => outcome.map_err(Some),
-                Err(_) => Err(Some(format!("no answer in {:?}", timeout + settle))),
-            },
-        }
-    };
-    // The far side's verdict first: when it speaks, the stream's end that follows is its doing.
-    tokio::select! {
-        biased;
-        Some(message) = verdict => Err(crate::tunnel::verdict(&message, route, &pod)),
-        outcome = talk => match outcome {
-            Ok(()) => Ok(()),
-            Err(Some(what)) => Err(serving_failure(route, &via, &what)),
-            Err(None) => Err(Cause::new(
-                CauseId::TunnelFailed,
-                format!("the port-forward to {via} closed before the pod said anything, with no reason given"),
-            )
-            .with_fix("the API server or the node's kubelet ended it: check `kubectl get nodes` and the pod's events")),
+    let crate::tunnel::Tunnel {
+        mut io,
+        pod,
+        target: via,
+        ..
+    } = tunnel;
+    let talk = match conversation {
+        Conversation::Tcp => first_word(&mut io, settle).await,
+        other => match tokio::time::timeout(timeout + settle, other.run(&mut io)).await {
+            Ok(outcome) => outcome.map_err(Some),
+            Err(_) => Err(Some(format!("no answer in {:?}", timeout + settle))),
         },
+    };
+    // The far side's verdict first: when it spoke, the stream's end that followed is its doing.
+    // A read came to it, or it has arrived behind a write that failed.
+    if talk.is_err()
+        && let Some(message) = io.verdict_now()
+    {
+        return Err(crate::tunnel::verdict(message, route, &pod));
+    }
+    match talk {
+        Ok(()) => Ok(()),
+        Err(Some(what)) => Err(serving_failure(route, &via, &what)),
+        Err(None) => Err(Cause::new(
+            CauseId::TunnelFailed,
+            format!("the port-forward to {via} closed before the pod said anything, with no reason given"),
+        )
+        .with_fix("the API server or the node's kubelet ended it: check `kubectl get nodes` and the pod's events")),
     }
 }
 

@@ -51,6 +51,10 @@ pub struct PoolSettings {
     pub max_age: Duration,
     /// With no stream taken for this long, the pool holds half as many, down to `floor`.
     pub idle: Duration,
+    /// A stream handed out is replaced once its pod has answered through it, or after this
+    /// long: opening one (a TCP connect, a TLS handshake, an upgrade, the kubelet's dial) would
+    /// take the same cores as the answer. A take that finds the pool empty opens at once.
+    pub refill_defer: Duration,
     /// Whether streams are held for a port whose protocol is not known to be HTTP, TLS or
     /// gRPC. A held stream is a connection the pod's server sees open and then closed unused:
     /// web servers expect that (browsers preconnect), a database counts it as an aborted
@@ -67,6 +71,7 @@ impl Default for PoolSettings {
             max_opening: 4,
             max_age: Duration::from_secs(15),
             idle: Duration::from_secs(10),
+            refill_defer: Duration::from_millis(3),
             any_protocol: false,
         }
     }

@@ -2,35 +2,30 @@
 //! ready pod (WebSocket `v4.channel.k8s.io`), for hosts where node addresses do not answer and
 //! for ClusterIP services.
 
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::Pod;
-use kube::Api;
-use kube::api::Portforwarder;
-use tokio::io::DuplexStream;
+use kube::Resource;
 use tokio::net::TcpStream;
 
 use crate::cause::{Cause, CauseId};
 use crate::route::{PodTarget, Route};
 
 mod pool;
+mod stream;
 
 pub use crate::tuning::PoolSettings;
 pub use pool::Pool;
+pub use stream::{PortStream, refusal};
 
-/// The far side's verdict on a stream: a message from the API server or the kubelet that it
-/// failed (`None`: it ended without a word).
-type Verdict = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
+/// The connection of a port-forward, as the API server's upgrade leaves it.
+pub type Ws = TokioIo<hyper::upgrade::Upgraded>;
 
-/// An open stream to one pod's port.
+/// An open stream to one pod's port. Dropping it ends its WebSocket.
 pub struct Tunnel {
-    pub io: DuplexStream,
-    /// Kept for the stream's life: it owns the WebSocket and reports the kubelet's errors.
-    forwarder: Portforwarder,
-    /// Taken when the stream opens, so that a stream held ahead of need can be checked.
-    verdict: Verdict,
+    pub io: PortStream<Ws>,
     /// What the pod said while the stream was held ([`Tunnel::usable`]): the first bytes the
     /// client gets.
     pub prefix: Vec<u8>,
@@ -38,35 +33,14 @@ pub struct Tunnel {
     pub pod: PodTarget,
     /// `namespace/pod:port`, for logs and status.
     pub target: String,
+    /// The pool it was taken from, told when the pod first answers through it.
+    pool: Option<Pool>,
 }
 
 /// The most a held stream keeps of what its pod says before a client takes it.
 const PREFIX_MAX: usize = 64 * 1024;
 
 impl Tunnel {
-    fn new(io: DuplexStream, mut forwarder: Portforwarder, pod: PodTarget, target: String) -> Tunnel {
-        let error = forwarder.take_error(pod.port);
-        let verdict: Verdict = Box::pin(async move {
-            match error {
-                Some(error) => error.await,
-                None => std::future::pending().await,
-            }
-        });
-        Tunnel {
-            io,
-            forwarder,
-            verdict,
-            prefix: Vec::new(),
-            pod,
-            target,
-        }
-    }
-
-    /// The stream, what must live as long as it is used, and the verdict of the far side.
-    pub fn split(self) -> (DuplexStream, Portforwarder, Verdict) {
-        (self.io, self.forwarder, self.verdict)
-    }
-
     /// Whether a stream held ahead of need can still be handed out: neither the API server nor
     /// the kubelet has reported a failure on it, and the pod has not closed it. What the pod
     /// said meanwhile (a server that greets first) is kept for the client, up to
@@ -74,9 +48,6 @@ impl Tunnel {
     pub fn usable(&mut self) -> bool {
         use futures::FutureExt;
         use tokio::io::AsyncReadExt;
-        if self.verdict.as_mut().now_or_never().is_some() {
-            return false;
-        }
         let mut buf = [0u8; 4096];
         while self.prefix.len() < PREFIX_MAX {
             match self.io.read(&mut buf).now_or_never() {
@@ -87,11 +58,6 @@ impl Tunnel {
         }
         true
     }
-
-    /// Ends the stream and its WebSocket at once.
-    pub fn close(&self) {
-        self.forwarder.abort();
-    }
 }
 
 /// Opens a stream to the route's first pod that accepts one, starting at `first` (the pod that
@@ -99,14 +65,13 @@ impl Tunnel {
 ///
 /// A stream that opens is not yet a path: a real API server answers the upgrade before it
 /// dials the kubelet, and the kubelet dials the pod after that. Their failures arrive later,
-/// on the error channel ([`Tunnel::split`], worded by [`verdict`]).
+/// on the error channel (they fail the stream's next read: [`refusal`], worded by [`verdict`]).
 pub async fn open(
     client: &kube::Client,
     route: &Route,
     first: usize,
     timeout: Duration,
 ) -> Result<(Tunnel, usize), Cause> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &route.namespace);
     let pods_ready = route.pods();
     let count = pods_ready.len();
     let mut failures = Vec::new();
@@ -114,11 +79,17 @@ pub async fn open(
     for index in (0..count).map(|i| (first + i) % count) {
         let pod = &pods_ready[index];
         let target = format!("{}/{}:{}", route.namespace, pod.name, pod.port);
-        match tokio::time::timeout(timeout, pods.portforward(&pod.name, &[pod.port])).await {
-            Ok(Ok(mut forwarder)) => match forwarder.take_stream(pod.port) {
-                Some(io) => return Ok((Tunnel::new(io, forwarder, pod.clone(), target), index)),
-                None => failures.push(format!("{target} (no stream)")),
-            },
+        match tokio::time::timeout(timeout, connect(client, &route.namespace, pod)).await {
+            Ok(Ok(ws)) => {
+                let tunnel = Tunnel {
+                    io: PortStream::new(ws, pod.port),
+                    prefix: Vec::new(),
+                    pod: pod.clone(),
+                    target,
+                    pool: None,
+                };
+                return Ok((tunnel, index));
+            }
             Ok(Err(e)) if crate::descriptors::exhausted_in(&e) => {
                 return Err(crate::descriptors::cause(&format!(
                     "opening a port-forward to {target}"
@@ -159,6 +130,15 @@ pub async fn open(
         "check the pods: `kubectl get pods -n {}` (a pod that is restarting comes back by itself)",
         route.namespace
     )))
+}
+
+/// The WebSocket of a port-forward to `pod`'s port, upgraded through the API server.
+async fn connect(client: &kube::Client, namespace: &str, pod: &PodTarget) -> Result<Ws, kube::Error> {
+    let request = kube::core::Request::new(Pod::url_path(&(), Some(namespace)))
+        .portforward(&pod.name, &[pod.port])
+        .map_err(kube::Error::BuildRequest)?;
+    // kube's WebSocket has read nothing yet: the connection goes on with ours.
+    Ok(client.connect(request).await?.into_stream().into_inner())
 }
 
 /// Whether the API server answered the upgrade with this HTTP status.
@@ -232,38 +212,46 @@ const HALF_CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// [`pump`]).
 pub async fn relay(
     mut client: TcpStream,
-    mut tunnel: Tunnel,
+    tunnel: Tunnel,
     settle: Duration,
     up: &AtomicU64,
     down: &AtomicU64,
 ) -> std::io::Result<()> {
     use tokio::io::AsyncWriteExt;
     let _ = client.set_nodelay(true);
-    // What the pod said while the stream was held comes first.
-    let prefix = std::mem::take(&mut tunnel.prefix);
-    let (io, forwarder, verdict) = tunnel.split();
+    let Tunnel {
+        mut io,
+        prefix,
+        mut pool,
+        ..
+    } = tunnel;
+    // What the pod said while the stream was held comes first; and the pool the stream came
+    // from opens its replacement once the pod has answered.
     if !prefix.is_empty() {
-        if let Err(e) = client.write_all(&prefix).await {
-            forwarder.abort();
-            return Err(e);
+        if let Some(pool) = pool.take() {
+            pool.refill_now();
         }
+        client.write_all(&prefix).await?;
         down.fetch_add(prefix.len() as u64, Ordering::Relaxed);
     }
     // A pod that has spoken is past the settling: its far side was reached.
     let settle = if prefix.is_empty() { settle } else { Duration::ZERO };
-    let outcome = {
-        let pump = pump(&mut client, io, settle, up, down);
-        tokio::pin!(pump);
-        tokio::select! {
-            result = &mut pump => result,
-            message = verdict => match message {
-                Some(message) => Err(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, message)),
-                // Closed without a word: the stream is ending; let the bytes in flight through.
-                None => pump.await,
-            },
+    let answered = move || {
+        if let Some(pool) = pool {
+            pool.refill_now();
         }
     };
-    forwarder.abort();
+    let mut outcome = pump(&mut client, &mut io, settle, answered, up, down).await;
+    if let Err(e) = &outcome
+        && refusal(e).is_none()
+        && let Some(message) = io.verdict_now()
+    {
+        // A write failed before a read came to the far side's report: the report is the cause.
+        outcome = Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            message.to_string(),
+        ));
+    }
     if outcome.is_err() {
         let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
     }
@@ -275,12 +263,15 @@ pub async fn relay(
 /// `settle` while the pod has said nothing yet (the API server may still be reaching the
 /// kubelet, which then dials the pod: a request sent at once with a half-close waits for both).
 ///
+/// `answered` is called once the pod's first bytes have reached the client.
+///
 /// Buffers sized for throughput exist only while bytes are in flight: an idle tunnelled
 /// connection holds [`SMALL_READ`] bytes, not two 32 KiB buffers for its whole life.
 async fn pump<Io>(
     client: &mut TcpStream,
     io: Io,
     settle: Duration,
+    answered: impl FnOnce(),
     up: &AtomicU64,
     down: &AtomicU64,
 ) -> std::io::Result<()>
@@ -313,6 +304,7 @@ where
                 Err(e) => return Err(e),
             };
             to_pod.write_all(&buf[..n]).await?;
+            to_pod.flush().await?;
             up.fetch_add(n as u64, Ordering::Relaxed);
         }
     };
@@ -320,6 +312,7 @@ where
         // The pod's side is a stream without readiness: a small read waits for bytes, and a full
         // one (a burst) is drained with a large buffer for as long as bytes keep coming.
         let mut buf = [0u8; SMALL_READ];
+        let mut answered = Some(answered);
         let mut half_closed = false;
         let mut spoken = false;
         loop {
@@ -349,6 +342,9 @@ where
             }
             spoken = true;
             to_client.write_all(&buf[..n]).await?;
+            if let Some(answered) = answered.take() {
+                answered();
+            }
             down.fetch_add(n as u64, Ordering::Relaxed);
             if n < SMALL_READ {
                 continue;
@@ -389,7 +385,7 @@ mod tests {
         let (pod_side, mut pod) = tokio::io::duplex(4 * 1024);
         let before = crate::test_alloc::live();
         let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
-        let pumping = pump(&mut client_side, pod_side, Duration::from_secs(1), &up, &down);
+        let pumping = pump(&mut client_side, pod_side, Duration::from_secs(1), || {}, &up, &down);
         let traffic = async {
             let burst = vec![7u8; 200 * 1024];
             let mut back = vec![0u8; burst.len()];
@@ -410,5 +406,76 @@ mod tests {
             _ = pumping => panic!("the pump ended"),
         };
         assert!(held < 16 * 1024, "an idle tunnelled connection holds {held} bytes");
+    }
+
+    /// The same over a port-forward's WebSocket: idle after a burst each way, the stream and
+    /// the pump hold a few KiB (kube's `Portforwarder` held a 128 KiB read buffer, two pipes and
+    /// a task). The API server's end (tungstenite) runs on a thread of its own, so that only our
+    /// side is counted.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_idle_port_forward_stream_holds_no_bulk_buffers() {
+        use futures::{SinkExt, StreamExt};
+        use tokio_tungstenite::WebSocketStream;
+        use tokio_tungstenite::tungstenite::Message;
+        use tokio_tungstenite::tungstenite::protocol::Role;
+        const BURST: usize = 200 * 1024;
+        let api = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let api_addr = api.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                api.set_nonblocking(true).unwrap();
+                let api = tokio::net::TcpListener::from_std(api).unwrap();
+                let (socket, _) = api.accept().await.unwrap();
+                let mut ws = WebSocketStream::from_raw_socket(socket, Role::Server, None).await;
+                for channel in [0u8, 1] {
+                    ws.send(Message::Binary(vec![channel, 80, 0].into())).await.unwrap();
+                }
+                // The bytes up, then as many down, then the end.
+                let mut got = 0;
+                while got < BURST {
+                    let Some(Ok(Message::Binary(frame))) = ws.next().await else {
+                        panic!("no frame")
+                    };
+                    got += frame.len() - 1;
+                }
+                for chunk in vec![7u8; BURST].chunks(32 * 1024) {
+                    let mut frame = vec![0u8];
+                    frame.extend_from_slice(chunk);
+                    ws.send(Message::Binary(frame.into())).await.unwrap();
+                }
+                while let Some(Ok(_)) = ws.next().await {}
+            });
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(listener.local_addr().unwrap()), listener.accept());
+        let (mut client, mut client_side) = (client.unwrap(), accepted.unwrap().0);
+        let mut burst = vec![7u8; BURST];
+        let socket = TcpStream::connect(api_addr).await.unwrap();
+        let before = crate::test_alloc::live();
+        let mut stream = PortStream::new(socket, 80);
+        let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+        let held = {
+            let pumping = pump(&mut client_side, &mut stream, Duration::from_secs(1), || {}, &up, &down);
+            let traffic = async {
+                client.write_all(&burst).await.unwrap();
+                client.read_exact(&mut burst).await.unwrap();
+                for _ in 0..64 {
+                    tokio::task::yield_now().await;
+                }
+                crate::test_alloc::live() - before
+            };
+            tokio::select! {
+                held = traffic => held,
+                _ = pumping => panic!("the pump ended"),
+            }
+        };
+        assert_eq!(down.load(Ordering::Relaxed), BURST as u64);
+        drop(stream);
+        server.join().unwrap();
+        assert!(held < 16 * 1024, "an idle port-forward stream holds {held} bytes");
     }
 }

@@ -565,6 +565,39 @@ async fn a_burst_of_fifty_is_served_intact_and_the_pool_shrinks_back_to_its_floo
     engine.shutdown(Duration::from_secs(1)).await;
 }
 
+/// A stream handed out is replaced once its pod has answered through it. With the deferral
+/// set to an hour, only the answer can bring the replacement.
+#[tokio::test]
+async fn a_stream_handed_out_is_replaced_once_its_pod_answers() {
+    let (cluster, _backend) = echo_cluster("poolanswer", "ClusterIP").await;
+    let quiet = quiet();
+    let tuning = porthole::Tuning {
+        pool: porthole::tuning::PoolSettings {
+            refill_defer: Duration::from_secs(3600),
+            ..quiet.pool
+        },
+        ..quiet
+    };
+    let engine = Engine::start(config(&cluster, &pooled_forward()), tuning);
+    let addr = local(&wait_healthy(&engine, "echo").await);
+    streams(&cluster, 1, "at rest").await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"ping").await.unwrap();
+    let mut back = [0u8; 4];
+    tokio::time::timeout(WAIT, s.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&back, b"ping");
+    // The connection's stream, and the one held in its place.
+    streams(&cluster, 2, "replaced after the answer").await;
+    let status = wait_for(&engine, "echo", "counted", |f| f.stats.total == 1).await;
+    assert_eq!((status.stats.active, status.stats.failed), (1, 0));
+    drop(s);
+    streams(&cluster, 1, "the connection closed").await;
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
 #[tokio::test]
 async fn a_held_stream_to_a_pod_that_left_is_never_handed_out() {
     let (cluster, _echo) = echo_cluster("poolleft", "ClusterIP").await;

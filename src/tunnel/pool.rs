@@ -51,20 +51,14 @@ struct Held {
     /// How many to hold, between `floor` and `ceiling`.
     target: usize,
     last_take: Instant,
+    /// No opening before this: a stream was just handed out (`PoolSettings::refill_defer`).
+    refill_at: Option<Instant>,
 }
 
 /// A held stream; dropping it ends its WebSocket.
 struct Ready {
-    tunnel: Option<Tunnel>,
+    tunnel: Tunnel,
     opened: Instant,
-}
-
-impl Drop for Ready {
-    fn drop(&mut self) {
-        if let Some(tunnel) = &self.tunnel {
-            tunnel.close();
-        }
-    }
 }
 
 /// Whether the pool holds streams for `route`: a tunnel, to a port that speaks HTTP, TLS or gRPC
@@ -95,6 +89,7 @@ impl Pool {
                     ready: VecDeque::new(),
                     target: settings.floor,
                     last_take: Instant::now(),
+                    refill_at: None,
                 }),
                 wake: Notify::new(),
             }),
@@ -125,22 +120,30 @@ impl Pool {
         if held.ceiling == 0 || !serves(&held, route) {
             return None;
         }
-        held.last_take = Instant::now();
+        let now = Instant::now();
+        held.last_take = now;
         while let Some(mut ready) = held.ready.pop_front() {
-            let sound = ready
-                .tunnel
-                .as_mut()
-                .is_some_and(|t| ready.opened.elapsed() < max_age && in_route(t, route) && t.usable());
+            let sound = ready.opened.elapsed() < max_age && in_route(&ready.tunnel, route) && ready.tunnel.usable();
             if sound {
+                // Replaced once it has carried its first answer (`Tunnel::answered`).
+                held.refill_at = Some(now + self.shared.settings.refill_defer);
                 self.shared.wake.notify_one();
-                return ready.tunnel.take();
+                ready.tunnel.pool = Some(self.clone());
+                return Some(ready.tunnel);
             }
             // Dropped here: its WebSocket ends.
         }
-        // Empty: a burst, or a first connection. Hold more from now on.
+        // Empty: a burst, or a first connection. Hold more from now on, and open at once.
         held.target = (held.target.max(1) * 2).min(held.ceiling);
+        held.refill_at = None;
         self.shared.wake.notify_one();
         None
+    }
+
+    /// A stream handed out carried its first answer: replace it now.
+    pub(super) fn refill_now(&self) {
+        self.held().refill_at = None;
+        self.shared.wake.notify_one();
     }
 
     /// How many streams are held now (for tests and the log).
@@ -174,11 +177,9 @@ impl Pool {
                 let now = Instant::now();
                 // Sound streams only: their pod still ready, young enough, not failed.
                 held.ready.retain_mut(|ready| {
-                    let opened = ready.opened;
-                    match (&route, ready.tunnel.as_mut()) {
-                        (Some(route), Some(t)) => now - opened < settings.max_age && in_route(t, route) && t.usable(),
-                        _ => false,
-                    }
+                    route.as_ref().is_some_and(|route| {
+                        now - ready.opened < settings.max_age && in_route(&ready.tunnel, route) && ready.tunnel.usable()
+                    })
                 });
                 if now - held.last_take >= settings.idle && held.target > held.floor {
                     held.target = (held.target / 2).max(held.floor);
@@ -189,7 +190,11 @@ impl Pool {
                     held.ready.pop_front();
                 }
                 let retry_passed = retry_at.is_none_or(|at| now >= at);
-                if let (Some(route), Some(client), true) = (&route, client(), retry_passed) {
+                if held.refill_at.is_some_and(|at| now >= at) {
+                    held.refill_at = None;
+                }
+                let refill_at = held.refill_at;
+                if let (Some(route), Some(client), true, None) = (&route, client(), retry_passed, refill_at) {
                     let count = route.pods().len();
                     while count > 0
                         && held.ready.len() + opening.len() < held.target
@@ -203,10 +208,10 @@ impl Pool {
                             .spawn(async move { super::open(&client, &route, first, timeout).await.map(|(t, _)| t) });
                     }
                 }
-                // Wake for the oldest stream's replacement, the next decay, or the retry.
+                // Wake for the oldest stream's replacement, the next decay, the retry or the refill.
                 let oldest = held.ready.iter().map(|r| r.opened + settings.max_age).min();
                 let decay = (held.target > held.floor).then_some(held.last_take + settings.idle);
-                [oldest, decay, retry_at.filter(|_| !retry_passed)]
+                [oldest, decay, retry_at.filter(|_| !retry_passed), refill_at]
                     .into_iter()
                     .flatten()
                     .min()
@@ -222,7 +227,7 @@ impl Pool {
                             let current = routes.borrow().clone();
                             // Opened for a route that changed meanwhile: only if its pod is still in.
                             let fits = current.as_deref().is_some_and(|r| serves(&self.held(), r) && in_route(&tunnel, r));
-                            let ready = Ready { tunnel: Some(tunnel), opened: Instant::now() };
+                            let ready = Ready { tunnel, opened: Instant::now() };
                             if fits {
                                 retry_at = None;
                                 self.held().ready.push_back(ready);

@@ -1,4 +1,5 @@
-//! Relay benchmark: bulk throughput, small-message latency and connection rate for a direct
+//! Relay benchmark: bulk throughput both ways, small-message latency, connection rate and time
+//! to a new connection's first byte for a direct
 //! connection, Porthole's relay (`porthole relay`, the engine's byte pump), socat when installed,
 //! and Porthole's tunnel path (`porthole up` with a `mode = "tunnel"` forward, through the fake
 //! API server's port-forward); then the RSS of Porthole holding many idle connections. All on
@@ -6,7 +7,8 @@
 //!
 //! Run: `cargo bench --bench relay`. This process is the client (and hosts the fake API server on
 //! its own runtime); a child of it is the server (`PORTHOLE_BENCH_SERVE=1`), and the relays run as
-//! their own programs.
+//! their own programs. `PORTHOLE_BENCH_PATHS="tunnel|socat"` measures direct and the named
+//! paths only.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -71,6 +73,10 @@ fn main() {
     }
     paths.push(("tunnel", tunnel.addr));
     paths.push(("tunnel, no pool", unpooled.addr));
+    if let Ok(only) = std::env::var("PORTHOLE_BENCH_PATHS") {
+        let keep: Vec<&str> = only.split('|').collect();
+        paths.retain(|(name, _)| *name == "direct" || keep.contains(name));
+    }
     print_table(&measure(&paths, &parts));
     drop((porthole, socat, tunnel, unpooled));
     if parts.idle {
@@ -81,40 +87,48 @@ fn main() {
 
 struct Row {
     path: &'static str,
-    gib_per_s: f64,
+    /// Bulk throughput, GiB/s: client to server, and server to client.
+    up_gib_per_s: f64,
+    down_gib_per_s: f64,
     p50_us: f64,
     p99_us: f64,
     conns_per_s: f64,
-    /// Time to first byte of a new connection, ms: one at a time (p50, p99), and in bursts of
-    /// [`BURST`] at once (p50, p99).
-    ttfb_ms: [f64; 4],
+    /// Time to first byte of a new connection, ms, p50 and p99: made alone (the one connection
+    /// of its moment), made in a row (each as soon as the last has its byte), and in bursts of
+    /// [`BURST`] at once.
+    ttfb_ms: [f64; 6],
 }
 
-/// New connections made one after another, per round.
+/// New connections made alone, and in a row, per round.
 const SINGLE: usize = 30;
+/// The quiet before a connection made alone: a person's click, not a loop. The tunnel's pool
+/// refills meanwhile, as it does between clicks; connections made in a row do not give it
+/// that time, and are measured too.
+const ALONE_GAP: Duration = Duration::from_millis(50);
 /// Connections made at once (a browser opening a page), and bursts per round.
 const BURST: usize = 20;
 const BURSTS: usize = 3;
 
 fn measure(paths: &[(&'static str, SocketAddr)], parts: &Parts) -> Vec<Row> {
-    let mut samples: Vec<[Vec<f64>; 8]> = paths.iter().map(|_| Default::default()).collect();
+    let mut samples: Vec<[Vec<f64>; 11]> = paths.iter().map(|_| Default::default()).collect();
     for round in 0..ROUNDS {
         eprintln!("round {}/{ROUNDS}", round + 1);
         for (i, (_, addr)) in paths.iter().enumerate() {
             let s = &mut samples[i];
             if parts.bulk {
                 s[0].push(bulk(*addr));
+                s[1].push(bulk_down(*addr));
             }
             if parts.latency {
                 let (p50, p99) = latency(*addr);
-                s[1].push(p50);
-                s[2].push(p99);
+                s[2].push(p50);
+                s[3].push(p99);
             }
             if parts.connect {
-                s[3].push(connection_rate(*addr));
+                s[4].push(connection_rate(*addr));
             }
             if parts.ttfb {
-                for (slot, value) in s[4..].iter_mut().zip(ttfb(*addr)) {
+                for (slot, value) in s[5..].iter_mut().zip(ttfb(*addr)) {
                     slot.push(value);
                 }
             }
@@ -123,13 +137,14 @@ fn measure(paths: &[(&'static str, SocketAddr)], parts: &Parts) -> Vec<Row> {
     paths
         .iter()
         .zip(samples)
-        .map(|((path, _), [g, p50, p99, c, t1, t2, t3, t4])| Row {
+        .map(|((path, _), [up, down, p50, p99, c, t @ ..])| Row {
             path,
-            gib_per_s: median(g),
+            up_gib_per_s: median(up),
+            down_gib_per_s: median(down),
             p50_us: median(p50),
             p99_us: median(p99),
             conns_per_s: median(c),
-            ttfb_ms: [median(t1), median(t2), median(t3), median(t4)],
+            ttfb_ms: t.map(median),
         })
         .collect()
 }
@@ -160,6 +175,24 @@ fn bulk(addr: SocketAddr) -> f64 {
     let elapsed = start.elapsed().as_secs_f64();
     assert_eq!(u64::from_le_bytes(ack), sent, "the server saw every byte");
     sent as f64 / elapsed / (1u64 << 30) as f64
+}
+
+/// One connection, `BULK_BYTES` from the server to the client (a download).
+fn bulk_down(addr: SocketAddr) -> f64 {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.write_all(b"D").unwrap();
+    s.write_all(&BULK_BYTES.to_le_bytes()).unwrap();
+    let mut chunk = vec![0u8; 256 * 1024];
+    let start = Instant::now();
+    let mut got = 0u64;
+    while got < BULK_BYTES {
+        match s.read(&mut chunk).unwrap() {
+            0 => panic!("the download ended after {got} bytes"),
+            n => got += n as u64,
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    got as f64 / elapsed / (1u64 << 30) as f64
 }
 
 /// Round trips of a small message on one connection: (p50, p99) in microseconds.
@@ -227,11 +260,19 @@ fn percentiles(mut samples: Vec<f64>) -> (f64, f64) {
     (at(50), at(99))
 }
 
-/// Time to first byte of new connections: [single p50, p99, burst p50, p99] in ms. Bursts are
-/// a second apart, as a page's connections come: the tunnel's pool has refilled between them.
-fn ttfb(addr: SocketAddr) -> [f64; 4] {
+/// Time to first byte of new connections, ms: [alone p50, p99, in a row p50, p99, burst p50,
+/// p99]. Bursts are a second apart, as a page's connections come: the tunnel's pool has
+/// refilled between them.
+fn ttfb(addr: SocketAddr) -> [f64; 6] {
     std::thread::sleep(Duration::from_secs(1));
-    let single: Vec<f64> = (0..SINGLE).map(|_| first_byte(addr)).collect();
+    let alone: Vec<f64> = (0..SINGLE)
+        .map(|_| {
+            std::thread::sleep(ALONE_GAP);
+            first_byte(addr)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let in_a_row: Vec<f64> = (0..SINGLE).map(|_| first_byte(addr)).collect();
     let mut burst = Vec::new();
     for _ in 0..BURSTS {
         std::thread::sleep(Duration::from_secs(1));
@@ -247,25 +288,29 @@ fn ttfb(addr: SocketAddr) -> [f64; 4] {
             .collect();
         burst.extend(threads.into_iter().map(|t| t.join().unwrap()));
     }
-    let (s50, s99) = percentiles(single);
+    let (a50, a99) = percentiles(alone);
+    let (r50, r99) = percentiles(in_a_row);
     let (b50, b99) = percentiles(burst);
-    [s50, s99, b50, b99]
+    [a50, a99, r50, r99, b50, b99]
 }
 
 fn print_table(rows: &[Row]) {
     let direct = &rows[0];
     let socat = rows.iter().find(|r| r.path == "socat");
     println!();
-    println!("| path | throughput | vs direct | vs socat | latency p50 | p99 | added p50 | connections/s | vs socat |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| path | throughput up | vs direct | vs socat | down | latency p50 | p99 | added p50 | connections/s | vs socat |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let vs_socat = |a: f64, b: Option<f64>| b.map_or("-".to_string(), |b| format!("{:.2}x", a / b));
         println!(
-            "| {} | {:.2} GiB/s | {:.2}x | {} | {:.1} µs | {:.1} µs | {:+.1} µs | {:.0} | {} |",
+            "| {} | {:.2} GiB/s | {:.2}x | {} | {:.2} GiB/s | {:.1} µs | {:.1} µs | {:+.1} µs | {:.0} | {} |",
             r.path,
-            r.gib_per_s,
-            r.gib_per_s / direct.gib_per_s,
-            vs_socat(r.gib_per_s, socat.map(|s| s.gib_per_s)),
+            r.up_gib_per_s,
+            r.up_gib_per_s / direct.up_gib_per_s,
+            vs_socat(r.up_gib_per_s, socat.map(|s| s.up_gib_per_s)),
+            r.down_gib_per_s,
             r.p50_us,
             r.p99_us,
             r.p50_us - direct.p50_us,
@@ -274,11 +319,14 @@ fn print_table(rows: &[Row]) {
         );
     }
     println!();
-    println!("| path | first byte p50 | p99 | in a burst of {BURST}: p50 | p99 |");
-    println!("|---|---|---|---|---|");
+    println!("| path | first byte, alone: p50 | p99 | in a row: p50 | p99 | in a burst of {BURST}: p50 | p99 |");
+    println!("|---|---|---|---|---|---|---|");
     for r in rows {
-        let [s50, s99, b50, b99] = r.ttfb_ms;
-        println!("| {} | {s50:.2} ms | {s99:.2} ms | {b50:.2} ms | {b99:.2} ms |", r.path);
+        let [a50, a99, r50, r99, b50, b99] = r.ttfb_ms;
+        println!(
+            "| {} | {a50:.2} ms | {a99:.2} ms | {r50:.2} ms | {r99:.2} ms | {b50:.2} ms | {b99:.2} ms |",
+            r.path
+        );
     }
     println!();
 }
@@ -469,7 +517,8 @@ impl Drop for Tunnel {
     }
 }
 
-/// The server: `S` then bytes → counts them, answers the count at end-of-file; `E` → echoes.
+/// The server: `S`, a count, then bytes → counts them, answers the count once it has them all;
+/// `D` and a count → sends that many bytes; `E` → echoes.
 fn serve() {
     raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -492,10 +541,24 @@ fn serve() {
                     return;
                 }
                 let mut expected = [0u8; 8];
-                if mode[0] == b'S' && s.read_exact(&mut expected).await.is_err() {
+                if matches!(mode[0], b'S' | b'D') && s.read_exact(&mut expected).await.is_err() {
                     return;
                 }
                 let expected = u64::from_le_bytes(expected);
+                if mode[0] == b'D' {
+                    let chunk = vec![0xa5u8; 256 * 1024];
+                    let mut sent = 0u64;
+                    while sent < expected {
+                        let n = chunk.len().min((expected - sent) as usize);
+                        if s.write_all(&chunk[..n]).await.is_err() {
+                            return;
+                        }
+                        sent += n as u64;
+                    }
+                    // The client closes once it has them all.
+                    let _ = s.read(&mut [0u8; 1]).await;
+                    return;
+                }
                 let mut buf = vec![0u8; if mode[0] == b'S' { 256 * 1024 } else { 4096 }];
                 let mut total = 0u64;
                 loop {

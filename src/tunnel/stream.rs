@@ -291,6 +291,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PortStream<S> {
         let mut byte = [0u8; 1];
         let n = ready!(self.poll_payload(cx, &mut byte))?;
         if n == 0 {
+            // The connection ended inside the frame.
+            self.ended = true;
             return Poll::Ready(Ok(()));
         }
         let channel = byte[0];
@@ -696,6 +698,30 @@ mod tests {
             mask(&mut fast, key);
             let slow: Vec<u8> = data.iter().enumerate().map(|(i, b)| b ^ key[i % 4]).collect();
             assert_eq!(fast, slow, "{len} bytes");
+        }
+    }
+
+    /// A connection that ends inside a frame (its header, its channel byte, its data) is an
+    /// end of file, not a read that waits for ever.
+    #[tokio::test]
+    async fn a_connection_cut_inside_a_frame_ends_the_stream() {
+        let opening: &[u8] = &[0x82, 3, 0, 80, 0, 0x82, 3, 1, 80, 0];
+        for cut in [
+            &[0x82][..],
+            &[0x82, 126, 0][..],
+            &[0x82, 5][..],
+            &[0x82, 5, 0, b'a'][..],
+        ] {
+            let (ours, mut theirs) = tokio::io::duplex(1024);
+            let mut stream = PortStream::new(ours, 80);
+            theirs.write_all(opening).await.unwrap();
+            theirs.write_all(cut).await.unwrap();
+            drop(theirs);
+            let mut got = Vec::new();
+            let read = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_to_end(&mut got));
+            read.await.expect("the read ended").unwrap();
+            let data: &[u8] = if cut.len() == 4 { b"a" } else { b"" };
+            assert_eq!(got, data, "cut after {cut:?}");
         }
     }
 

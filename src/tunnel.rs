@@ -278,8 +278,9 @@ async fn pump<Io>(
 where
     Io: tokio::io::AsyncRead + tokio::io::AsyncWrite,
 {
-    use futures::FutureExt;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use std::pin::Pin;
+    use std::task::Poll;
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
     let (mut from_pod, mut to_pod) = tokio::io::split(io);
     let (from_client, mut to_client) = client.split();
     let client_done = tokio::sync::Notify::new();
@@ -350,7 +351,17 @@ where
                 continue;
             }
             let mut bulk = vec![0u8; BULK_READ];
-            while let Some(read) = from_pod.read(&mut bulk).now_or_never() {
+            // Read while bytes are there, with this task's waker: a noop one could take the
+            // place of the writer's (a pong written from the read side).
+            while let Some(read) = std::future::poll_fn(|cx| {
+                let mut filled = ReadBuf::new(&mut bulk);
+                match Pin::new(&mut from_pod).poll_read(cx, &mut filled) {
+                    Poll::Pending => Poll::Ready(None),
+                    Poll::Ready(read) => Poll::Ready(Some(read.map(|()| filled.filled().len()))),
+                }
+            })
+            .await
+            {
                 match read? {
                     0 => return to_client.shutdown().await,
                     n => {
@@ -361,7 +372,16 @@ where
             }
         }
     };
-    tokio::try_join!(upward, downward).map(|_| ())
+    // The client's end leaves the pod's answer to come; the pod's end is the stream's end (the
+    // protocol has no half-close), so the client's side is not waited for.
+    tokio::pin!(upward, downward);
+    tokio::select! {
+        up = &mut upward => {
+            up?;
+            downward.await
+        }
+        down = &mut downward => down,
+    }
 }
 
 /// What an idle tunnelled connection holds to wait for the pod's next bytes.
@@ -477,5 +497,26 @@ mod tests {
         drop(stream);
         server.join().unwrap();
         assert!(held < 4 * 1024, "an idle port-forward stream holds {held} bytes");
+    }
+
+    /// The pod's end ends the relay: the protocol has no half-close, so a client that says
+    /// nothing more is not waited for.
+    #[tokio::test]
+    async fn the_pods_end_ends_the_relay_without_the_clients() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(listener.local_addr().unwrap()), listener.accept());
+        let (mut client, mut client_side) = (client.unwrap(), accepted.unwrap().0);
+        let (pod_side, mut pod) = tokio::io::duplex(4 * 1024);
+        let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+        let pumping = pump(&mut client_side, pod_side, Duration::from_secs(1), || {}, &up, &down);
+        let pod_ends = async {
+            pod.write_all(b"bye").await.unwrap();
+            drop(pod);
+        };
+        let (ended, ()) = tokio::join!(tokio::time::timeout(Duration::from_secs(10), pumping), pod_ends);
+        ended.expect("the relay ended with the pod").unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"bye", "the pod's last bytes, then the end");
     }
 }

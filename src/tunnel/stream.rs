@@ -109,6 +109,10 @@ pub struct PortStream<S> {
     out_sent: usize,
     /// A ping's payload to answer once `out` is free.
     pong: Option<Vec<u8>>,
+    /// Bytes written to the connection and not yet flushed (TLS may hold them).
+    unflushed: bool,
+    /// A protocol error, repeated by every read after it: what follows it cannot be framed.
+    failed: Option<String>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> PortStream<S> {
@@ -128,6 +132,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PortStream<S> {
             out: Vec::new(),
             out_sent: 0,
             pong: None,
+            unflushed: false,
+            failed: None,
         }
     }
 
@@ -315,6 +321,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PortStream<S> {
         Poll::Ready(Ok(()))
     }
 
+    /// Sends what waits to be sent (a frame written without a flush after it, a pong) and
+    /// flushes it, as far as the connection takes it now; a read calls this, so that what waits
+    /// goes out even when nobody writes or flushes any more, and the reader is woken to go on.
+    fn poll_pending_output(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if self.out.is_empty() && self.pong.is_none() && !self.unflushed {
+            return Ok(());
+        }
+        if let Poll::Ready(Err(e)) = self.poll_send(cx) {
+            return Err(e);
+        }
+        if self.out.is_empty() {
+            match Pin::new(&mut self.io).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Writes what `out` holds, then the pong that waits, if any.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
@@ -324,6 +350,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PortStream<S> {
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
                 self.out_sent += n;
+                self.unflushed = true;
             }
             // Written: the buffer goes with it.
             self.out = Vec::new();
@@ -385,6 +412,23 @@ fn protocol(what: &str) -> io::Error {
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for PortStream<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if let Some(failure) = &this.failed {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, failure.clone())));
+        }
+        let read = this.poll_read_frames(cx, buf);
+        if let Poll::Ready(Err(e)) = &read
+            && e.kind() == io::ErrorKind::InvalidData
+        {
+            this.failed = Some(e.to_string());
+        }
+        read
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> PortStream<S> {
+    fn poll_read_frames(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self;
+        this.poll_pending_output(cx)?;
         loop {
             if let Some(verdict) = &this.verdict {
                 return Poll::Ready(Err(io::Error::new(
@@ -457,7 +501,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for PortStream<S> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_send(cx))?;
-        Pin::new(&mut self.io).poll_flush(cx)
+        ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+        self.unflushed = false;
+        Poll::Ready(Ok(()))
     }
 
     /// The protocol cannot pass a half-close on: the stream's end closes the WebSocket.
@@ -609,9 +655,41 @@ mod tests {
 
         let (mut stream, mut server) = pair(80).await;
         open(&mut server, 80).await;
-        server.send(message(4, b"x")).await.unwrap();
+        server.send(message(4, b"\x01x")).await.unwrap();
         let error = stream.read(&mut [0u8; 4]).await.unwrap_err();
         assert!(error.to_string().contains("channel 4"), "{error}");
+        // What follows cannot be framed: the error stays, and nothing in the rest of that
+        // message (a 1 where a channel byte would be) is taken for a report.
+        server.send(message(1, b"not a report")).await.unwrap();
+        let again = stream.read(&mut [0u8; 4]).await.unwrap_err();
+        assert_eq!(again.to_string(), error.to_string());
+        assert_eq!(stream.verdict_now(), None);
+    }
+
+    /// A frame written without a flush (the connection took only part of it) goes out while
+    /// the stream waits to read the answer to it.
+    #[tokio::test]
+    async fn a_frame_not_flushed_goes_out_while_the_stream_reads() {
+        let (ours, theirs) = tokio::io::duplex(64);
+        let mut server = WebSocketStream::from_raw_socket(theirs, Role::Server, None).await;
+        let mut stream = PortStream::new(ours, 80);
+        stream.write_all(&[b'q'; 1000]).await.unwrap();
+        let serve = async {
+            open(&mut server, 80).await;
+            let Some(Ok(Message::Binary(request))) = server.next().await else {
+                panic!("no frame")
+            };
+            assert_eq!(request.len(), 1001);
+            server.send(message(0, b"answer")).await.unwrap();
+        };
+        let read = async {
+            let mut answer = [0u8; 6];
+            stream.read_exact(&mut answer).await.unwrap();
+            answer
+        };
+        let both = tokio::time::timeout(std::time::Duration::from_secs(10), async { tokio::join!(serve, read) });
+        let ((), answer) = both.await.expect("the request went out and was answered");
+        assert_eq!(&answer, b"answer");
     }
 
     /// A message in fragments, with a ping between them: the data arrives whole, in order,

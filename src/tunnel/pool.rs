@@ -125,7 +125,8 @@ impl Pool {
         while let Some(mut ready) = held.ready.pop_front() {
             let sound = ready.opened.elapsed() < max_age && in_route(&ready.tunnel, route) && ready.tunnel.usable();
             if sound {
-                // Replaced once it has carried its first answer (`Tunnel::answered`).
+                // Replaced once it has carried its first answer (`tunnel::relay` calls
+                // `refill_now`), or after the deferral.
                 held.refill_at = Some(now + self.shared.settings.refill_defer);
                 self.shared.wake.notify_one();
                 ready.tunnel.pool = Some(self.clone());

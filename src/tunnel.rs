@@ -247,10 +247,7 @@ pub async fn relay(
         && let Some(message) = io.verdict_now()
     {
         // A write failed before a read came to the far side's report: the report is the cause.
-        outcome = Err(std::io::Error::new(
-            std::io::ErrorKind::ConnectionRefused,
-            message.to_string(),
-        ));
+        outcome = Err(stream::refused(message));
     }
     if outcome.is_err() {
         let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));

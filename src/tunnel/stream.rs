@@ -41,6 +41,12 @@ impl std::fmt::Display for Refused {
 
 impl std::error::Error for Refused {}
 
+/// The error a report on the error channel turns into: kind `ConnectionRefused`, found again
+/// by [`refusal`].
+pub fn refused(report: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionRefused, Refused(report.to_string()))
+}
+
 /// The far side's report when `error` came from the error channel.
 pub fn refusal(error: &io::Error) -> Option<&str> {
     error
@@ -431,10 +437,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PortStream<S> {
         this.poll_pending_output(cx)?;
         loop {
             if let Some(verdict) = &this.verdict {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::ConnectionRefused,
-                    Refused(verdict.clone()),
-                )));
+                return Poll::Ready(Err(refused(verdict)));
             }
             if this.ended || buf.remaining() == 0 {
                 return Poll::Ready(Ok(()));
